@@ -1,0 +1,88 @@
+#ifndef PYHOT_CONFIG_H
+#define PYHOT_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "log.h"
+
+/*
+ * The daemon's configuration: defaults, then the INI file (libinih; sections [daemon],
+ * [watch], [python], [reload], [run]; config/pyhotd.conf documents every key), then the
+ * command line, which overrides the file. A list option given on the command line
+ * (--watch, --python-path) replaces the file's list rather than adding to it.
+ *
+ * String lists are NULL-terminated arrays of owned strings with a count beside them.
+ */
+enum config_import {
+    CONFIG_IMPORT_ALL = 0,  /* import every module under the watch roots at start */
+    CONFIG_IMPORT_NONE = 1, /* leave importing to the app and to exec */
+};
+
+enum config_strategy {
+    CONFIG_STRATEGY_DEPENDENTS = 0, /* reload changed modules and every module importing them */
+    CONFIG_STRATEGY_MODULE = 1,     /* reload only the changed modules */
+};
+
+struct config {
+    char *config_path;          /* file read, or NULL */
+
+    /* [daemon] */
+    char *socket_path;          /* NULL until config_finish() fills the default */
+    enum log_level log_level;   /* default info */
+
+    /* [watch] */
+    char **watch_roots;         /* absolute, as given after realpath(3) by config_finish() */
+    size_t n_watch_roots;
+    unsigned settle_ms;         /* default 10; 0..60000 */
+    enum config_import import;  /* default all; --no-import sets none */
+    char **include;             /* globs; default none given = "*.py" (filter.h) */
+    size_t n_include;
+    char **exclude;
+    size_t n_exclude;
+
+    /* [python] */
+    char **python_paths;        /* extra sys.path entries, after the watch roots */
+    size_t n_python_paths;
+    char *entry;                /* "MODULE:FUNCTION" or NULL */
+
+    /* [reload] */
+    unsigned reload_timeout_ms; /* deadline of a reload batch; default 10000 */
+    enum config_strategy strategy;
+
+    /* [run] */
+    unsigned exec_timeout_ms;   /* deadline of exec and run jobs; default 30000 */
+
+    /* command-line only */
+    bool check_config;          /* --check-config: validate and exit */
+    bool show_help;             /* --help */
+    bool show_version;          /* --version */
+};
+
+/* Fills cfg with the defaults; nothing is allocated. */
+void config_init(struct config *cfg);
+
+/* Releases every owned string and list and re-initialises cfg. NULL is allowed. */
+void config_free(struct config *cfg);
+
+/* Reads the INI file at path into cfg, on top of what cfg holds. Returns 0; -ENOENT or
+ * another -errno when the file cannot be opened; -EINVAL for a syntax error, an unknown
+ * section or key, or a bad value. err receives "FILE:LINE: message" (errlen bytes). */
+int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/* Parses the command line (argv[0] is the program) into cfg: first --config FILE is
+ * loaded with config_load_file(), then every other option overrides it. Returns 0, or
+ * -EINVAL for a usage error (unknown option, missing or bad argument) or any error of
+ * config_load_file, with a message in err. --help and --version only set their flags. */
+int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* Validates and completes cfg after parsing: watch roots must be existing directories
+ * (each replaced by its realpath), settle_ms within 0..60000, entry of the form
+ * MODULE:FUNCTION, and socket_path defaulted (protocol_default_socket_path()).
+ * Returns 0, or -EINVAL / -ENOENT / -ENOTDIR with a message in err. */
+int config_finish(struct config *cfg, char *err, size_t errlen);
+
+/* The text of `pyhotd --help`. */
+const char *config_usage(void);
+
+#endif

@@ -1,0 +1,518 @@
+#include "daemon.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "control.h"
+#include "events.h"
+#include "filter.h"
+#include "log.h"
+#include "protocol.h"
+#include "py_host.h"
+#include "version.h"
+#include "watch.h"
+
+#define HISTORY_EVENTS 1000
+#define STOP_GRACE_MS 2000
+#define STOP_DEADLINE_MS (STOP_GRACE_MS + 5000)
+
+struct daemon {
+    uv_loop_t loop;
+    const struct config *config;
+    struct filter *filter;
+    struct events *events;
+    struct py_host *host;
+    struct control *control;
+    struct watch *watch;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t stop_deadline;
+    uint64_t started_ns;
+    uint64_t next_batch_id;
+    uint64_t batches;
+    struct {
+        uint64_t ok, error, rolled_back, skipped;
+    } reloads;
+    json_t *last_batch;
+    bool ready;
+    bool stopping;
+    int exit_code;
+};
+
+/* Who a job answers to: a client's request, or the watcher's batch (client 0). */
+struct job_origin {
+    struct daemon *daemon;
+    uint64_t client;
+    json_t *id;
+    uint64_t batch_id;
+    uint64_t first_event_ns; /* latency start: first file event, or the request's arrival */
+};
+
+/* ---- replies ------------------------------------------------------------------------ */
+
+void daemon_reply_ok(struct daemon *daemon, uint64_t client, json_t *id, json_t *result) {
+    size_t len;
+    char *line = protocol_encode_ok(id, result, &len);
+    if (line) {
+        control_send(daemon->control, client, line, len);
+        free(line);
+    }
+}
+
+void daemon_reply_error(struct daemon *daemon, uint64_t client, json_t *id, const char *code,
+                        const char *message, json_t *details) {
+    size_t len;
+    char *line = protocol_encode_error(id, code, message, details, &len);
+    if (line) {
+        control_send(daemon->control, client, line, len);
+        free(line);
+    }
+}
+
+/* Replies with a job's error object {"code", "message", ...details}. */
+static void reply_job_error(struct daemon *daemon, uint64_t client, json_t *id, json_t *error) {
+    json_t *details = json_deep_copy(error);
+    const char *code = json_string_value(json_object_get(error, "code"));
+    const char *message = json_string_value(json_object_get(error, "message"));
+    json_object_del(details, "code");
+    json_object_del(details, "message");
+    daemon_reply_error(daemon, client, id, code ? code : PROTOCOL_E_INTERNAL,
+                       message ? message : "the job failed", details);
+}
+
+/* ---- jobs --------------------------------------------------------------------------- */
+
+static void count_reload(struct daemon *daemon, const char *result) {
+    if (!result)
+        return;
+    if (strcmp(result, "ok") == 0)
+        daemon->reloads.ok++;
+    else if (strcmp(result, "error") == 0)
+        daemon->reloads.error++;
+    else if (strcmp(result, "rolled_back") == 0)
+        daemon->reloads.rolled_back++;
+    else if (strcmp(result, "skipped") == 0)
+        daemon->reloads.skipped++;
+}
+
+static void ensure_array(json_t *object, const char *key) {
+    if (!json_is_array(json_object_get(object, key)))
+        json_object_set_new(object, key, json_array());
+}
+
+/* Publishes the reload and batch events of a finished reload job; returns the batch event
+ * (borrowed from the job's output). */
+static json_t *publish_reload_result(struct daemon *daemon, struct py_job *job,
+                                     struct job_origin *origin) {
+    json_t *reloads = json_object_get(job->output, "reloads");
+    json_t *batch = json_object_get(job->output, "batch");
+    size_t i;
+    json_t *reload;
+    json_array_foreach(reloads, i, reload) {
+        json_object_set_new(reload, "batch", json_integer((json_int_t)origin->batch_id));
+        ensure_array(reload, "patched");
+        ensure_array(reload, "replaced");
+        count_reload(daemon, json_string_value(json_object_get(reload, "result")));
+        events_publish(daemon->events, "reload", json_incref(reload));
+    }
+    if (!json_is_object(batch))
+        return NULL;
+    json_object_set_new(batch, "batch", json_integer((json_int_t)origin->batch_id));
+    double latency_ms = (double)(job->finished_ns - origin->first_event_ns) / 1e6;
+    json_object_set_new(batch, "latency_ms", json_real(latency_ms));
+    daemon->batches++;
+    events_publish(daemon->events, "batch", json_incref(batch));
+    json_decref(daemon->last_batch);
+    daemon->last_batch = json_incref(batch);
+    return batch;
+}
+
+static void on_startup_done(struct daemon *daemon, struct py_job *job) {
+    if (!job->ok) {
+        const char *message = json_string_value(json_object_get(job->output, "message"));
+        const char *type = json_string_value(json_object_get(job->output, "type"));
+        log_error("startup failed: %s: %s", type ? type : "error", message ? message : "?");
+        json_t *event = json_pack("{s:s, s:O}", "stage", "startup", "error", job->output);
+        events_publish(daemon->events, "startup_error", event);
+    } else {
+        json_t *errors = json_object_get(job->output, "errors");
+        size_t i;
+        json_t *error;
+        json_array_foreach(errors, i, error) {
+            log_warn("import of %s failed: %s: %s (%s:%lld)",
+                     json_string_value(json_object_get(error, "module")),
+                     json_string_value(json_object_get(error, "type")),
+                     json_string_value(json_object_get(error, "message")),
+                     json_string_value(json_object_get(error, "file")),
+                     json_integer_value(json_object_get(error, "line")));
+            events_publish(daemon->events, "import_error", json_incref(error));
+        }
+    }
+    json_t *roots = json_array();
+    for (size_t i = 0; i < daemon->config->n_watch_roots; i++)
+        json_array_append_new(roots, json_string(daemon->config->watch_roots[i]));
+    events_publish(daemon->events, "started",
+                   json_pack("{s:s, s:I, s:o, s:I, s:I}", "version", PYHOT_VERSION,
+                             "pid", (json_int_t)getpid(), "roots", roots,
+                             "modules_loaded", (json_int_t)py_host_modules_loaded(daemon->host),
+                             "watched_dirs", (json_int_t)(daemon->watch ? watch_dir_count(daemon->watch) : 0)));
+    daemon->ready = true;
+    sd_notify(0, "READY=1");
+    log_info("ready: %zu modules loaded, %zu directories watched, socket %s",
+             py_host_modules_loaded(daemon->host), daemon->watch ? watch_dir_count(daemon->watch) : 0,
+             daemon->config->socket_path);
+}
+
+static void on_job_done(struct py_job *job, void *data) {
+    struct job_origin *origin = data;
+    struct daemon *daemon = origin->daemon;
+
+    switch (job->kind) {
+    case PY_JOB_STARTUP:
+        on_startup_done(daemon, job);
+        break;
+    case PY_JOB_RELOAD: {
+        json_t *batch = job->ok ? publish_reload_result(daemon, job, origin) : NULL;
+        if (!origin->client)
+            break;
+        if (!job->ok) {
+            reply_job_error(daemon, origin->client, origin->id, job->output);
+            break;
+        }
+        const char *result = json_string_value(json_object_get(batch, "result"));
+        if (result && (strcmp(result, "error") == 0 || strcmp(result, "rolled_back") == 0)) {
+            json_t *error = json_object_get(batch, "error");
+            json_t *details = json_is_object(error) ? json_deep_copy(error) : json_object();
+            json_object_del(details, "message");
+            json_object_set(details, "batch", batch);
+            json_object_set(details, "reloads", json_object_get(job->output, "reloads"));
+            const char *message = json_string_value(json_object_get(error, "message"));
+            daemon_reply_error(daemon, origin->client, origin->id, "reload_failed",
+                               message ? message : "the reload failed", details);
+        } else {
+            daemon_reply_ok(daemon, origin->client, origin->id, json_incref(job->output));
+        }
+        break;
+    }
+    case PY_JOB_EXEC:
+    case PY_JOB_MODULES:
+        if (job->ok)
+            daemon_reply_ok(daemon, origin->client, origin->id, json_incref(job->output));
+        else
+            reply_job_error(daemon, origin->client, origin->id, job->output);
+        break;
+    }
+    json_decref(origin->id);
+    free(origin);
+    py_job_free(job);
+}
+
+static int submit(struct daemon *daemon, enum py_job_kind kind, json_t *input, unsigned timeout_ms,
+                  struct job_origin *origin) {
+    struct py_job *job = py_job_new(kind, input, timeout_ms, on_job_done, origin);
+    if (!job) {
+        json_decref(origin->id);
+        free(origin);
+        return -ENOMEM;
+    }
+    int r = py_host_submit(daemon->host, job);
+    if (r < 0) {
+        json_decref(origin->id);
+        free(origin);
+        py_job_free(job);
+    }
+    return r;
+}
+
+int daemon_submit_job(struct daemon *daemon, int kind, json_t *input, uint64_t client, json_t *id) {
+    struct job_origin *origin = calloc(1, sizeof(*origin));
+    if (!origin) {
+        json_decref(input);
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
+        return -ENOMEM;
+    }
+    origin->daemon = daemon;
+    origin->client = client;
+    origin->id = json_incref(id);
+    origin->first_event_ns = uv_hrtime();
+    unsigned timeout = daemon->config->exec_timeout_ms;
+    if (kind == PY_JOB_RELOAD) {
+        origin->batch_id = ++daemon->next_batch_id;
+        timeout = daemon->config->reload_timeout_ms;
+    }
+    int r = submit(daemon, kind, input, timeout, origin);
+    if (r < 0)
+        daemon_reply_error(daemon, client, id,
+                           r == -ESHUTDOWN ? PROTOCOL_E_SHUTTING_DOWN : PROTOCOL_E_INTERNAL,
+                           r == -ESHUTDOWN ? "pyhotd is stopping" : strerror(-r), NULL);
+    return r;
+}
+
+/* ---- watcher ------------------------------------------------------------------------ */
+
+static void on_batch(struct watch *watch, struct watch_batch *batch, void *data) {
+    struct daemon *daemon = data;
+    (void)watch;
+    json_t *paths = json_array();
+    for (size_t i = 0; i < batch->n_paths; i++)
+        json_array_append_new(paths, json_string(batch->paths[i]));
+    struct job_origin *origin = calloc(1, sizeof(*origin));
+    if (!origin) {
+        log_error("out of memory; a batch of %zu paths is lost", batch->n_paths);
+        json_decref(paths);
+        watch_batch_free(batch);
+        return;
+    }
+    origin->daemon = daemon;
+    origin->batch_id = ++daemon->next_batch_id;
+    origin->first_event_ns = batch->first_event_ns;
+    log_debug("batch %llu: %zu paths", (unsigned long long)origin->batch_id, batch->n_paths);
+    watch_batch_free(batch);
+    int r = submit(daemon, PY_JOB_RELOAD, json_pack("{s:o}", "paths", paths),
+                   daemon->config->reload_timeout_ms, origin);
+    if (r < 0 && r != -ESHUTDOWN)
+        log_error("cannot queue a reload: %s", strerror(-r));
+}
+
+static void on_watch_error(struct watch *watch, const char *root, const char *message, void *data) {
+    struct daemon *daemon = data;
+    (void)watch;
+    log_error("%s", message);
+    events_publish(daemon->events, "watch_error", json_pack("{s:s, s:s}", "root", root, "message", message));
+}
+
+/* ---- control and events -------------------------------------------------------------- */
+
+static void on_request(struct control *control, uint64_t client, const char *line, size_t len, void *data) {
+    (void)control;
+    commands_dispatch(data, client, line, len);
+}
+
+static void on_event(const char *line, size_t len, json_t *event, void *data) {
+    struct daemon *daemon = data;
+    (void)event;
+    if (daemon->control)
+        control_publish(daemon->control, line, len);
+}
+
+int daemon_subscribe(struct daemon *daemon, uint64_t client) {
+    return control_set_subscriber(daemon->control, client, true);
+}
+
+uint64_t daemon_last_seq(struct daemon *daemon) {
+    return events_last_seq(daemon->events);
+}
+
+json_t *daemon_status(struct daemon *daemon) {
+    json_t *roots = json_array();
+    if (daemon->watch) {
+        for (size_t i = 0; i < watch_root_count(daemon->watch); i++) {
+            bool watching = false;
+            const char *path = watch_root_path(daemon->watch, i, &watching);
+            json_array_append_new(roots, json_pack("{s:s, s:s}", "path", path, "state",
+                                                   watching ? "watching" : "failed"));
+        }
+    }
+    const char *kind = NULL;
+    uint64_t age_ms = 0;
+    uint64_t job_id = py_host_running(daemon->host, &kind, &age_ms);
+    json_t *job = job_id ? json_pack("{s:I, s:s, s:I}", "id", (json_int_t)job_id, "kind", kind,
+                                     "age_ms", (json_int_t)age_ms)
+                         : json_null();
+    return json_pack(
+        "{s:s, s:I, s:I, s:s, s:s, s:I, s:o, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:O, s:o, s:I, s:I, s:b}",
+        "version", PYHOT_VERSION,
+        "pid", (json_int_t)getpid(),
+        "uptime_ms", (json_int_t)((uv_hrtime() - daemon->started_ns) / 1000000),
+        "python", py_host_python_version(),
+        "socket", daemon->config->socket_path,
+        "settle_ms", (json_int_t)daemon->config->settle_ms,
+        "roots", roots,
+        "watched_dirs", (json_int_t)(daemon->watch ? watch_dir_count(daemon->watch) : 0),
+        "modules_loaded", (json_int_t)py_host_modules_loaded(daemon->host),
+        "reloads",
+        "ok", (json_int_t)daemon->reloads.ok,
+        "error", (json_int_t)daemon->reloads.error,
+        "rolled_back", (json_int_t)daemon->reloads.rolled_back,
+        "skipped", (json_int_t)daemon->reloads.skipped,
+        "batches", (json_int_t)daemon->batches,
+        "last_batch", daemon->last_batch ? daemon->last_batch : json_null(),
+        "job", job,
+        "queued_jobs", (json_int_t)py_host_queued(daemon->host),
+        "subscribers", (json_int_t)control_subscriber_count(daemon->control),
+        "ready", daemon->ready);
+}
+
+/* ---- stop --------------------------------------------------------------------------- */
+
+static void on_stop_deadline(uv_timer_t *timer) {
+    (void)timer;
+    log_error("could not stop within %d ms (a job or an app thread does not end); exiting",
+              STOP_DEADLINE_MS);
+    _exit(1);
+}
+
+static void on_control_closed(void *data) {
+    struct daemon *daemon = data;
+    daemon->control = NULL;
+}
+
+static void on_host_stopped(void *data) {
+    struct daemon *daemon = data;
+    daemon->host = NULL;
+    /* Last: replies to jobs that finished while stopping still went out. */
+    if (daemon->control)
+        control_close(daemon->control, on_control_closed, daemon);
+}
+
+static void on_watch_closed(void *data) {
+    struct daemon *daemon = data;
+    daemon->watch = NULL;
+}
+
+void daemon_stop(struct daemon *daemon, const char *reason) {
+    if (daemon->stopping)
+        return;
+    daemon->stopping = true;
+    log_info("stopping: %s", reason);
+    sd_notify(0, "STOPPING=1");
+    events_publish(daemon->events, "stopping", json_pack("{s:s}", "reason", reason));
+    uv_close((uv_handle_t *)&daemon->sigint, NULL);
+    uv_close((uv_handle_t *)&daemon->sigterm, NULL);
+    uv_timer_start(&daemon->stop_deadline, on_stop_deadline, STOP_DEADLINE_MS, 0);
+    uv_unref((uv_handle_t *)&daemon->stop_deadline);
+    if (daemon->watch)
+        watch_close(daemon->watch, on_watch_closed, daemon);
+    if (daemon->host)
+        py_host_stop(daemon->host, STOP_GRACE_MS, on_host_stopped, daemon);
+    else if (daemon->control)
+        control_close(daemon->control, on_control_closed, daemon);
+}
+
+static void on_signal(uv_signal_t *handle, int signum) {
+    daemon_stop(handle->data, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* ---- run ---------------------------------------------------------------------------- */
+
+static int start(struct daemon *daemon) {
+    const struct config *cfg = daemon->config;
+    char err[1024];
+    int r = events_new(HISTORY_EVENTS, &daemon->events);
+    if (r < 0) {
+        log_error("out of memory");
+        return r;
+    }
+    events_set_sink(daemon->events, on_event, daemon);
+
+    r = filter_new((const char *const *)cfg->include, cfg->n_include,
+                   (const char *const *)cfg->exclude, cfg->n_exclude, &daemon->filter, err, sizeof(err));
+    if (r < 0) {
+        log_error("%s", err);
+        return r;
+    }
+
+    struct py_host_options host_options = {
+        .roots = (const char *const *)cfg->watch_roots,
+        .n_roots = cfg->n_watch_roots,
+        .paths = (const char *const *)cfg->python_paths,
+        .n_paths = cfg->n_python_paths,
+    };
+    r = py_host_start(&daemon->loop, &host_options, &daemon->host, err, sizeof(err));
+    if (r < 0) {
+        log_error("%s", err);
+        return r;
+    }
+
+    struct control_options control_options = {
+        .path = cfg->socket_path,
+        .on_request = on_request,
+        .data = daemon,
+    };
+    r = control_listen(&daemon->loop, &control_options, &daemon->control, err, sizeof(err));
+    if (r < 0) {
+        log_error("%s", err);
+        return r;
+    }
+
+    struct watch_options watch_options = {
+        .settle_ms = cfg->settle_ms,
+        .filter = daemon->filter,
+        .on_batch = on_batch,
+        .on_error = on_watch_error,
+        .data = daemon,
+    };
+    r = watch_new(&daemon->loop, &watch_options, &daemon->watch, err, sizeof(err));
+    if (r < 0) {
+        log_error("%s", err);
+        return r;
+    }
+    /* Watching starts before the first imports, so an edit made meanwhile is not lost. */
+    for (size_t i = 0; i < cfg->n_watch_roots; i++) {
+        r = watch_add_root(daemon->watch, cfg->watch_roots[i], err, sizeof(err));
+        if (r < 0)
+            on_watch_error(daemon->watch, cfg->watch_roots[i], err, daemon);
+        else
+            log_info("watching %s", cfg->watch_roots[i]);
+    }
+    if (cfg->n_watch_roots == 0)
+        log_warn("no watch roots: nothing will be reloaded on change (use --watch DIR)");
+
+    struct job_origin *origin = calloc(1, sizeof(*origin));
+    if (!origin)
+        return -ENOMEM;
+    origin->daemon = daemon;
+    json_t *input = json_pack("{s:b, s:o}", "import", cfg->import == CONFIG_IMPORT_ALL, "entry",
+                              cfg->entry ? json_string(cfg->entry) : json_null());
+    /* The first imports run an app's top level: they get the exec deadline, not reload's. */
+    return submit(daemon, PY_JOB_STARTUP, input, cfg->exec_timeout_ms, origin);
+}
+
+static void close_walk(uv_handle_t *handle, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(handle))
+        uv_close(handle, NULL);
+}
+
+int daemon_run(const struct config *cfg) {
+    struct daemon *daemon = calloc(1, sizeof(*daemon));
+    if (!daemon) {
+        log_error("out of memory");
+        return 1;
+    }
+    daemon->config = cfg;
+    daemon->started_ns = uv_hrtime();
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_init(&daemon->loop);
+    uv_timer_init(&daemon->loop, &daemon->stop_deadline);
+    uv_signal_init(&daemon->loop, &daemon->sigint);
+    uv_signal_init(&daemon->loop, &daemon->sigterm);
+    daemon->sigint.data = daemon->sigterm.data = daemon;
+    uv_signal_start(&daemon->sigint, on_signal, SIGINT);
+    uv_signal_start(&daemon->sigterm, on_signal, SIGTERM);
+    log_info("pyhotd %s (Python %s), pid %d", PYHOT_VERSION, py_host_python_version(), (int)getpid());
+
+    if (start(daemon) < 0) {
+        daemon->exit_code = 1;
+        daemon_stop(daemon, "startup failed");
+    }
+    uv_run(&daemon->loop, UV_RUN_DEFAULT);
+
+    uv_close((uv_handle_t *)&daemon->stop_deadline, NULL);
+    uv_walk(&daemon->loop, close_walk, NULL);
+    uv_run(&daemon->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&daemon->loop) != 0)
+        log_warn("handles were still open at exit");
+    int code = daemon->exit_code;
+    events_free(daemon->events);
+    filter_free(daemon->filter);
+    json_decref(daemon->last_batch);
+    free(daemon);
+    log_info("stopped");
+    return code;
+}

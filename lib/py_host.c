@@ -1,0 +1,799 @@
+#include "py_internal.h"
+
+#include "py_host.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "protocol.h"
+#include "py_reload.h"
+#include "py_support_source.h"
+
+#define DEADLINE_RESEND_MS 1000
+
+struct py_host {
+    uv_loop_t *loop;
+    uv_async_t async;          /* python thread -> loop: a job started, finished, or exited */
+    uv_timer_t deadline_timer;
+    pthread_t thread;
+    bool thread_started;
+
+    pthread_mutex_t mutex;     /* guards everything below up to the atomics */
+    pthread_cond_t cond;       /* jobs queued, stop requested, init done */
+    struct py_job *queue_head, *queue_tail;
+    size_t queued;
+    struct py_job *done_head, *done_tail;
+    struct py_job *running;
+    bool init_done;
+    int init_status;
+    char init_error[512];
+    bool stopping;
+    bool exited;
+
+    /* loop thread only */
+    uint64_t next_job_id;
+    uint64_t deadline_job_id;  /* the running job the deadline timer is armed for */
+    unsigned grace_ms;
+    void (*close_cb)(void *data);
+    void *close_data;
+    int handles_open;
+
+    /* copied options, read by the python thread during init */
+    char **roots;
+    size_t n_roots;
+    char **paths;
+    size_t n_paths;
+
+    atomic_uint_fast64_t current_job_id;   /* job running Python code now, 0 = none */
+    atomic_uint_fast64_t interrupt_job_id; /* job whose deadline passed */
+    atomic_size_t modules_loaded;
+};
+
+/* One interpreter per process: the SIGUSR1 handler, a plain C function called by the
+ * eval loop, reaches the host through this. */
+static struct py_host *the_host;
+static PyObject *support_module;  /* _pyhot, python thread only */
+
+static const char *const job_kind_names[] = {
+    [PY_JOB_STARTUP] = "startup",
+    [PY_JOB_RELOAD] = "reload",
+    [PY_JOB_EXEC] = "exec",
+    [PY_JOB_MODULES] = "modules",
+};
+
+const char *py_job_kind_name(enum py_job_kind kind) {
+    if ((size_t)kind < sizeof(job_kind_names) / sizeof(job_kind_names[0]))
+        return job_kind_names[kind];
+    return "unknown";
+}
+
+const char *py_host_python_version(void) {
+    return PY_VERSION;
+}
+
+int py_host_block_signals(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    return -pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+/* ---- conversions (python thread, GIL held) ------------------------------------------ */
+
+/* The pending exception as one normalised object with its traceback attached, and the
+ * error state cleared (what PyErr_GetRaisedException does from 3.12 on). New reference,
+ * or NULL when nothing was raised. */
+static PyObject *take_exception(void) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (!type)
+        return NULL;
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+static json_t *to_json_depth(PyObject *obj, int depth) {
+    if (depth > 64)
+        return json_string("<too deep>");
+    if (obj == Py_None)
+        return json_null();
+    if (PyBool_Check(obj))
+        return json_boolean(obj == Py_True);
+    if (PyLong_Check(obj)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (!overflow && !(v == -1 && PyErr_Occurred()))
+            return json_integer(v);
+        PyErr_Clear();
+    }
+    if (PyFloat_Check(obj))
+        return json_real(PyFloat_AS_DOUBLE(obj));
+    if (PyUnicode_Check(obj)) {
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(obj, &len);
+        if (s)
+            return json_stringn(s, (size_t)len);
+        PyErr_Clear();
+        /* lone surrogates (e.g. from surrogateescape file names) */
+        PyObject *bytes = PyUnicode_AsEncodedString(obj, "utf-8", "backslashreplace");
+        if (!bytes) {
+            PyErr_Clear();
+            return json_string("<unencodable>");
+        }
+        json_t *j = json_stringn(PyBytes_AS_STRING(bytes), (size_t)PyBytes_GET_SIZE(bytes));
+        Py_DECREF(bytes);
+        return j;
+    }
+    if (PyDict_Check(obj)) {
+        json_t *o = json_object();
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (o && PyDict_Next(obj, &pos, &key, &value)) {
+            const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+            if (!k) {
+                PyErr_Clear();
+                continue;
+            }
+            json_object_set_new(o, k, to_json_depth(value, depth + 1));
+        }
+        return o;
+    }
+    if (PyList_Check(obj) || PyTuple_Check(obj)) {
+        PyObject *seq = PySequence_Fast(obj, "sequence");
+        if (!seq) {
+            PyErr_Clear();
+            return json_null();
+        }
+        json_t *a = json_array();
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        for (Py_ssize_t i = 0; a && i < n; i++)
+            json_array_append_new(a, to_json_depth(PySequence_Fast_GET_ITEM(seq, i), depth + 1));
+        Py_DECREF(seq);
+        return a;
+    }
+    PyObject *r = PyObject_Repr(obj);
+    if (!r) {
+        PyErr_Clear();
+        return json_string("<unrepresentable>");
+    }
+    json_t *j = to_json_depth(r, depth + 1);
+    Py_DECREF(r);
+    return j;
+}
+
+json_t *py_to_json(PyObject *obj) {
+    return to_json_depth(obj, 0);
+}
+
+PyObject *py_from_json(json_t *value) {
+    switch (json_typeof(value)) {
+    case JSON_NULL:
+        Py_RETURN_NONE;
+    case JSON_TRUE:
+        Py_RETURN_TRUE;
+    case JSON_FALSE:
+        Py_RETURN_FALSE;
+    case JSON_INTEGER:
+        return PyLong_FromLongLong(json_integer_value(value));
+    case JSON_REAL:
+        return PyFloat_FromDouble(json_real_value(value));
+    case JSON_STRING:
+        return PyUnicode_DecodeUTF8(json_string_value(value), (Py_ssize_t)json_string_length(value),
+                                    "surrogateescape");
+    case JSON_ARRAY: {
+        size_t n = json_array_size(value);
+        PyObject *list = PyList_New((Py_ssize_t)n);
+        if (!list)
+            return NULL;
+        for (size_t i = 0; i < n; i++) {
+            PyObject *item = py_from_json(json_array_get(value, i));
+            if (!item) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+        }
+        return list;
+    }
+    case JSON_OBJECT: {
+        PyObject *dict = PyDict_New();
+        const char *key;
+        json_t *member;
+        if (!dict)
+            return NULL;
+        json_object_foreach(value, key, member) {
+            PyObject *item = py_from_json(member);
+            if (!item || PyDict_SetItemString(dict, key, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(dict);
+                return NULL;
+            }
+            Py_DECREF(item);
+        }
+        return dict;
+    }
+    }
+    PyErr_SetString(PyExc_TypeError, "unknown JSON type");
+    return NULL;
+}
+
+json_t *py_error_from_exception(const char *code) {
+    PyObject *exc = take_exception();
+    json_t *error = NULL;
+    if (exc && support_module) {
+        PyObject *described = PyObject_CallMethod(support_module, "describe_exception", "O", exc);
+        if (described) {
+            error = py_to_json(described);
+            Py_DECREF(described);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    if (!error || !json_is_object(error)) {
+        json_decref(error);
+        error = json_object();
+        if (exc) {
+            PyObject *s = PyObject_Str(exc);
+            const char *m = s ? PyUnicode_AsUTF8(s) : NULL;
+            json_object_set_new(error, "type", json_string(Py_TYPE(exc)->tp_name));
+            json_object_set_new(error, "message", json_string(m ? m : "?"));
+            Py_XDECREF(s);
+            PyErr_Clear();
+        }
+    }
+    Py_XDECREF(exc);
+    json_object_set_new(error, "code", json_string(code));
+    if (!json_object_get(error, "message"))
+        json_object_set_new(error, "message", json_string("Python error"));
+    return error;
+}
+
+json_t *py_support_call(const char *name, json_t *args, json_t **error) {
+    *error = NULL;
+    PyObject *fn = PyObject_GetAttrString(support_module, name);
+    if (!fn) {
+        *error = py_error_from_exception(PROTOCOL_E_INTERNAL);
+        return NULL;
+    }
+    PyObject *list = args ? py_from_json(args) : PyList_New(0);
+    PyObject *tuple = list ? PySequence_Tuple(list) : NULL;
+    Py_XDECREF(list);
+    PyObject *result = tuple ? PyObject_CallObject(fn, tuple) : NULL;
+    Py_XDECREF(tuple);
+    Py_DECREF(fn);
+    if (!result) {
+        *error = py_error_from_exception(PROTOCOL_E_PYTHON);
+        return NULL;
+    }
+    json_t *j = py_to_json(result);
+    Py_DECREF(result);
+    return j;
+}
+
+/* ---- interpreter setup (python thread) ---------------------------------------------- */
+
+/* The Python-level SIGUSR1 handler. CPython calls it on the main thread (ours) between
+ * bytecodes, and right after a blocking call returns EINTR, so raising here interrupts
+ * busy loops, time.sleep and blocking reads alike. */
+static PyObject *on_deadline_signal(PyObject *self, PyObject *args) {
+    uint64_t target = atomic_load(&the_host->interrupt_job_id);
+    if (target != 0 && target == atomic_load(&the_host->current_job_id)) {
+        PyErr_SetString(PyExc_TimeoutError, "pyhot: the job passed its deadline");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef deadline_handler_def = {
+    "_pyhot_deadline_handler", on_deadline_signal, METH_VARARGS,
+    "Raises TimeoutError in the job whose deadline passed (set by pyhotd)."};
+
+static int fail_init(struct py_host *host, const char *what) {
+    PyObject *exc = take_exception();
+    PyObject *s = exc ? PyObject_Str(exc) : NULL;
+    const char *m = s ? PyUnicode_AsUTF8(s) : NULL;
+    snprintf(host->init_error, sizeof(host->init_error), "%s: %s", what, m ? m : "unknown error");
+    Py_XDECREF(s);
+    Py_XDECREF(exc);
+    PyErr_Clear();
+    return -EINVAL;
+}
+
+static PyObject *string_list(char **items, size_t n) {
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; list && i < n; i++) {
+        PyObject *s = PyUnicode_DecodeFSDefault(items[i]);
+        if (!s) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, s);
+    }
+    return list;
+}
+
+static int interpreter_init(struct py_host *host) {
+    PyConfig config;
+    PyConfig_InitPythonConfig(&config);
+    /* Our signals are the loop thread's business; only SIGUSR1 is Python's, set below. */
+    config.install_signal_handlers = 0;
+    config.parse_argv = 0;
+    PyStatus status = PyConfig_SetBytesString(&config, &config.program_name, PYHOT_PYTHON_EXECUTABLE);
+    if (!PyStatus_Exception(status))
+        /* sys.executable must be a real interpreter: subprocess and multiprocessing start it. */
+        status = PyConfig_SetBytesString(&config, &config.executable, PYHOT_PYTHON_EXECUTABLE);
+    if (!PyStatus_Exception(status))
+        status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status)) {
+        snprintf(host->init_error, sizeof(host->init_error), "Python initialisation failed: %s%s%s",
+                 status.func ? status.func : "", status.func ? ": " : "",
+                 status.err_msg ? status.err_msg : "unknown error");
+        return -EINVAL;
+    }
+
+    PyObject *code = Py_CompileString(py_support_source, "<pyhot>/py_support.py", Py_file_input);
+    if (!code)
+        return fail_init(host, "compiling the support module");
+    support_module = PyImport_ExecCodeModule("_pyhot", code);
+    Py_DECREF(code);
+    if (!support_module)
+        return fail_init(host, "loading the support module");
+
+    PyObject *roots = string_list(host->roots, host->n_roots);
+    PyObject *paths = string_list(host->paths, host->n_paths);
+    PyObject *r = roots && paths ? PyObject_CallMethod(support_module, "configure", "OO", roots, paths) : NULL;
+    Py_XDECREF(roots);
+    Py_XDECREF(paths);
+    if (!r)
+        return fail_init(host, "setting sys.path");
+    Py_DECREF(r);
+
+    PyObject *handler = PyCFunction_New(&deadline_handler_def, NULL);
+    PyObject *signal_module = handler ? PyImport_ImportModule("signal") : NULL;
+    r = signal_module ? PyObject_CallMethod(signal_module, "signal", "iO", SIGUSR1, handler) : NULL;
+    Py_XDECREF(signal_module);
+    Py_XDECREF(handler);
+    if (!r)
+        return fail_init(host, "installing the deadline handler");
+    Py_DECREF(r);
+
+    atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
+    return 0;
+}
+
+/* ---- jobs (python thread) ----------------------------------------------------------- */
+
+static void job_fail(struct py_job *job, json_t *error) {
+    job->ok = false;
+    json_decref(job->output);
+    job->output = error;
+}
+
+static void job_set(struct py_job *job, json_t *result, json_t *error) {
+    if (result) {
+        job->ok = true;
+        json_decref(job->output);
+        job->output = result;
+    } else {
+        job_fail(job, error);
+    }
+}
+
+static void run_startup(struct py_job *job) {
+    json_t *result = json_object();
+    json_t *error = NULL;
+    if (json_is_true(json_object_get(job->input, "import"))) {
+        json_t *imported = py_support_call("import_roots", NULL, &error);
+        if (!imported) {
+            job_fail(job, error);
+            json_decref(result);
+            return;
+        }
+        json_object_update(result, imported);
+        json_decref(imported);
+    }
+    json_t *entry = json_object_get(job->input, "entry");
+    if (json_is_string(entry)) {
+        json_t *args = json_pack("[O]", entry);
+        json_t *started = py_support_call("start_entry", args, &error);
+        json_decref(args);
+        if (!started) {
+            job_fail(job, error);
+            json_decref(result);
+            return;
+        }
+        json_object_set_new(result, "entry", started);
+    }
+    job_set(job, result, NULL);
+}
+
+static void run_exec(struct py_job *job) {
+    json_t *error = NULL;
+    json_t *args = json_pack("[O]", json_object_get(job->input, "code"));
+    json_t *reply = py_support_call("exec_code", args, &error);
+    json_decref(args);
+    if (!reply) {
+        job_fail(job, error);
+        return;
+    }
+    if (json_is_true(json_object_get(reply, "ok"))) {
+        json_object_del(reply, "ok");
+        job_set(job, reply, NULL);
+        return;
+    }
+    /* The code raised: the error object, with the output captured before it. */
+    json_t *err = json_deep_copy(json_object_get(reply, "error"));
+    if (!json_is_object(err)) {
+        json_decref(err);
+        err = json_object();
+    }
+    json_object_set_new(err, "code", json_string(PROTOCOL_E_PYTHON));
+    json_object_set(err, "stdout", json_object_get(reply, "stdout"));
+    json_object_set(err, "stderr", json_object_get(reply, "stderr"));
+    json_decref(reply);
+    job_fail(job, err);
+}
+
+static void run_modules(struct py_job *job) {
+    json_t *error = NULL;
+    json_t *args = json_pack("[O]", json_object_get(job->input, "pattern") ? json_object_get(job->input, "pattern") : json_null());
+    json_t *result = py_support_call("list_modules", args, &error);
+    json_decref(args);
+    job_set(job, result, error);
+}
+
+static void run_job(struct py_host *host, struct py_job *job) {
+    switch (job->kind) {
+    case PY_JOB_STARTUP:
+        run_startup(job);
+        break;
+    case PY_JOB_RELOAD: {
+        json_t *error = NULL;
+        json_t *result = py_reload_run(job->input, &error);
+        job_set(job, result, error);
+        break;
+    }
+    case PY_JOB_EXEC:
+        run_exec(job);
+        break;
+    case PY_JOB_MODULES:
+        run_modules(job);
+        break;
+    }
+    /* A TimeoutError raised while our mark was on this job is the deadline's doing. */
+    if (atomic_load(&host->interrupt_job_id) == job->id) {
+        job->timed_out = true;
+        if (!job->ok && json_is_object(job->output))
+            json_object_set_new(job->output, "code", json_string(PROTOCOL_E_TIMEOUT));
+    }
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
+}
+
+static void *python_thread_main(void *arg) {
+    struct py_host *host = arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+
+    int r = interpreter_init(host);
+    PyThreadState *state = NULL;
+    if (r == 0)
+        state = PyEval_SaveThread(); /* app threads run while we wait for jobs */
+    pthread_mutex_lock(&host->mutex);
+    host->init_done = true;
+    host->init_status = r;
+    pthread_cond_broadcast(&host->cond);
+    pthread_mutex_unlock(&host->mutex);
+    if (r < 0)
+        return NULL;
+
+    for (;;) {
+        pthread_mutex_lock(&host->mutex);
+        while (!host->queue_head && !host->stopping)
+            pthread_cond_wait(&host->cond, &host->mutex);
+        if (host->stopping) {
+            pthread_mutex_unlock(&host->mutex);
+            break;
+        }
+        struct py_job *job = host->queue_head;
+        host->queue_head = job->next;
+        if (!host->queue_head)
+            host->queue_tail = NULL;
+        host->queued--;
+        job->next = NULL;
+        job->started_ns = uv_hrtime();
+        host->running = job;
+        pthread_mutex_unlock(&host->mutex);
+        uv_async_send(&host->async); /* arms the deadline */
+
+        PyEval_RestoreThread(state);
+        atomic_store(&host->current_job_id, job->id);
+        run_job(host, job);
+        atomic_store(&host->current_job_id, 0);
+        state = PyEval_SaveThread();
+
+        job->finished_ns = uv_hrtime();
+        pthread_mutex_lock(&host->mutex);
+        host->running = NULL;
+        if (host->done_tail)
+            host->done_tail->next = job;
+        else
+            host->done_head = job;
+        host->done_tail = job;
+        pthread_mutex_unlock(&host->mutex);
+        uv_async_send(&host->async);
+    }
+
+    PyEval_RestoreThread(state);
+    Py_CLEAR(support_module);
+    if (Py_FinalizeEx() < 0)
+        log_warn("python: flushing buffered output failed at exit");
+    pthread_mutex_lock(&host->mutex);
+    host->exited = true;
+    pthread_mutex_unlock(&host->mutex);
+    uv_async_send(&host->async);
+    return NULL;
+}
+
+/* ---- loop thread -------------------------------------------------------------------- */
+
+static void on_deadline(uv_timer_t *timer) {
+    struct py_host *host = timer->data;
+    pthread_mutex_lock(&host->mutex);
+    bool still_running = host->running && host->running->id == host->deadline_job_id;
+    pthread_mutex_unlock(&host->mutex);
+    if (!still_running)
+        return;
+    if (atomic_load(&host->interrupt_job_id) != host->deadline_job_id)
+        log_warn("job %llu passed its deadline; interrupting it",
+                 (unsigned long long)host->deadline_job_id);
+    atomic_store(&host->interrupt_job_id, host->deadline_job_id);
+    pthread_kill(host->thread, SIGUSR1);
+    uv_timer_start(&host->deadline_timer, on_deadline, DEADLINE_RESEND_MS, 0);
+}
+
+static void arm_deadline(struct py_host *host) {
+    pthread_mutex_lock(&host->mutex);
+    struct py_job *job = host->running;
+    uint64_t id = job ? job->id : 0;
+    uint64_t started = job ? job->started_ns : 0;
+    unsigned timeout = job ? job->timeout_ms : 0;
+    pthread_mutex_unlock(&host->mutex);
+    if (id == host->deadline_job_id)
+        return;
+    host->deadline_job_id = id;
+    if (!id) {
+        uv_timer_stop(&host->deadline_timer);
+        return;
+    }
+    uint64_t now = uv_hrtime();
+    uint64_t elapsed_ms = now > started ? (now - started) / 1000000 : 0;
+    uint64_t wait = host->stopping && host->grace_ms < timeout ? host->grace_ms : timeout;
+    uv_timer_start(&host->deadline_timer, on_deadline, elapsed_ms >= wait ? 0 : wait - elapsed_ms, 0);
+}
+
+static void on_handle_closed(uv_handle_t *handle) {
+    struct py_host *host = handle->data;
+    if (--host->handles_open > 0)
+        return;
+    void (*cb)(void *) = host->close_cb;
+    void *data = host->close_data;
+    for (size_t i = 0; i < host->n_roots; i++)
+        free(host->roots[i]);
+    for (size_t i = 0; i < host->n_paths; i++)
+        free(host->paths[i]);
+    free(host->roots);
+    free(host->paths);
+    pthread_mutex_destroy(&host->mutex);
+    pthread_cond_destroy(&host->cond);
+    the_host = NULL;
+    free(host);
+    if (cb)
+        cb(data);
+}
+
+static void on_async(uv_async_t *async) {
+    struct py_host *host = async->data;
+    pthread_mutex_lock(&host->mutex);
+    struct py_job *done = host->done_head;
+    host->done_head = host->done_tail = NULL;
+    bool exited = host->exited;
+    pthread_mutex_unlock(&host->mutex);
+
+    while (done) {
+        struct py_job *next = done->next;
+        done->next = NULL;
+        done->done(done, done->data);
+        done = next;
+    }
+    if (exited) {
+        if (host->thread_started) {
+            pthread_join(host->thread, NULL);
+            host->thread_started = false;
+            uv_close((uv_handle_t *)&host->async, on_handle_closed);
+            uv_close((uv_handle_t *)&host->deadline_timer, on_handle_closed);
+        }
+        return;
+    }
+    arm_deadline(host);
+}
+
+static char **copy_strings(const char *const *items, size_t n) {
+    char **copy = calloc(n + 1, sizeof(*copy));
+    for (size_t i = 0; copy && i < n; i++) {
+        copy[i] = strdup(items[i]);
+        if (!copy[i]) {
+            while (i > 0)
+                free(copy[--i]);
+            free(copy);
+            return NULL;
+        }
+    }
+    return copy;
+}
+
+int py_host_start(uv_loop_t *loop, const struct py_host_options *options,
+                  struct py_host **out, char *err, size_t errlen) {
+    if (the_host) {
+        snprintf(err, errlen, "the interpreter is already running");
+        return -EBUSY;
+    }
+    struct py_host *host = calloc(1, sizeof(*host));
+    if (!host) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    host->loop = loop;
+    host->roots = copy_strings(options->roots, options->n_roots);
+    host->n_roots = options->n_roots;
+    host->paths = copy_strings(options->paths, options->n_paths);
+    host->n_paths = options->n_paths;
+    pthread_mutex_init(&host->mutex, NULL);
+    pthread_cond_init(&host->cond, NULL);
+    if (!host->roots || !host->paths) {
+        host->handles_open = 0;
+        snprintf(err, errlen, "out of memory");
+        free(host->roots);
+        free(host->paths);
+        free(host);
+        return -ENOMEM;
+    }
+    uv_async_init(loop, &host->async, on_async);
+    host->async.data = host;
+    uv_timer_init(loop, &host->deadline_timer);
+    host->deadline_timer.data = host;
+    host->handles_open = 2;
+    the_host = host;
+
+    int r = -pthread_create(&host->thread, NULL, python_thread_main, host);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot start the python thread: %s", strerror(-r));
+        goto fail;
+    }
+    host->thread_started = true;
+    pthread_mutex_lock(&host->mutex);
+    while (!host->init_done)
+        pthread_cond_wait(&host->cond, &host->mutex);
+    r = host->init_status;
+    pthread_mutex_unlock(&host->mutex);
+    if (r < 0) {
+        snprintf(err, errlen, "%s", host->init_error);
+        pthread_join(host->thread, NULL);
+        host->thread_started = false;
+        goto fail;
+    }
+    *out = host;
+    return 0;
+
+fail:
+    uv_close((uv_handle_t *)&host->async, on_handle_closed);
+    uv_close((uv_handle_t *)&host->deadline_timer, on_handle_closed);
+    return r;
+}
+
+struct py_job *py_job_new(enum py_job_kind kind, json_t *input, unsigned timeout_ms,
+                          py_job_done_cb done, void *data) {
+    struct py_job *job = calloc(1, sizeof(*job));
+    if (!job) {
+        json_decref(input);
+        return NULL;
+    }
+    job->kind = kind;
+    job->input = input ? input : json_object();
+    job->timeout_ms = timeout_ms;
+    job->done = done;
+    job->data = data;
+    return job;
+}
+
+void py_job_free(struct py_job *job) {
+    if (!job)
+        return;
+    json_decref(job->input);
+    json_decref(job->output);
+    free(job);
+}
+
+int py_host_submit(struct py_host *host, struct py_job *job) {
+    pthread_mutex_lock(&host->mutex);
+    if (host->stopping) {
+        pthread_mutex_unlock(&host->mutex);
+        return -ESHUTDOWN;
+    }
+    job->id = ++host->next_job_id;
+    job->next = NULL;
+    if (host->queue_tail)
+        host->queue_tail->next = job;
+    else
+        host->queue_head = job;
+    host->queue_tail = job;
+    host->queued++;
+    pthread_cond_signal(&host->cond);
+    pthread_mutex_unlock(&host->mutex);
+    return 0;
+}
+
+uint64_t py_host_running(struct py_host *host, const char **kind, uint64_t *age_ms) {
+    uint64_t id = 0;
+    pthread_mutex_lock(&host->mutex);
+    if (host->running) {
+        id = host->running->id;
+        if (kind)
+            *kind = py_job_kind_name(host->running->kind);
+        if (age_ms)
+            *age_ms = (uv_hrtime() - host->running->started_ns) / 1000000;
+    }
+    pthread_mutex_unlock(&host->mutex);
+    return id;
+}
+
+size_t py_host_queued(struct py_host *host) {
+    pthread_mutex_lock(&host->mutex);
+    size_t n = host->queued;
+    pthread_mutex_unlock(&host->mutex);
+    return n;
+}
+
+size_t py_host_modules_loaded(struct py_host *host) {
+    return atomic_load(&host->modules_loaded);
+}
+
+void py_host_stop(struct py_host *host, unsigned grace_ms, void (*close_cb)(void *data), void *data) {
+    host->close_cb = close_cb;
+    host->close_data = data;
+    host->grace_ms = grace_ms;
+    pthread_mutex_lock(&host->mutex);
+    host->stopping = true;
+    struct py_job *queued = host->queue_head;
+    host->queue_head = host->queue_tail = NULL;
+    host->queued = 0;
+    pthread_cond_broadcast(&host->cond);
+    pthread_mutex_unlock(&host->mutex);
+
+    while (queued) {
+        struct py_job *next = queued->next;
+        queued->next = NULL;
+        json_t *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_SHUTTING_DOWN,
+                                  "message", "pyhotd is stopping");
+        job_fail(queued, error);
+        queued->done(queued, queued->data);
+        queued = next;
+    }
+    /* The running job, if any, gets grace_ms before it is interrupted. */
+    host->deadline_job_id = 0;
+    arm_deadline(host);
+}

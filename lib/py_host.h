@@ -1,0 +1,114 @@
+#ifndef PYHOT_PY_HOST_H
+#define PYHOT_PY_HOST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <uv.h>
+
+/*
+ * The python thread. It initialises the embedded interpreter (so CPython treats it as
+ * the main thread: signal handlers and pending calls run on it), then takes jobs from a
+ * queue, runs each with the GIL held, and posts the finished job back to the loop thread
+ * through a uv_async_t. The loop thread never waits on it (except once, at start, until
+ * the interpreter is initialised).
+ *
+ * Deadlines: every job has one. When it passes, the loop thread marks the job's id and
+ * sends SIGUSR1 to the python thread; the Python-level handler (registered with
+ * signal.signal, so CPython runs it between bytecodes and after EINTR, see
+ * Modules/signalmodule.c) raises TimeoutError if the marked id is still the running job.
+ * A late signal never hits the next job. The signal is re-sent every second until the
+ * job ends, in case the code caught the first TimeoutError.
+ *
+ * SIGUSR1 must be blocked in every other thread: py_host_block_signals() does that for
+ * the calling thread, and must be called in main() before any thread is created.
+ *
+ * No PyObject leaves this component: job inputs and outputs are jansson values, owned by
+ * the job, handed between threads with the job (one owner at a time).
+ */
+struct py_host;
+
+enum py_job_kind {
+    PY_JOB_STARTUP,  /* input {"import": bool, "entry": str|null} -> import roots, start entry */
+    PY_JOB_RELOAD,   /* input {"paths": [..], "targets": [..]} -> {"reloads","batch"} or error */
+    PY_JOB_EXEC,     /* input {"code": str} -> {"stdout","stderr","value"} or error */
+    PY_JOB_MODULES,  /* input {"pattern": str|null} -> {"modules": [...]} */
+};
+
+struct py_job;
+typedef void (*py_job_done_cb)(struct py_job *job, void *data);
+
+struct py_job {
+    uint64_t id;              /* set by py_host_submit */
+    enum py_job_kind kind;
+    unsigned timeout_ms;      /* deadline from the moment the job starts running */
+    json_t *input;            /* owned by the job */
+
+    /* Filled by the python thread, read on the loop thread in done(). */
+    bool ok;                  /* false: output holds {"code", "message", ...error details} */
+    json_t *output;           /* owned by the job */
+    bool timed_out;           /* the deadline passed while it ran */
+    uint64_t started_ns;      /* uv_hrtime() */
+    uint64_t finished_ns;
+
+    py_job_done_cb done;      /* called on the loop thread; the callee owns the job */
+    void *data;
+    struct py_job *next;      /* queue link, owned by py_host while queued */
+};
+
+struct py_host_options {
+    const char *const *roots;     /* watch roots (realpaths): first on sys.path, and only
+                                     modules under them are reloadable */
+    size_t n_roots;
+    const char *const *paths;     /* further sys.path entries, after the roots */
+    size_t n_paths;
+};
+
+/* Blocks SIGUSR1 in the calling thread (and so in threads it creates later). Call from
+ * main() before any thread exists. Returns 0 or a negative errno. */
+int py_host_block_signals(void);
+
+/* Starts the python thread, initialises the interpreter and waits until that is done.
+ * Returns 0 and sets *out, or a negative errno with a message in err (e.g. PyConfig
+ * failure). The host posts finished jobs on loop. */
+int py_host_start(uv_loop_t *loop, const struct py_host_options *options,
+                  struct py_host **out, char *err, size_t errlen);
+
+/* Allocates a job of kind with input (stolen) and timeout_ms; NULL on ENOMEM (input is
+ * released). */
+struct py_job *py_job_new(enum py_job_kind kind, json_t *input, unsigned timeout_ms,
+                          py_job_done_cb done, void *data);
+
+/* Frees a job, its input and output. NULL is allowed. */
+void py_job_free(struct py_job *job);
+
+/* Queues job (the host owns it until done() hands it back). Returns 0, or -ESHUTDOWN
+ * when the host is stopping (the job is not taken). Loop thread only. */
+int py_host_submit(struct py_host *host, struct py_job *job);
+
+/* What the python thread runs now: 0 when idle, else fills the job's id, kind name and
+ * age in ms. Never waits on the python thread beyond a short mutex. */
+uint64_t py_host_running(struct py_host *host, const char **kind, uint64_t *age_ms);
+
+/* Jobs queued and not yet started. */
+size_t py_host_queued(struct py_host *host);
+
+/* len(sys.modules) after the last job. */
+size_t py_host_modules_loaded(struct py_host *host);
+
+/* "3.11.2": the embedded interpreter's version (static string). */
+const char *py_host_python_version(void);
+
+/* Name of a job kind ("startup", "reload", "exec", "modules"). */
+const char *py_job_kind_name(enum py_job_kind kind);
+
+/* Stops the host: queued jobs are finished with ok=false, code "shutting_down"; the
+ * running job gets grace_ms to end, then is interrupted; the interpreter is finalised
+ * (Py_FinalizeEx) and the thread joined; then the libuv handles are closed and
+ * close_cb(data) runs from the loop. Loop thread only; the loop must keep running. */
+void py_host_stop(struct py_host *host, unsigned grace_ms, void (*close_cb)(void *data),
+                  void *data);
+
+#endif

@@ -1,0 +1,32 @@
+#ifndef PYHOT_PY_INTERNAL_H
+#define PYHOT_PY_INTERNAL_H
+
+/*
+ * Shared by the py_*.c files only (the only ones that include Python.h). Every function
+ * here must be called on the python thread with the GIL held.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <jansson.h>
+
+/* Converts dict (str keys), list, tuple, str, int, float, bool and None to JSON; any other
+ * object becomes its repr() string. Returns a new reference; NULL only on ENOMEM (the
+ * Python error state is cleared either way). Depth is capped at 64 levels. */
+json_t *py_to_json(PyObject *obj);
+
+/* Converts a JSON value to a new Python reference (object -> dict, array -> list, ...).
+ * Returns NULL with a Python exception set on failure. */
+PyObject *py_from_json(json_t *value);
+
+/* Turns the pending Python exception into a protocol error object {"code": code,
+ * "message", "type", "file", "line", "traceback"} through _pyhot.describe_exception, and
+ * clears it. Returns a new reference (never NULL except on ENOMEM). */
+json_t *py_error_from_exception(const char *code);
+
+/* Calls _pyhot.<name>(*args) where args is a JSON array (borrowed) converted to Python.
+ * Returns the result converted to JSON (new reference), or NULL with *error set to a new
+ * error object (py_error_from_exception with code python_error) when it raised. */
+json_t *py_support_call(const char *name, json_t *args, json_t **error);
+
+#endif
