@@ -80,6 +80,26 @@ def _install_stream_proxies():
 # ---------------------------------------------------------------------------------------
 # Errors as data: type, message, file, line (and column for a SyntaxError), traceback.
 
+_SELF_FILE = "<pyhot>/py_support.py"
+
+
+def _is_machinery(filename):
+    return filename == _SELF_FILE or filename.startswith("<frozen importlib")
+
+
+def format_traceback(exc):
+    """The traceback of exc as the user's code sees it: frames of this module and of
+    importlib's machinery (reload goes through it) are left out, as CPython leaves out
+    importlib's frames from import errors."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_machinery(f.filename)]
+    lines = []
+    if frames:
+        lines.append("Traceback (most recent call last):\n")
+        lines.extend(traceback.format_list(frames))
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    return "".join(lines)
+
+
 def describe_exception(exc, prefer_file=None):
     """The error object of the protocol for exc.
 
@@ -96,7 +116,7 @@ def describe_exception(exc, prefer_file=None):
         "message": str(exc),
         "file": None,
         "line": None,
-        "traceback": "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
+        "traceback": format_traceback(exc),
     }
     if isinstance(exc, SyntaxError):
         error["message"] = exc.msg if exc.msg else str(exc)
@@ -104,7 +124,7 @@ def describe_exception(exc, prefer_file=None):
         error["line"] = exc.lineno
         error["column"] = exc.offset
         return error
-    frames = traceback.extract_tb(exc.__traceback__)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_machinery(f.filename)]
     chosen = None
     for frame in frames:
         if prefer_file is not None and frame.filename == prefer_file:

@@ -1,0 +1,865 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <ini.h>
+
+#include "protocol.h"
+
+#define SETTLE_MS_MAX 60000U
+#define TIMEOUT_MS_MAX 86400000U
+#define MSG_MAX 1024
+#define SUN_PATH_MAX sizeof(((struct sockaddr_un *)NULL)->sun_path)
+
+/* ---- string lists (NULL-terminated, with a count) ---------------------------------- */
+
+static void strv_free(char ***v, size_t *n)
+{
+    if (*v != NULL) {
+        for (size_t i = 0; i < *n; i++)
+            free((*v)[i]);
+        free(*v);
+    }
+    *v = NULL;
+    *n = 0;
+}
+
+/* Appends s, taking ownership of it (freed on failure). */
+static int strv_push_owned(char ***v, size_t *n, char *s)
+{
+    if (s == NULL)
+        return -ENOMEM;
+    char **nv = realloc(*v, (*n + 2) * sizeof(*nv));
+    if (nv == NULL) {
+        free(s);
+        return -ENOMEM;
+    }
+    nv[(*n)++] = s;
+    nv[*n] = NULL;
+    *v = nv;
+    return 0;
+}
+
+static bool strv_contains(char *const *v, size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i], s) == 0)
+            return true;
+    return false;
+}
+
+/* ---- values --------------------------------------------------------------------- */
+
+/* A full decimal integer in min..max: digits only (no sign, no spaces, no 0x). */
+static int parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
+{
+    if (s == NULL || !isdigit((unsigned char)s[0]))
+        return -EINVAL;
+    errno = 0;
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return -EINVAL;
+    *out = (unsigned)v;
+    return 0;
+}
+
+static bool entry_valid(const char *entry)
+{
+    const char *colon = strchr(entry, ':');
+    return colon != NULL && colon != entry && colon[1] != '\0' && strchr(colon + 1, ':') == NULL;
+}
+
+/* Joins a relative path onto dir; an absolute path is only tidied. Drops empty and "."
+ * components so that sys.path entries read the way the user meant them; ".." is kept,
+ * since resolving it lexically would be wrong across symlinks. */
+static char *path_join(const char *dir, const char *path)
+{
+    size_t dlen = path[0] == '/' || dir == NULL ? 0 : strlen(dir);
+    size_t plen = strlen(path);
+    char *joined = malloc(dlen + 1 + plen + 1);
+    if (joined == NULL)
+        return NULL;
+    if (dlen > 0) {
+        memcpy(joined, dir, dlen);
+        joined[dlen] = '/';
+        memcpy(joined + dlen + 1, path, plen + 1);
+    } else {
+        memcpy(joined, path, plen + 1);
+    }
+
+    bool absolute = joined[0] == '/';
+    char *w = joined;
+    const char *r = joined;
+    while (*r != '\0') {
+        while (*r == '/')
+            r++;
+        size_t n = strcspn(r, "/");
+        if (n == 0 || (n == 1 && r[0] == '.')) {
+            r += n;
+            continue;
+        }
+        if (w > joined || absolute)
+            *w++ = '/';
+        memmove(w, r, n);
+        w += n;
+        r += n;
+    }
+    if (w == joined)
+        *w++ = absolute ? '/' : '.';
+    *w = '\0';
+    return joined;
+}
+
+/* ---- the INI file -------------------------------------------------------------- */
+
+enum key_kind {
+    KEY_PATH,       /* char *, resolved against the file's directory */
+    KEY_DIRS,       /* char **, existing directories, realpath'd */
+    KEY_PATHS,      /* char **, resolved against the file's directory */
+    KEY_GLOBS,      /* char **, split on whitespace and commas */
+    KEY_UINT,       /* unsigned, min..max */
+    KEY_LOG_LEVEL,
+    KEY_IMPORT,
+    KEY_STRATEGY,
+    KEY_ENTRY,
+};
+
+struct config_key {
+    const char *section;
+    const char *name;
+    enum key_kind kind;
+    size_t offset;    /* of the field in struct config */
+    size_t n_offset;  /* of the count, for lists */
+    unsigned min, max;
+};
+
+#define FIELD(f) offsetof(struct config, f)
+#define LIST(f) offsetof(struct config, f), offsetof(struct config, n_##f)
+
+static const struct config_key config_keys[] = {
+    {"daemon", "socket", KEY_PATH, FIELD(socket_path), 0, 0, 0},
+    {"daemon", "log_level", KEY_LOG_LEVEL, FIELD(log_level), 0, 0, 0},
+    {"watch", "root", KEY_DIRS, LIST(watch_roots), 0, 0},
+    {"watch", "settle_ms", KEY_UINT, FIELD(settle_ms), 0, 0, SETTLE_MS_MAX},
+    {"watch", "import", KEY_IMPORT, FIELD(import), 0, 0, 0},
+    {"watch", "include", KEY_GLOBS, LIST(include), 0, 0},
+    {"watch", "exclude", KEY_GLOBS, LIST(exclude), 0, 0},
+    {"python", "path", KEY_PATHS, LIST(python_paths), 0, 0},
+    {"python", "entry", KEY_ENTRY, FIELD(entry), 0, 0, 0},
+    {"reload", "timeout_ms", KEY_UINT, FIELD(reload_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
+    {"reload", "strategy", KEY_STRATEGY, FIELD(strategy), 0, 0, 0},
+    {"run", "timeout_ms", KEY_UINT, FIELD(exec_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
+};
+
+#define N_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))
+
+static bool section_known(const char *section)
+{
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (strcmp(config_keys[i].section, section) == 0)
+            return true;
+    return false;
+}
+
+struct load_ctx {
+    struct config *cfg;
+    const char *path;
+    char dir[PATH_MAX];   /* the file's directory, absolute */
+    FILE *file;
+    int lineno;           /* lines handed to inih so far: the line the handler is on */
+    int err_line;         /* first error we found ourselves, 0 = none */
+    int err;
+    char msg[MSG_MAX];
+};
+
+static int load_fail(struct load_ctx *ctx, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Records the first error only (inih keeps parsing after one); returns 0, the handler's
+ * "error" answer to inih. */
+static int load_fail(struct load_ctx *ctx, int err, const char *fmt, ...)
+{
+    if (ctx->err_line == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(ctx->msg, sizeof(ctx->msg), fmt, ap);
+        va_end(ap);
+        ctx->err_line = ctx->lineno;
+        ctx->err = err;
+    }
+    return 0;
+}
+
+/* inih's reader. Counting the lines here gives the handler its line number (Debian builds
+ * inih without INI_HANDLER_LINENO). It also catches what inih would get wrong silently: a
+ * line longer than its buffer (inih would parse the rest as a further line) and a section
+ * header with an unknown name (inih reports nothing for a section without keys). */
+static char *load_reader(char *str, int num, void *stream)
+{
+    struct load_ctx *ctx = stream;
+    if (fgets(str, num, ctx->file) == NULL)
+        return NULL;
+    ctx->lineno++;
+
+    size_t len = strlen(str);
+    if (len == (size_t)num - 1 && str[len - 1] != '\n') {
+        int c = getc(ctx->file);
+        if (c != EOF && c != '\n') {
+            while (c != EOF && c != '\n')
+                c = getc(ctx->file);
+            load_fail(ctx, -EINVAL, "line longer than %d bytes", num - 1);
+            str[0] = '\0';
+            return str;
+        }
+    }
+
+    /* Only an unindented "[" is certainly a section: an indented line may continue the
+     * previous value. The handler catches unknown sections that this misses. */
+    const char *p = str;
+    if (ctx->lineno == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0)
+        p += 3;
+    if (*p == '[') {
+        const char *close = strchr(p + 1, ']');
+        if (close != NULL) {
+            char name[128];
+            size_t n = (size_t)(close - p - 1);
+            if (n >= sizeof(name))
+                n = sizeof(name) - 1;
+            memcpy(name, p + 1, n);
+            name[n] = '\0';
+            if (!section_known(name))
+                load_fail(ctx, -EINVAL, "unknown section [%s]", name);
+        }
+    }
+    return str;
+}
+
+static int set_value(struct load_ctx *ctx, const struct config_key *key, const char *value)
+{
+    char *base = (char *)ctx->cfg;
+    char **str = (char **)(base + key->offset);
+    char ***list = (char ***)(base + key->offset);
+    size_t *count = (size_t *)(base + key->n_offset);
+    int r = 0;
+
+    switch (key->kind) {
+    case KEY_PATH:
+    case KEY_ENTRY: {
+        if (value[0] == '\0')
+            return load_fail(ctx, -EINVAL, "%s: empty value", key->name);
+        if (key->kind == KEY_ENTRY && !entry_valid(value))
+            return load_fail(ctx, -EINVAL, "%s: expected MODULE:FUNCTION, got '%s'",
+                             key->name, value);
+        char *copy = key->kind == KEY_PATH ? path_join(ctx->dir, value) : strdup(value);
+        if (copy == NULL)
+            return load_fail(ctx, -ENOMEM, "out of memory");
+        free(*str);
+        *str = copy;
+        return 1;
+    }
+    case KEY_DIRS: {
+        if (value[0] == '\0')
+            return load_fail(ctx, -EINVAL, "%s: empty value", key->name);
+        char *joined = path_join(ctx->dir, value);
+        if (joined == NULL)
+            return load_fail(ctx, -ENOMEM, "out of memory");
+        char *real = realpath(joined, NULL);
+        struct stat st;
+        if (real == NULL || stat(real, &st) < 0) {
+            int e = errno;
+            load_fail(ctx, -EINVAL, "%s = %s: %s", key->name, value, strerror(e));
+            free(joined);
+            free(real);
+            return 0;
+        }
+        free(joined);
+        if (!S_ISDIR(st.st_mode)) {
+            free(real);
+            return load_fail(ctx, -EINVAL, "%s = %s: not a directory", key->name, value);
+        }
+        if (strv_contains(*list, *count, real)) {
+            free(real);
+            return 1;
+        }
+        r = strv_push_owned(list, count, real);
+        break;
+    }
+    case KEY_PATHS:
+        if (value[0] == '\0')
+            return load_fail(ctx, -EINVAL, "%s: empty value", key->name);
+        r = strv_push_owned(list, count, path_join(ctx->dir, value));
+        break;
+    case KEY_GLOBS: {
+        size_t added = 0;
+        for (const char *p = value; *p != '\0' && r == 0;) {
+            size_t skip = strspn(p, " \t,");
+            p += skip;
+            size_t n = strcspn(p, " \t,");
+            if (n == 0)
+                break;
+            r = strv_push_owned(list, count, strndup(p, n));
+            p += n;
+            added++;
+        }
+        if (r == 0 && added == 0)
+            return load_fail(ctx, -EINVAL, "%s: expected one or more globs", key->name);
+        break;
+    }
+    case KEY_UINT:
+        if (parse_uint(value, key->min, key->max, (unsigned *)(base + key->offset)) < 0)
+            return load_fail(ctx, -EINVAL, "%s: expected an integer from %u to %u, got '%s'",
+                             key->name, key->min, key->max, value);
+        return 1;
+    case KEY_LOG_LEVEL:
+        if (log_level_parse(value, (enum log_level *)(base + key->offset)) < 0)
+            return load_fail(ctx, -EINVAL,
+                             "%s: expected error, warn, info or debug, got '%s'", key->name,
+                             value);
+        return 1;
+    case KEY_IMPORT:
+        if (strcmp(value, "all") == 0)
+            *(enum config_import *)(base + key->offset) = CONFIG_IMPORT_ALL;
+        else if (strcmp(value, "none") == 0)
+            *(enum config_import *)(base + key->offset) = CONFIG_IMPORT_NONE;
+        else
+            return load_fail(ctx, -EINVAL, "%s: expected all or none, got '%s'", key->name,
+                             value);
+        return 1;
+    case KEY_STRATEGY:
+        if (strcmp(value, "dependents") == 0)
+            *(enum config_strategy *)(base + key->offset) = CONFIG_STRATEGY_DEPENDENTS;
+        else if (strcmp(value, "module") == 0)
+            *(enum config_strategy *)(base + key->offset) = CONFIG_STRATEGY_MODULE;
+        else
+            return load_fail(ctx, -EINVAL, "%s: expected dependents or module, got '%s'",
+                             key->name, value);
+        return 1;
+    }
+    if (r < 0)
+        return load_fail(ctx, r, "out of memory");
+    return 1;
+}
+
+static int load_handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct load_ctx *ctx = user;
+    if (section[0] == '\0')
+        return load_fail(ctx, -EINVAL, "key '%s' outside any section", name);
+    if (!section_known(section))
+        return load_fail(ctx, -EINVAL, "unknown section [%s]", section);
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const struct config_key *key = &config_keys[i];
+        if (strcmp(key->section, section) == 0 && strcmp(key->name, name) == 0)
+            return set_value(ctx, key, value);
+    }
+    return load_fail(ctx, -EINVAL, "unknown key '%s' in section [%s]", name, section);
+}
+
+/* The absolute directory of path, for resolving the relative paths inside it. */
+static int file_dir(const char *path, char *out)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL) {
+        strcpy(dir, ".");
+    } else {
+        size_t n = slash == path ? 1 : (size_t)(slash - path);
+        if (n >= sizeof(dir))
+            return -ENAMETOOLONG;
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+    }
+    if (realpath(dir, out) == NULL)
+        return -errno;
+    return 0;
+}
+
+int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    struct load_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -ENOMEM;
+    }
+    ctx->cfg = cfg;
+    ctx->path = path;
+    int r = 0;
+
+    ctx->file = fopen(path, "re");
+    struct stat st;
+    if (ctx->file == NULL || fstat(fileno(ctx->file), &st) < 0) {
+        r = -errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    /* fopen(3) opens a directory and reading it fails: that must not pass as empty. */
+    if (S_ISDIR(st.st_mode)) {
+        r = -EISDIR;
+        snprintf(err, errlen, "%s: %s", path, strerror(EISDIR));
+        goto out;
+    }
+    r = file_dir(path, ctx->dir);
+    if (r < 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(-r));
+        goto out;
+    }
+    char *copy = strdup(path);
+    if (copy == NULL) {
+        r = -ENOMEM;
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto out;
+    }
+    free(cfg->config_path);
+    cfg->config_path = copy;
+
+    int line = ini_parse_stream(load_reader, ctx, load_handler, ctx);
+    if (ferror(ctx->file)) {
+        r = -EIO;
+        snprintf(err, errlen, "%s: read error", path);
+    } else if (line > 0 && (ctx->err_line == 0 || line < ctx->err_line)) {
+        /* inih found a line that is neither "[section]" nor "key = value". */
+        r = -EINVAL;
+        snprintf(err, errlen, "%s:%d: syntax error: expected [section] or key = value",
+                 path, line);
+    } else if (ctx->err_line > 0) {
+        r = ctx->err;
+        snprintf(err, errlen, "%s:%d: %s", path, ctx->err_line, ctx->msg);
+    } else if (line < 0) {
+        r = -ENOMEM;
+        snprintf(err, errlen, "%s: out of memory", path);
+    }
+
+out:
+    if (ctx->file != NULL)
+        fclose(ctx->file);
+    free(ctx);
+    return r;
+}
+
+/* ---- the command line ------------------------------------------------------------ */
+
+enum {
+    OPT_SETTLE_MS = 256,
+    OPT_PYTHON_PATH,
+    OPT_ENTRY,
+    OPT_NO_IMPORT,
+    OPT_LOG_LEVEL,
+    OPT_CHECK_CONFIG,
+};
+
+static const struct option long_options[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"watch", required_argument, NULL, 'w'},
+    {"socket", required_argument, NULL, 's'},
+    {"settle-ms", required_argument, NULL, OPT_SETTLE_MS},
+    {"python-path", required_argument, NULL, OPT_PYTHON_PATH},
+    {"entry", required_argument, NULL, OPT_ENTRY},
+    {"no-import", no_argument, NULL, OPT_NO_IMPORT},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
+    {"version", no_argument, NULL, 'V'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const char *option_name(int val)
+{
+    for (const struct option *o = long_options; o->name != NULL; o++)
+        if (o->val == val)
+            return o->name;
+    return "?";
+}
+
+/* How many long options "--arg" abbreviates; getopt_long(3) reports an ambiguous prefix
+ * the same way as an unknown option. */
+static int long_prefix_matches(const char *arg)
+{
+    if (strncmp(arg, "--", 2) != 0)
+        return 0;
+    arg += 2;
+    size_t n = strcspn(arg, "=");
+    int matches = 0;
+    for (const struct option *o = long_options; o->name != NULL; o++)
+        matches += strncmp(o->name, arg, n) == 0;
+    return matches;
+}
+
+/* What the command line said, kept apart until the file is loaded beneath it. */
+struct cli {
+    const char *config;
+    const char *socket;
+    const char *entry;
+    char **watch;
+    size_t n_watch;
+    char **python_paths;
+    size_t n_python_paths;
+    unsigned settle_ms;
+    enum log_level log_level;
+    bool has_settle_ms, has_log_level, has_watch, has_python_paths, no_import;
+    bool check_config, help, version;
+};
+
+static void cli_free(struct cli *cli)
+{
+    strv_free(&cli->watch, &cli->n_watch);
+    strv_free(&cli->python_paths, &cli->n_python_paths);
+}
+
+static int cli_parse(struct cli *cli, int argc, char **argv, char *err, size_t errlen)
+{
+    char cwd[PATH_MAX];
+    bool have_cwd = false;
+    int c, r;
+
+    optind = 0;   /* glibc: full re-initialisation, so a second call parses afresh */
+    opterr = 0;   /* lib/ never prints; errors go to err */
+    while ((c = getopt_long(argc, argv, ":c:w:s:hV", long_options, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            cli->config = optarg;
+            break;
+        case 'w':
+            if (optarg[0] == '\0') {
+                snprintf(err, errlen, "--watch: empty directory name");
+                return -EINVAL;
+            }
+            /* Kept as given: config_finish() resolves it against the cwd and names it
+             * the way the user wrote it when it is missing. */
+            r = strv_push_owned(&cli->watch, &cli->n_watch, strdup(optarg));
+            if (r < 0)
+                goto nomem;
+            cli->has_watch = true;
+            break;
+        case 's':
+            if (optarg[0] == '\0') {
+                snprintf(err, errlen, "--socket: empty path");
+                return -EINVAL;
+            }
+            cli->socket = optarg;
+            break;
+        case OPT_SETTLE_MS:
+            if (parse_uint(optarg, 0, SETTLE_MS_MAX, &cli->settle_ms) < 0) {
+                snprintf(err, errlen, "--settle-ms: expected an integer from 0 to %u, got '%s'",
+                         SETTLE_MS_MAX, optarg);
+                return -EINVAL;
+            }
+            cli->has_settle_ms = true;
+            break;
+        case OPT_PYTHON_PATH:
+            if (optarg[0] == '\0') {
+                snprintf(err, errlen, "--python-path: empty directory name");
+                return -EINVAL;
+            }
+            if (!have_cwd && optarg[0] != '/') {
+                if (getcwd(cwd, sizeof(cwd)) == NULL) {
+                    snprintf(err, errlen, "--python-path %s: cannot get the current directory: %s",
+                             optarg, strerror(errno));
+                    return -errno;
+                }
+                have_cwd = true;
+            }
+            r = strv_push_owned(&cli->python_paths, &cli->n_python_paths,
+                                path_join(have_cwd ? cwd : NULL, optarg));
+            if (r < 0)
+                goto nomem;
+            cli->has_python_paths = true;
+            break;
+        case OPT_ENTRY:
+            if (!entry_valid(optarg)) {
+                snprintf(err, errlen, "--entry: expected MODULE:FUNCTION, got '%s'", optarg);
+                return -EINVAL;
+            }
+            cli->entry = optarg;
+            break;
+        case OPT_NO_IMPORT:
+            cli->no_import = true;
+            break;
+        case OPT_LOG_LEVEL:
+            if (log_level_parse(optarg, &cli->log_level) < 0) {
+                snprintf(err, errlen,
+                         "--log-level: expected error, warn, info or debug, got '%s'", optarg);
+                return -EINVAL;
+            }
+            cli->has_log_level = true;
+            break;
+        case OPT_CHECK_CONFIG:
+            cli->check_config = true;
+            break;
+        case 'h':
+            cli->help = true;
+            break;
+        case 'V':
+            cli->version = true;
+            break;
+        case ':':
+            if (optopt >= 256 || argv[optind - 1][1] == '-')
+                snprintf(err, errlen, "option '--%s' requires an argument", option_name(optopt));
+            else
+                snprintf(err, errlen, "option '-%c' requires an argument", optopt);
+            return -EINVAL;
+        default:
+            /* An unknown short option sets optopt to its letter; a known one here means
+             * "--help=x", an argument given to an option that takes none. */
+            if (optopt != 0 && (optopt >= 256 || strchr("cwshV", optopt) != NULL))
+                snprintf(err, errlen, "option '--%s' does not take an argument",
+                         option_name(optopt));
+            else if (optopt != 0)
+                snprintf(err, errlen, "unknown option '-%c'", optopt);
+            else if (long_prefix_matches(argv[optind - 1]) > 1)
+                snprintf(err, errlen, "ambiguous option '%s'", argv[optind - 1]);
+            else
+                snprintf(err, errlen, "unknown option '%s'", argv[optind - 1]);
+            return -EINVAL;
+        }
+    }
+    if (optind < argc) {
+        snprintf(err, errlen, "unexpected argument '%s'", argv[optind]);
+        return -EINVAL;
+    }
+    return 0;
+
+nomem:
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+}
+
+static int replace_string(char **field, const char *value)
+{
+    char *copy = strdup(value);
+    if (copy == NULL)
+        return -ENOMEM;
+    free(*field);
+    *field = copy;
+    return 0;
+}
+
+int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    struct cli cli = {0};
+    int r = cli_parse(&cli, argc, argv, err, errlen);
+    if (r < 0)
+        goto out;
+
+    cfg->show_help |= cli.help;
+    cfg->show_version |= cli.version;
+    cfg->check_config |= cli.check_config;
+    /* `pyhotd --help` must work whatever state the config file is in. */
+    if (cli.help || cli.version)
+        goto out;
+
+    if (cli.config != NULL) {
+        r = config_load_file(cfg, cli.config, err, errlen);
+        if (r < 0)
+            goto out;
+    }
+
+    if (cli.socket != NULL && (r = replace_string(&cfg->socket_path, cli.socket)) < 0)
+        goto nomem;
+    if (cli.entry != NULL && (r = replace_string(&cfg->entry, cli.entry)) < 0)
+        goto nomem;
+    if (cli.has_settle_ms)
+        cfg->settle_ms = cli.settle_ms;
+    if (cli.has_log_level)
+        cfg->log_level = cli.log_level;
+    if (cli.no_import)
+        cfg->import = CONFIG_IMPORT_NONE;
+    if (cli.has_watch) {
+        strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
+        cfg->watch_roots = cli.watch;
+        cfg->n_watch_roots = cli.n_watch;
+        cli.watch = NULL;
+        cli.n_watch = 0;
+    }
+    if (cli.has_python_paths) {
+        strv_free(&cfg->python_paths, &cfg->n_python_paths);
+        cfg->python_paths = cli.python_paths;
+        cfg->n_python_paths = cli.n_python_paths;
+        cli.python_paths = NULL;
+        cli.n_python_paths = 0;
+    }
+    goto out;
+
+nomem:
+    snprintf(err, errlen, "out of memory");
+out:
+    cli_free(&cli);
+    return r;
+}
+
+/* ---- the whole ----------------------------------------------------------------- */
+
+void config_init(struct config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->log_level = LOG_LEVEL_INFO;
+    cfg->settle_ms = 10;
+    cfg->import = CONFIG_IMPORT_ALL;
+    cfg->reload_timeout_ms = 10000;
+    cfg->strategy = CONFIG_STRATEGY_DEPENDENTS;
+    cfg->exec_timeout_ms = 30000;
+}
+
+void config_free(struct config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    free(cfg->config_path);
+    free(cfg->socket_path);
+    free(cfg->entry);
+    strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
+    strv_free(&cfg->include, &cfg->n_include);
+    strv_free(&cfg->exclude, &cfg->n_exclude);
+    strv_free(&cfg->python_paths, &cfg->n_python_paths);
+    config_init(cfg);
+}
+
+static int finish_roots(struct config *cfg, char *err, size_t errlen)
+{
+    char **roots = NULL;
+    size_t n = 0;
+    int r = 0;
+
+    for (size_t i = 0; i < cfg->n_watch_roots; i++) {
+        const char *given = cfg->watch_roots[i];
+        char *real = realpath(given, NULL);
+        struct stat st;
+        if (real == NULL || stat(real, &st) < 0) {
+            r = -errno;
+            snprintf(err, errlen, "--watch %s: %s", given, strerror(errno));
+            free(real);
+            goto fail;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            r = -ENOTDIR;
+            snprintf(err, errlen, "--watch %s: not a directory", given);
+            free(real);
+            goto fail;
+        }
+        if (strv_contains(roots, n, real)) {
+            free(real);
+            continue;
+        }
+        r = strv_push_owned(&roots, &n, real);
+        if (r < 0) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
+    strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
+    cfg->watch_roots = roots;
+    cfg->n_watch_roots = n;
+    return 0;
+
+fail:
+    strv_free(&roots, &n);
+    return r;
+}
+
+int config_finish(struct config *cfg, char *err, size_t errlen)
+{
+    if (cfg->settle_ms > SETTLE_MS_MAX) {
+        snprintf(err, errlen, "settle_ms: expected an integer from 0 to %u, got %u",
+                 SETTLE_MS_MAX, cfg->settle_ms);
+        return -EINVAL;
+    }
+    if (cfg->reload_timeout_ms < 1 || cfg->reload_timeout_ms > TIMEOUT_MS_MAX) {
+        snprintf(err, errlen, "[reload] timeout_ms: expected an integer from 1 to %u, got %u",
+                 TIMEOUT_MS_MAX, cfg->reload_timeout_ms);
+        return -EINVAL;
+    }
+    if (cfg->exec_timeout_ms < 1 || cfg->exec_timeout_ms > TIMEOUT_MS_MAX) {
+        snprintf(err, errlen, "[run] timeout_ms: expected an integer from 1 to %u, got %u",
+                 TIMEOUT_MS_MAX, cfg->exec_timeout_ms);
+        return -EINVAL;
+    }
+    if (cfg->entry != NULL && !entry_valid(cfg->entry)) {
+        snprintf(err, errlen, "entry: expected MODULE:FUNCTION, got '%s'", cfg->entry);
+        return -EINVAL;
+    }
+
+    int r = finish_roots(cfg, err, errlen);
+    if (r < 0)
+        return r;
+
+    /* Checked here rather than at bind(2) so that a bad path is a config error (exit 2)
+     * that --check-config reports too. */
+    if (cfg->socket_path == NULL) {
+        char path[PATH_MAX];
+        r = protocol_default_socket_path(path, sizeof(path));
+        if (r < 0) {
+            snprintf(err, errlen, "the default socket path (from PYHOT_SOCKET or "
+                     "XDG_RUNTIME_DIR) is longer than %zu bytes; set --socket",
+                     SUN_PATH_MAX - 1);
+            return r;
+        }
+        cfg->socket_path = strdup(path);
+        if (cfg->socket_path == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+    } else if (strlen(cfg->socket_path) >= SUN_PATH_MAX) {
+        snprintf(err, errlen, "socket path %s is longer than %zu bytes", cfg->socket_path,
+                 SUN_PATH_MAX - 1);
+        return -ENAMETOOLONG;
+    }
+    return 0;
+}
+
+const char *config_usage(void)
+{
+    return
+        "pyhotd - hot-reload daemon for Python: watches script directories and reloads the\n"
+        "changed modules in one persistent interpreter.\n"
+        "\n"
+        "Usage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N] "
+        "[--python-path DIR]... [--entry MODULE:FUNCTION] [--no-import] [--log-level LEVEL] "
+        "[--check-config] [--version] [--help]\n"
+        "\n"
+        "Options:\n"
+        "  -c, --config FILE         read FILE (INI; see pyhotd.conf) before the other\n"
+        "                            options, which override it. Default: none.\n"
+        "  -w, --watch DIR           watch DIR recursively, put it on sys.path and import its\n"
+        "                            modules at start (unless --no-import). Repeatable;\n"
+        "                            replaces the file's [watch] root list. Default: none.\n"
+        "  -s, --socket PATH         control socket. Default: $PYHOT_SOCKET, else\n"
+        "                            $XDG_RUNTIME_DIR/pyhot/pyhotd.sock, else\n"
+        "                            /run/pyhotd/pyhotd.sock for root, else\n"
+        "                            /tmp/pyhot-UID/pyhotd.sock.\n"
+        "      --settle-ms N         wait N ms (0..60000) after the last change before\n"
+        "                            reloading. Default: 10.\n"
+        "      --python-path DIR     add DIR to sys.path after the watch roots. Repeatable;\n"
+        "                            replaces the file's [python] path list. Default: none.\n"
+        "      --entry MODULE:FUNCTION\n"
+        "                            after start, call FUNCTION of MODULE on a thread of its\n"
+        "                            own (the app's main). Default: none.\n"
+        "      --no-import           do not import the watch roots' modules at start; leave\n"
+        "                            importing to the app. Default: import all.\n"
+        "      --log-level LEVEL     error, warn, info or debug. Default: info.\n"
+        "      --check-config        validate the configuration and exit: 0 when it is\n"
+        "                            valid, 2 with the error when it is not.\n"
+        "  -V, --version             print the version and exit.\n"
+        "  -h, --help                print this help and exit.\n"
+        "\n"
+        "Exit status:\n"
+        "  0  clean stop (SIGTERM, SIGINT, or the shutdown command)\n"
+        "  1  runtime failure\n"
+        "  2  usage or configuration error\n"
+        "\n"
+        "Environment:\n"
+        "  PYHOT_SOCKET    the control socket when neither --socket nor [daemon] socket\n"
+        "                  names one.\n"
+        "  JOURNAL_STREAM  set by systemd when stderr is the journal: log lines then carry\n"
+        "                  <N> priority prefixes and no timestamp.\n";
+}
