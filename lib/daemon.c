@@ -467,8 +467,9 @@ static int start(struct daemon *daemon) {
     if (!origin)
         return -ENOMEM;
     origin->daemon = daemon;
-    json_t *input = json_pack("{s:b, s:o}", "import", cfg->import == CONFIG_IMPORT_ALL, "entry",
-                              cfg->entry ? json_string(cfg->entry) : json_null());
+    json_t *input = json_pack("{s:b, s:o, s:s}", "import", cfg->import == CONFIG_IMPORT_ALL, "entry",
+                              cfg->entry ? json_string(cfg->entry) : json_null(), "strategy",
+                              cfg->strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents");
     /* The first imports run an app's top level: they get the exec deadline, not reload's. */
     return submit(daemon, PY_JOB_STARTUP, input, cfg->exec_timeout_ms, origin);
 }

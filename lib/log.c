@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -27,13 +28,27 @@ static bool level_valid(enum log_level level)
     return (int)level >= LOG_LEVEL_ERROR && (int)level <= LOG_LEVEL_DEBUG;
 }
 
+/* systemd.exec(5): JOURNAL_STREAM is "DEVICE:INODE" of the stream systemd connected; a
+ * process that inherited the variable but whose stderr goes elsewhere (a shell started
+ * from a unit, a redirect) must not use journal prefixes. */
+static bool stderr_is_journal(void)
+{
+    const char *stream = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    if (!stream || sscanf(stream, "%llu:%llu", &dev, &ino) != 2)
+        return false;
+    if (fstat(STDERR_FILENO, &st) < 0)
+        return false;
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
 void log_init(enum log_level level)
 {
     log_set_level(level);
     if (atomic_exchange(&log_initialized, true))
         return;
-    const char *stream = getenv("JOURNAL_STREAM");
-    atomic_store(&log_journal, stream != NULL && stream[0] != '\0');
+    atomic_store(&log_journal, stderr_is_journal());
 }
 
 void log_set_level(enum log_level level)

@@ -259,8 +259,12 @@ json_t *py_error_from_exception(const char *code) {
 }
 
 json_t *py_support_call(const char *name, json_t *args, json_t **error) {
+    return py_module_call(support_module, name, args, error);
+}
+
+json_t *py_module_call(PyObject *module, const char *name, json_t *args, json_t **error) {
     *error = NULL;
-    PyObject *fn = PyObject_GetAttrString(support_module, name);
+    PyObject *fn = PyObject_GetAttrString(module, name);
     if (!fn) {
         *error = py_error_from_exception(PROTOCOL_E_INTERNAL);
         return NULL;
@@ -282,21 +286,19 @@ json_t *py_support_call(const char *name, json_t *args, json_t **error) {
 
 /* ---- interpreter setup (python thread) ---------------------------------------------- */
 
-/* The Python-level SIGUSR1 handler. CPython calls it on the main thread (ours) between
- * bytecodes, and right after a blocking call returns EINTR, so raising here interrupts
- * busy loops, time.sleep and blocking reads alike. */
-static PyObject *on_deadline_signal(PyObject *self, PyObject *args) {
+/* _pyhot._deadline_due(): true while the running job is the one whose deadline passed.
+ * The SIGUSR1 handler (_pyhot._deadline_handler, which CPython runs on this thread between
+ * bytecodes and right after a blocking call returns EINTR) raises TimeoutError when it is,
+ * so busy loops, time.sleep and blocking reads are interrupted alike, and a late signal
+ * never hits the next job. */
+static PyObject *deadline_due(PyObject *self, PyObject *unused) {
     uint64_t target = atomic_load(&the_host->interrupt_job_id);
-    if (target != 0 && target == atomic_load(&the_host->current_job_id)) {
-        PyErr_SetString(PyExc_TimeoutError, "pyhot: the job passed its deadline");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return PyBool_FromLong(target != 0 && target == atomic_load(&the_host->current_job_id));
 }
 
-static PyMethodDef deadline_handler_def = {
-    "_pyhot_deadline_handler", on_deadline_signal, METH_VARARGS,
-    "Raises TimeoutError in the job whose deadline passed (set by pyhotd)."};
+static PyMethodDef deadline_due_def = {
+    "_deadline_due", deadline_due, METH_NOARGS,
+    "True while the running job has passed its deadline (set by pyhotd)."};
 
 static int fail_init(struct py_host *host, const char *what) {
     PyObject *exc = take_exception();
@@ -359,7 +361,13 @@ static int interpreter_init(struct py_host *host) {
         return fail_init(host, "setting sys.path");
     Py_DECREF(r);
 
-    PyObject *handler = PyCFunction_New(&deadline_handler_def, NULL);
+    PyObject *due = PyCFunction_New(&deadline_due_def, NULL);
+    if (!due || PyObject_SetAttrString(support_module, "_deadline_due", due) < 0) {
+        Py_XDECREF(due);
+        return fail_init(host, "installing the deadline check");
+    }
+    Py_DECREF(due);
+    PyObject *handler = PyObject_GetAttrString(support_module, "_deadline_handler");
     PyObject *signal_module = handler ? PyImport_ImportModule("signal") : NULL;
     r = signal_module ? PyObject_CallMethod(signal_module, "signal", "iO", SIGUSR1, handler) : NULL;
     Py_XDECREF(signal_module);
@@ -367,6 +375,9 @@ static int interpreter_init(struct py_host *host) {
     if (!r)
         return fail_init(host, "installing the deadline handler");
     Py_DECREF(r);
+
+    if (py_reload_init() < 0)
+        return fail_init(host, "loading the reload engine");
 
     atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
     return 0;
@@ -393,6 +404,12 @@ static void job_set(struct py_job *job, json_t *result, json_t *error) {
 static void run_startup(struct py_job *job) {
     json_t *result = json_object();
     json_t *error = NULL;
+    json_t *strategy = json_object_get(job->input, "strategy");
+    if (json_is_string(strategy) && py_reload_set_strategy(json_string_value(strategy), &error) < 0) {
+        job_fail(job, error);
+        json_decref(result);
+        return;
+    }
     if (json_is_true(json_object_get(job->input, "import"))) {
         json_t *imported = py_support_call("import_roots", NULL, &error);
         if (!imported) {

@@ -29,4 +29,15 @@ json_t *py_error_from_exception(const char *code);
  * error object (py_error_from_exception with code python_error) when it raised. */
 json_t *py_support_call(const char *name, json_t *args, json_t **error);
 
+/* The same for any module object (borrowed), e.g. _pyhot_reload. */
+json_t *py_module_call(PyObject *module, const char *name, json_t *args, json_t **error);
+
+/* Compiles lib/py_reload.py (built in) and runs it as module _pyhot_reload, after _pyhot.
+ * Returns 0, or -1 with a Python exception set. */
+int py_reload_init(void);
+
+/* Sets the reload strategy ("dependents" or "module"). Returns 0, or -1 with *error set
+ * to a new protocol error object. */
+int py_reload_set_strategy(const char *strategy, json_t **error);
+
 #endif

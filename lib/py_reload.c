@@ -5,6 +5,28 @@
 #include <stdio.h>
 
 #include "protocol.h"
+#include "py_reload_source.h"
+
+static PyObject *engine; /* _pyhot_reload; python thread only */
+
+int py_reload_init(void) {
+    PyObject *code = Py_CompileString(py_reload_source, "<pyhot>/py_reload.py", Py_file_input);
+    if (!code)
+        return -1;
+    engine = PyImport_ExecCodeModule("_pyhot_reload", code);
+    Py_DECREF(code);
+    return engine ? 0 : -1;
+}
+
+int py_reload_set_strategy(const char *strategy, json_t **error) {
+    json_t *args = json_pack("[s]", strategy);
+    json_t *result = py_module_call(engine, "set_strategy", args, error);
+    json_decref(args);
+    if (!result)
+        return -1;
+    json_decref(result);
+    return 0;
+}
 
 static json_t *resolve_targets(json_t *targets, json_t **error) {
     json_t *args = json_pack("[O]", targets);
@@ -39,7 +61,7 @@ json_t *py_reload_run(json_t *input, json_t **error) {
     }
     json_t *path_list = json_is_array(paths) ? json_incref(paths) : json_array();
     json_t *args = json_pack("[oo]", path_list, names ? names : json_array());
-    json_t *result = py_support_call("reload_batch", args, error);
+    json_t *result = py_module_call(engine, "reload_batch", args, error);
     json_decref(args);
     return result;
 }

@@ -2,8 +2,8 @@
 
 The C side (py_host.c, py_reload.c) owns the threads, the job queue and the deadlines;
 this module holds the parts that are Python by nature: per-thread output capture for
-`exec`, the path -> module index over sys.modules, and the reload of a batch with its
-pre-check and rollback. Every entry point returns plain dicts, lists, strings and numbers,
+`exec`, the deadline handler, errors as data, the path -> module index over sys.modules
+and the first imports. The reload engine itself is lib/py_reload.py (`_pyhot_reload`). Every entry point returns plain dicts, lists, strings and numbers,
 which the C side turns into JSON. None of it runs on any thread but the python thread,
 except the stdout/stderr proxies, which app threads write through.
 
@@ -11,17 +11,14 @@ It is compiled into the daemon (lib/py_support.py -> generated C string), so it 
 same file a reader sees here.
 """
 
-import builtins
 import fnmatch
 import hashlib
 import importlib
-import importlib._bootstrap_external as _bootstrap_external
 import io
 import linecache
 import os
 import sys
 import threading
-import time
 import traceback
 
 # ---------------------------------------------------------------------------------------
@@ -78,13 +75,36 @@ def _install_stream_proxies():
 
 
 # ---------------------------------------------------------------------------------------
+# Deadline. The C side defines _deadline_due() in this module (true while the running job
+# is the one whose deadline passed) and installs _deadline_handler for SIGUSR1, which
+# CPython runs on the python thread between bytecodes and after a blocking call returns
+# EINTR. Inside a Critical() section (rollback, patching: work that must never stop half
+# way) the interrupt is deferred: the loop thread sends the signal again every second.
+
+_critical_depth = 0
+
+
+def _deadline_handler(signum, frame):
+    if _critical_depth == 0 and _deadline_due():  # noqa: F821 (defined by py_host.c)
+        raise TimeoutError("pyhot: the job passed its deadline")
+
+
+class Critical:
+    def __enter__(self):
+        global _critical_depth
+        _critical_depth += 1
+
+    def __exit__(self, *exc):
+        global _critical_depth
+        _critical_depth -= 1
+        return False
+
+
+# ---------------------------------------------------------------------------------------
 # Errors as data: type, message, file, line (and column for a SyntaxError), traceback.
 
-_SELF_FILE = "<pyhot>/py_support.py"
-
-
 def _is_machinery(filename):
-    return filename == _SELF_FILE or filename.startswith("<frozen importlib")
+    return filename.startswith("<pyhot>/") or filename.startswith("<frozen importlib")
 
 
 def format_traceback(exc):
@@ -370,203 +390,9 @@ def start_entry(entry):
     return {"ok": True, "thread": thread.name}
 
 
-# ---------------------------------------------------------------------------------------
-# Reload. importlib.reload keeps its own semantics (spec re-found, module attributes
-# re-initialised, the module object kept), but the code it executes is the one compiled
-# here from the bytes that were hashed: SourceLoader.get_code would otherwise accept a
-# cached .pyc whose recorded source mtime (whole seconds) and size still match an edited
-# file, and run stale code.
-
-_code_overrides = {}  # realpath -> code object, only during a reload
-_original_get_code = _bootstrap_external.SourceLoader.get_code
-
-
-def _get_code(self, fullname, _original=_original_get_code):
-    if _code_overrides:
-        path = self.get_filename(fullname)
-        code = _code_overrides.get(os.path.realpath(path))
-        if code is not None:
-            return code
-    return _original(self, fullname)
-
-
-_bootstrap_external.SourceLoader.get_code = _get_code
-
-
-def _elapsed_ms(start_ns):
-    return (time.perf_counter_ns() - start_ns) / 1e6
-
-
-def _keep_pending(changed):
-    for path in changed:
-        if path not in _pending:
-            _pending.append(path)
-
-
-def reload_batch(paths, module_names):
-    """Reloads what a batch of changed paths (and/or explicit module names) maps to.
-
-    The batch applies whole or not at all: every changed source is compiled before
-    anything runs; each module's namespace is snapshotted, and if any module raises
-    (any BaseException, TimeoutError from the deadline included) every module of the
-    batch is restored and the old code keeps running. A path counts as applied only when
-    the batch containing it succeeds.
-    """
-    started = time.perf_counter_ns()
-    refresh_index()
-    # Files of a failed batch are not applied yet: they go again with this one, so fixing
-    # the one broken file applies the whole edit.
-    paths = list(paths) + [p for p in _pending if p not in paths]
-    reloads = []
-    plan = []            # [(name, module, realpath)]
-    planned = set()
-    changed = {}         # realpath -> (data, digest)
-
-    def add_to_plan(name, path, source_data):
-        module = sys.modules.get(name)
-        if module is None or name in planned:
-            return
-        planned.add(name)
-        plan.append((name, module, path))
-        if path is not None and path not in changed and source_data is not None:
-            changed[path] = source_data
-
-    for raw in paths:
-        path = os.path.realpath(raw)
-        names = list(_index.get(path, ()))
-        try:
-            data = _read(path)
-        except FileNotFoundError:
-            for name in names or [None]:
-                reloads.append({"module": name, "path": path, "result": "skipped",
-                                "reason": "deleted; the module stays loaded" if name
-                                else "deleted", "duration_ms": 0.0})
-            continue
-        except OSError as exc:
-            reloads.append({"module": names[0] if names else None, "path": path,
-                            "result": "error", "duration_ms": 0.0,
-                            "error": describe_exception(exc)})
-            continue
-        digest = _digest(data)
-        if not names:
-            reloads.append({"module": None, "path": path, "result": "skipped",
-                            "reason": "not imported", "duration_ms": 0.0})
-            continue
-        if _applied.get(path) == digest:
-            for name in names:
-                reloads.append({"module": name, "path": path, "result": "skipped",
-                                "reason": "content unchanged", "duration_ms": 0.0})
-            continue
-        for name in names:
-            add_to_plan(name, path, (data, digest))
-
-    for name in module_names:
-        module = sys.modules.get(name)
-        if module is None:
-            continue
-        origin = _module_origin(module)
-        path = _realpath(origin) if origin is not None else None
-        data = None
-        if path is not None:
-            try:
-                blob = _read(path)
-                data = (blob, _digest(blob))
-            except OSError:
-                pass
-        add_to_plan(name, path, data)
-
-    batch = {"paths": [os.path.realpath(p) for p in paths], "modules": [],
-             "result": "skipped", "duration_ms": 0.0}
-    if not plan:
-        if any(r["result"] == "error" for r in reloads):
-            batch["result"] = "error"
-        batch["duration_ms"] = _elapsed_ms(started)
-        return {"reloads": reloads, "batch": batch}
-
-    # Pre-check: compile every changed source before anything runs.
-    codes = {}
-    failure = None
-    for path, (data, _digest_value) in changed.items():
-        origin = path
-        for name in _index.get(path, ()):
-            origin = _module_origin(sys.modules[name]) or path
-            break
-        try:
-            codes[path] = compile(data, origin, "exec", dont_inherit=True)
-        except (SyntaxError, ValueError) as exc:
-            failure = (path, describe_exception(exc))
-            break
-
-    if failure is not None:
-        failed_path, error = failure
-        for name, _module, path in plan:
-            entry = {"module": name, "path": path, "duration_ms": 0.0}
-            if path == failed_path:
-                entry["result"] = "error"
-                entry["error"] = error
-            else:
-                entry["result"] = "skipped"
-                entry["reason"] = "batch failed its pre-check"
-            reloads.append(entry)
-        batch["result"] = "error"
-        batch["error"] = error
-        batch["duration_ms"] = _elapsed_ms(started)
-        _keep_pending(changed)
-        return {"reloads": reloads, "batch": batch}
-
-    snapshots = [(module, dict(module.__dict__)) for _name, module, _path in plan]
-    done = []
-    failure = None
-    _code_overrides.update(codes)
-    try:
-        for name, module, path in plan:
-            module_started = time.perf_counter_ns()
-            try:
-                importlib.reload(module)
-            except BaseException as exc:
-                failure = (name, path, describe_exception(exc, prefer_file=module.__dict__.get("__file__")),
-                           _elapsed_ms(module_started))
-                break
-            done.append((name, path, _elapsed_ms(module_started)))
-    finally:
-        _code_overrides.clear()
-
-    if failure is not None:
-        for module, snapshot in snapshots:
-            namespace = module.__dict__
-            namespace.clear()
-            namespace.update(snapshot)
-            sys.modules[module.__name__] = module
-        failed_name, failed_path, error, failed_ms = failure
-        for name, path, ms in done:
-            reloads.append({"module": name, "path": path, "result": "rolled_back",
-                            "duration_ms": ms, "reason": "%s failed" % failed_name,
-                            "error": error})
-        reloads.append({"module": failed_name, "path": failed_path, "result": "rolled_back",
-                        "duration_ms": failed_ms, "error": error})
-        batch["modules"] = [name for name, _p, _ms in done] + [failed_name]
-        batch["result"] = "rolled_back"
-        batch["error"] = error
-        batch["duration_ms"] = _elapsed_ms(started)
-        _keep_pending(changed)
-        return {"reloads": reloads, "batch": batch}
-
-    for path, (_data, digest) in changed.items():
-        _applied[path] = digest
-        if path in _pending:
-            _pending.remove(path)
-    for name, path, ms in done:
-        reloads.append({"module": name, "path": path, "result": "ok", "duration_ms": ms,
-                        "patched": [], "replaced": []})
-    refresh_index()
-    batch["modules"] = [name for name, _p, _ms in done]
-    batch["result"] = "ok"
-    batch["duration_ms"] = _elapsed_ms(started)
-    return {"reloads": reloads, "batch": batch}
-
-
 def resolve_targets(targets):
-    """Maps reload targets (module names or file paths) to module names.
+    """Maps reload targets (module names or file paths) to module names. Only modules loaded
+    from under a watch root count: nothing outside the roots is ever reloaded.
 
     An explicit reload runs even when the content is unchanged, so paths become the
     names of the modules loaded from them. Returns {"names": [...], "unknown": [...]}.
@@ -574,7 +400,7 @@ def resolve_targets(targets):
     refresh_index()
     names, unknown = [], []
     for target in targets:
-        if target in sys.modules and sys.modules[target] is not None:
+        if target in _index_modules:
             found = [target]
         elif os.sep in target or target.endswith(".py"):
             found = list(_index.get(os.path.realpath(target), ()))

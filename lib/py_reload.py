@@ -1,0 +1,721 @@
+"""pyhot's reload engine, run inside pyhotd's interpreter as `_pyhot_reload`.
+
+docs/reload.md is the user's account of these rules; this module is their implementation.
+A batch goes through: plan (the changed modules, then their dependents, in dependency
+order), pre-check (every changed source compiled), run (each module's namespace
+snapshotted, its new top level run by importlib.reload with the code compiled here, its
+functions and classes patched in place at once), and, if anything raised, rollback (every
+namespace, function and class the batch touched restored). It runs on the python thread
+only, with the GIL held, called from lib/py_reload.c.
+"""
+
+import abc
+import ast
+import builtins
+import enum
+import importlib
+import importlib._bootstrap_external as _bootstrap_external
+import os
+import sys
+import threading
+import time
+import types
+
+import _pyhot
+
+_MISSING = object()
+
+# ---------------------------------------------------------------------------------------
+# Code override: importlib.reload keeps its semantics (spec re-found, module attributes
+# re-initialised, the module object kept) but executes the code compiled here from the
+# bytes that were hashed. SourceLoader.get_code would otherwise accept a cached .pyc whose
+# recorded source mtime (whole seconds) and size still match an edited file.
+
+_code_overrides = {}  # realpath -> code object, only while a batch runs
+_original_get_code = _bootstrap_external.SourceLoader.get_code
+
+
+def _get_code(self, fullname, _original=_original_get_code):
+    if _code_overrides:
+        code = _code_overrides.get(os.path.realpath(self.get_filename(fullname)))
+        if code is not None:
+            return code
+    return _original(self, fullname)
+
+
+_bootstrap_external.SourceLoader.get_code = _get_code
+
+
+# ---------------------------------------------------------------------------------------
+# The import graph: module -> the watched modules its import statements name. Read from
+# the source with ast (so `from a import CONST` of a plain value counts), cached by the
+# source's digest, so it stays current as modules are imported and reloaded.
+
+_imports_cache = {}  # realpath -> (digest, frozenset of absolute module names)
+
+
+def _resolve_relative(module_name, is_package, level, target):
+    package = module_name if is_package else module_name.rpartition(".")[0]
+    for _ in range(level - 1):
+        package = package.rpartition(".")[0]
+    if not package:
+        return None
+    return package + "." + target if target else package
+
+
+def _imported_names(module_name, is_package, source):
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return frozenset()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                names.add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _resolve_relative(module_name, is_package, node.level, node.module)
+            else:
+                base = node.module
+            if not base:
+                continue
+            names.add(base)
+            for alias in node.names:
+                if alias.name != "*":
+                    names.add(base + "." + alias.name)  # a submodule, if there is one
+    return frozenset(names)
+
+
+def _imports_of(name, path):
+    """The module names that the module `name` (loaded from path) imports."""
+    try:
+        data = _pyhot._read(path)
+    except OSError:
+        cached = _imports_cache.get(path)
+        return cached[1] if cached else frozenset()
+    digest = _pyhot._digest(data)
+    cached = _imports_cache.get(path)
+    if cached is not None and cached[0] == digest:
+        return cached[1]
+    is_package = os.path.basename(path) == "__init__.py"
+    names = _imported_names(name, is_package, data)
+    _imports_cache[path] = (digest, names)
+    return names
+
+
+def _dependency_graph():
+    """{watched module: set of watched modules it imports}."""
+    watched = _pyhot._index_modules
+    graph = {}
+    for name, (_module, path) in list(watched.items()):
+        graph[name] = {dep for dep in _imports_of(name, path) if dep in watched and dep != name}
+    return graph
+
+
+def _plan_order(changed, graph, with_dependents):
+    """The modules to run: changed, plus (with_dependents) every watched module that
+    imports one of them, transitively; each once, a module after everything it imports.
+    Import cycles become one group each, run in the order the modules were first
+    imported (their order in sys.modules)."""
+    selected = set(changed)
+    if with_dependents:
+        importers = {}
+        for name, deps in graph.items():
+            for dep in deps:
+                importers.setdefault(dep, set()).add(name)
+        stack = list(changed)
+        while stack:
+            for importer in importers.get(stack.pop(), ()):
+                if importer not in selected:
+                    selected.add(importer)
+                    stack.append(importer)
+
+    import_order = {name: i for i, name in enumerate(sys.modules)}
+    nodes = sorted(selected, key=lambda n: import_order.get(n, len(import_order)))
+    edges = {n: [d for d in graph.get(n, ()) if d in selected] for n in nodes}
+
+    # Tarjan's strongly connected components; emitted dependencies first.
+    index, low, on_stack, stack, order = {}, {}, set(), [], []
+    counter = [0]
+
+    def connect(node):
+        work = [(node, iter(edges[node]))]
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        while work:
+            current, children = work[-1]
+            advanced = False
+            for child in children:
+                if child not in index:
+                    index[child] = low[child] = counter[0]
+                    counter[0] += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(edges[child])))
+                    advanced = True
+                    break
+                if child in on_stack:
+                    low[current] = min(low[current], index[child])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[current])
+            if low[current] == index[current]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == current:
+                        break
+                group.sort(key=lambda n: import_order.get(n, len(import_order)))
+                order.extend(group)
+
+    for node in nodes:
+        if node not in index:
+            connect(node)
+    return order
+
+
+# ---------------------------------------------------------------------------------------
+# Undo log: everything a batch changes outside a module namespace (function attributes,
+# class dictionaries, cells) is recorded before it changes, so a rollback can put it back.
+
+_FUNCTION_ATTRS = ("__code__", "__defaults__", "__kwdefaults__", "__annotations__", "__doc__")
+_CLASS_SKIP = ("__dict__", "__weakref__")
+
+
+class _Undo:
+    def __init__(self):
+        self.functions = {}  # id -> (function, saved attributes, saved __dict__)
+        self.classes = {}    # id -> (class, saved dict)
+        self.cells = []      # (cell, old contents)
+
+    def function(self, fn):
+        if id(fn) not in self.functions:
+            saved = tuple(getattr(fn, attr) for attr in _FUNCTION_ATTRS)
+            self.functions[id(fn)] = (fn, saved, dict(fn.__dict__))
+
+    def klass(self, cls):
+        if id(cls) not in self.classes:
+            self.classes[id(cls)] = (cls, dict(cls.__dict__))
+
+    def cell(self, cell):
+        try:
+            self.cells.append((cell, cell.cell_contents))
+        except ValueError:
+            self.cells.append((cell, _MISSING))
+
+    def restore(self):
+        for cell, contents in reversed(self.cells):
+            if contents is _MISSING:
+                try:
+                    del cell.cell_contents
+                except ValueError:
+                    pass
+            else:
+                cell.cell_contents = contents
+        for fn, saved, saved_dict in self.functions.values():
+            for attr, value in zip(_FUNCTION_ATTRS, saved):
+                try:
+                    setattr(fn, attr, value)
+                except (TypeError, ValueError, AttributeError):
+                    pass
+            fn.__dict__.clear()
+            fn.__dict__.update(saved_dict)
+        for cls, saved in self.classes.values():
+            for key in [k for k in cls.__dict__ if k not in saved and k not in _CLASS_SKIP]:
+                try:
+                    delattr(cls, key)
+                except (AttributeError, TypeError):
+                    pass
+            for key, value in saved.items():
+                if key in _CLASS_SKIP:
+                    continue
+                try:
+                    setattr(cls, key, value)
+                except (AttributeError, TypeError):
+                    pass
+
+
+# ---------------------------------------------------------------------------------------
+# Patching: old objects take the new code, so every reference held anywhere (callbacks,
+# `from m import f`, live instances) runs the new code, and identity is kept.
+
+class _Report:
+    def __init__(self):
+        self.patched = []
+        self.replaced = []
+
+    def add_patched(self, name):
+        if name not in self.patched:
+            self.patched.append(name)
+
+    def add_replaced(self, name, reason):
+        entry = "%s (%s)" % (name, reason)
+        if entry not in self.replaced:
+            self.replaced.append(entry)
+
+
+def _closure_map(fn):
+    return dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
+
+
+def _patch_function(old, new, undo, seen):
+    """Gives old the code and attributes of new. Functions held in its closure cells
+    (decorators' wrapped functions) and its __wrapped__ are patched the same way; other
+    cells keep their values, so state a decorator captured (a cache) survives. Returns
+    False, changing nothing, when the free variables differ: the closure would not fit
+    the new code, so new must replace old."""
+    if old is new or id(old) in seen:
+        return True
+    if old.__code__.co_freevars != new.__code__.co_freevars:
+        return False
+    seen.add(id(old))
+    old_cells, new_cells = _closure_map(old), _closure_map(new)
+    for name, old_cell in old_cells.items():
+        if name == "__class__":
+            continue  # stays pointing at the old (updated) class
+        try:
+            inner_old, inner_new = old_cell.cell_contents, new_cells[name].cell_contents
+        except (ValueError, KeyError):
+            continue
+        if isinstance(inner_old, types.FunctionType) and isinstance(inner_new, types.FunctionType):
+            if not _patch_function(inner_old, inner_new, undo, seen):
+                undo.cell(old_cell)
+                old_cell.cell_contents = inner_new
+    undo.function(old)
+    old_wrapped = old.__dict__.get("__wrapped__", _MISSING)
+    new_wrapped = new.__dict__.get("__wrapped__", _MISSING)
+    for attr in _FUNCTION_ATTRS:
+        setattr(old, attr, getattr(new, attr))
+    old.__dict__.update(new.__dict__)
+    if (isinstance(old_wrapped, types.FunctionType) and isinstance(new_wrapped, types.FunctionType)
+            and _patch_function(old_wrapped, new_wrapped, undo, seen)):
+        old.__dict__["__wrapped__"] = old_wrapped
+    return True
+
+
+def _point_class_cells(fn, new_cls, old_cls, undo):
+    """A function compiled for new_cls whose __class__ cell (what super() uses) names
+    new_cls must name old_cls once it lives in old_cls."""
+    cell = _closure_map(fn).get("__class__") if isinstance(fn, types.FunctionType) else None
+    if cell is not None:
+        try:
+            if cell.cell_contents is new_cls:
+                undo.cell(cell)
+                cell.cell_contents = old_cls
+        except ValueError:
+            pass
+
+
+def _functions_of(member):
+    if isinstance(member, types.FunctionType):
+        return [member]
+    if isinstance(member, (staticmethod, classmethod)):
+        return _functions_of(member.__func__)
+    if isinstance(member, property):
+        return [f for f in (member.fget, member.fset, member.fdel) if isinstance(f, types.FunctionType)]
+    return []
+
+
+def _merge_member(prev, value, qualname, undo, report, seen):
+    """The object a class should hold for one member after the update: prev, patched with
+    value's code, when that keeps behaviour exact; else value."""
+    if prev is _MISSING or prev is value:
+        return value
+    if isinstance(prev, types.FunctionType) and isinstance(value, types.FunctionType):
+        if _patch_function(prev, value, undo, seen):
+            return prev
+        report.add_replaced(qualname, "free variables changed")
+        return value
+    if type(prev) is type(value) and isinstance(prev, (staticmethod, classmethod)):
+        if (isinstance(prev.__func__, types.FunctionType) and isinstance(value.__func__, types.FunctionType)
+                and _patch_function(prev.__func__, value.__func__, undo, seen)):
+            return prev
+        return value
+    if type(prev) is property and type(value) is property:
+        pairs = [(prev.fget, value.fget), (prev.fset, value.fset), (prev.fdel, value.fdel)]
+        if all((a is None) == (b is None) for a, b in pairs) and all(
+                a is None or (isinstance(a, types.FunctionType) and isinstance(b, types.FunctionType)
+                              and _patch_function(a, b, undo, seen)) for a, b in pairs):
+            if prev.__doc__ != value.__doc__:
+                return value
+            return prev
+        return value
+    return value
+
+
+def _update_class(old, namespace, new_cls, undo, report, seen):
+    """Makes old hold the members in namespace (a class body's result, or new_cls's
+    dict): new and changed members set, removed ones deleted. Functions that super()
+    would resolve through new_cls are pointed at old."""
+    undo.klass(old)
+    qual = old.__module__ + "." + old.__qualname__
+    current = dict(old.__dict__)
+    is_abc = isinstance(old, abc.ABCMeta)
+    for key, value in namespace.items():
+        if key in _CLASS_SKIP or key == "__classcell__" or (is_abc and key == "_abc_impl"):
+            continue
+        store = _merge_member(current.get(key, _MISSING), value, qual + "." + key, undo, report, seen)
+        for fn in _functions_of(store):
+            _point_class_cells(fn, new_cls, old, undo)
+        if current.get(key, _MISSING) is not store:
+            try:
+                setattr(old, key, store)
+            except (AttributeError, TypeError):
+                pass
+    for key in current:
+        if key in namespace or key in _CLASS_SKIP or key == "__doc__" or (is_abc and key in ("_abc_impl", "__abstractmethods__")):
+            continue
+        try:
+            delattr(old, key)
+        except (AttributeError, TypeError):
+            pass
+    if "__doc__" not in namespace and old.__dict__.get("__doc__") is not None:
+        old.__doc__ = None
+    if is_abc:
+        abc.update_abstractmethods(old)
+    report.add_patched(qual)
+
+
+def _is_heap_class(obj):
+    return isinstance(obj, type) and bool(obj.__flags__ & (1 << 9))  # Py_TPFLAGS_HEAPTYPE
+
+
+def _class_updatable(old, new):
+    """Whether new (a class made by this reload) may be merged into old (the same class
+    from before it): same qualified name, bases, metaclass and layout, and not an enum
+    (its members are instances made at class creation)."""
+    if not (_is_heap_class(old) and _is_heap_class(new)):
+        return False, "C extension type"
+    if isinstance(old, enum.EnumMeta) or isinstance(new, enum.EnumMeta):
+        return False, "enum"
+    if type(old) is not type(new):
+        return False, "metaclass changed"
+    if old.__qualname__ != new.__qualname__:
+        return False, "renamed"
+    if old.__bases__ != new.__bases__:
+        return False, "bases changed"
+    if old.__dict__.get("__slots__") != new.__dict__.get("__slots__"):
+        return False, "__slots__ changed"
+    if getattr(old, "_fields", None) != getattr(new, "_fields", None):
+        return False, "fields changed"
+    return True, None
+
+
+# ---------------------------------------------------------------------------------------
+# class statements during a reload: one that redefines an existing class (same qualified
+# name, bases and plain metaclass) runs its body, then updates and binds the existing
+# class object instead of creating a second one. So while the module's top level runs,
+# `issubclass(x, Base)` against a reloaded Base, registries, and isinstance hold.
+
+_original_build_class = builtins.__build_class__
+_active = None  # the module being reloaded: _ModuleRun, python thread only
+
+
+class _ModuleRun:
+    def __init__(self, module, snapshot, undo, report):
+        self.module = module
+        self.namespace = module.__dict__
+        self.snapshot = snapshot
+        self.undo = undo
+        self.report = report
+        self.thread = threading.get_ident()
+        self.updated = set()  # ids of classes updated in place
+        self.seen = set()
+
+    def old_class(self, qualname):
+        if "<locals>" in qualname:
+            return None
+        parts = qualname.split(".")
+        obj = self.snapshot.get(parts[0], _MISSING)
+        for part in parts[1:]:
+            obj = obj.__dict__.get(part, _MISSING) if isinstance(obj, type) else _MISSING
+        return obj if isinstance(obj, type) else None
+
+
+def _build_class(func, name, *bases, **kwds):
+    run = _active
+    if (run is None or threading.get_ident() != run.thread
+            or getattr(func, "__globals__", None) is not run.namespace):
+        return _original_build_class(func, name, *bases, **kwds)
+    old = run.old_class(func.__qualname__)
+    if old is None or not _is_heap_class(old) or isinstance(old, enum.EnumMeta):
+        return _original_build_class(func, name, *bases, **kwds)
+    resolved = types.resolve_bases(bases)
+    meta, namespace, class_kwds = types.prepare_class(name, resolved, kwds)
+    if (meta not in (type, abc.ABCMeta) or type(old) is not meta or old.__bases__ != resolved
+            or old.__module__ != run.module.__name__):
+        return _original_build_class(func, name, *bases, **kwds)
+    exec(func.__code__, func.__globals__, namespace, closure=func.__closure__)
+    if old.__dict__.get("__slots__") != namespace.get("__slots__"):
+        if resolved is not bases:
+            namespace["__orig_bases__"] = bases
+        return meta(name, resolved, namespace, **class_kwds)
+    class_cell = namespace.get("__classcell__")
+    with _pyhot.Critical():
+        _update_class(old, namespace, None, run.undo, run.report, run.seen)
+        if class_cell is not None:
+            run.undo.cell(class_cell)
+            class_cell.cell_contents = old
+        for key in namespace:
+            stored = old.__dict__.get(key, _MISSING)
+            set_name = getattr(type(stored), "__set_name__", None)
+            if set_name is not None and key != "__classcell__":
+                set_name(stored, old, key)
+    run.updated.add(id(old))
+    # As type.__new__ does for a new class: registries built by __init_subclass__ (which a
+    # reload of the base's module may have emptied) see the class, the same object, again.
+    super(old, old).__init_subclass__(**class_kwds)
+    return old
+
+
+def _patch_module(run):
+    """After a module's new top level ran: each name that named a function or class
+    before names the same object now, patched with the new code; what cannot be patched
+    keeps the new object and is reported as replaced."""
+    namespace, module_name = run.namespace, run.module.__name__
+    for name, new in list(namespace.items()):
+        old = run.snapshot.get(name, _MISSING)
+        if old is _MISSING:
+            continue
+        if old is new:
+            if isinstance(old, type) and id(old) in run.updated:
+                run.report.add_patched(module_name + "." + old.__qualname__)
+            continue
+        qual = module_name + "." + name
+        if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
+            if old.__module__ != module_name:
+                continue  # imported from elsewhere: its own module patches it
+            if _patch_function(old, new, run.undo, run.seen):
+                namespace[name] = old
+                run.report.add_patched(qual)
+            else:
+                run.report.add_replaced(qual, "free variables changed")
+        elif isinstance(old, type) and isinstance(new, type):
+            if old.__module__ != module_name:
+                continue
+            ok, reason = _class_updatable(old, new)
+            if ok:
+                _update_class(old, dict(new.__dict__), new, run.undo, run.report, run.seen)
+                namespace[name] = old
+            else:
+                run.report.add_replaced(qual, reason)
+        elif (callable(old) and callable(new) and not isinstance(old, type)
+              and isinstance(getattr(old, "__wrapped__", None), types.FunctionType)
+              and isinstance(getattr(new, "__wrapped__", None), types.FunctionType)
+              and getattr(old.__wrapped__, "__module__", None) == module_name):
+            # A wrapper object (functools.lru_cache, a decorator class): keep the wrapper,
+            # patch the function it calls.
+            if _patch_function(old.__wrapped__, new.__wrapped__, run.undo, run.seen):
+                namespace[name] = old
+                run.report.add_patched(qual)
+            else:
+                run.report.add_replaced(qual, "free variables changed")
+
+
+# ---------------------------------------------------------------------------------------
+# The batch.
+
+_strategy = "dependents"
+
+
+def set_strategy(strategy):
+    global _strategy
+    _strategy = strategy
+
+
+def _elapsed_ms(start_ns):
+    return (time.perf_counter_ns() - start_ns) / 1e6
+
+
+def _reload_one(name, module, code_path, undo):
+    """Runs module's new top level with the module hooks, then patches it. Returns
+    (report, state handed over)."""
+    global _active
+    snapshot = dict(module.__dict__)
+    report = _Report()
+    state = _MISSING
+    save = snapshot.get("__pyhot_save__")
+    if callable(save):
+        state = save()
+    run = _ModuleRun(module, snapshot, undo, report)
+    _active = run
+    builtins.__build_class__ = _build_class
+    try:
+        importlib.reload(module)
+    finally:
+        builtins.__build_class__ = _original_build_class
+        _active = None
+    with _pyhot.Critical():
+        _patch_module(run)
+    restore = module.__dict__.get("__pyhot_restore__")
+    if state is not _MISSING and callable(restore):
+        restore(state)
+    return report
+
+
+def reload_batch(paths, module_names):
+    """Reloads what a batch of changed paths (and explicit module names) maps to: the
+    batch applies whole or not at all. Returns {"reloads": [...], "batch": {...}}."""
+    started = time.perf_counter_ns()
+    _pyhot.refresh_index()
+    # Files of a failed batch are not applied yet: they go again with this one, so fixing
+    # the one broken file applies the whole edit.
+    paths = list(paths) + [p for p in _pyhot._pending if p not in paths]
+    index, applied = _pyhot._index, _pyhot._applied
+    reloads = []
+    changed = {}        # realpath -> (data, digest)
+    changed_modules = []
+
+    for raw in paths:
+        path = os.path.realpath(raw)
+        names = list(index.get(path, ()))
+        try:
+            data = _pyhot._read(path)
+        except FileNotFoundError:
+            for name in names or [None]:
+                reloads.append({"module": name, "path": path, "result": "skipped",
+                                "reason": "deleted; the module stays loaded" if name else "deleted",
+                                "duration_ms": 0.0})
+            if path in _pyhot._pending:
+                _pyhot._pending.remove(path)
+            continue
+        except OSError as exc:
+            reloads.append({"module": names[0] if names else None, "path": path,
+                            "result": "error", "duration_ms": 0.0,
+                            "error": _pyhot.describe_exception(exc)})
+            continue
+        digest = _pyhot._digest(data)
+        if not names:
+            reloads.append({"module": None, "path": path, "result": "skipped",
+                            "reason": "not imported", "duration_ms": 0.0})
+            continue
+        if applied.get(path) == digest:
+            for name in names:
+                reloads.append({"module": name, "path": path, "result": "skipped",
+                                "reason": "content unchanged", "duration_ms": 0.0})
+            if path in _pyhot._pending:
+                _pyhot._pending.remove(path)
+            continue
+        changed[path] = (data, digest)
+        changed_modules.extend(n for n in names if n not in changed_modules)
+
+    forced = [n for n in module_names if n in _pyhot._index_modules]
+    for name in forced:
+        path = _pyhot._index_modules[name][1]
+        if path not in changed:
+            try:
+                data = _pyhot._read(path)
+                changed[path] = (data, _pyhot._digest(data))
+            except OSError:
+                pass
+        if name not in changed_modules:
+            changed_modules.append(name)
+
+    batch = {"paths": [os.path.realpath(p) for p in paths], "modules": [],
+             "result": "skipped", "duration_ms": 0.0}
+    if not changed_modules:
+        if any(r["result"] == "error" for r in reloads):
+            batch["result"] = "error"
+        batch["duration_ms"] = _elapsed_ms(started)
+        return {"reloads": reloads, "batch": batch}
+
+    graph = _dependency_graph()
+    plan = _plan_order(changed_modules, graph, _strategy == "dependents")
+    path_of = {name: _pyhot._index_modules[name][1] for name in plan if name in _pyhot._index_modules}
+
+    # Pre-check: every changed source compiles, before anything runs.
+    codes = {}
+    for path, (data, _digest) in changed.items():
+        names = index.get(path, ())
+        origin = _pyhot._module_origin(sys.modules[names[0]]) if names else path
+        try:
+            codes[path] = compile(data, origin or path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as exc:
+            error = _pyhot.describe_exception(exc)
+            for name in plan:
+                entry = {"module": name, "path": path_of.get(name), "duration_ms": 0.0,
+                         "patched": [], "replaced": []}
+                if path_of.get(name) == path:
+                    entry["result"] = "error"
+                    entry["error"] = error
+                else:
+                    entry["result"] = "skipped"
+                    entry["reason"] = "the batch failed its pre-check"
+                reloads.append(entry)
+            batch.update(result="error", error=error, duration_ms=_elapsed_ms(started))
+            _keep_pending(changed)
+            return {"reloads": reloads, "batch": batch}
+
+    # Run, in plan order; a dependent whose file did not change runs its current source.
+    snapshots = [(sys.modules[name], dict(sys.modules[name].__dict__)) for name in plan]
+    undo = _Undo()
+    done = []
+    failure = None
+    _code_overrides.update(codes)
+    try:
+        for name in plan:
+            module = sys.modules[name]
+            module_started = time.perf_counter_ns()
+            try:
+                report = _reload_one(name, module, path_of.get(name), undo)
+            except BaseException as exc:
+                failure = (name, _pyhot.describe_exception(exc, prefer_file=path_of.get(name)),
+                           _elapsed_ms(module_started))
+                break
+            done.append((name, _elapsed_ms(module_started), report))
+    finally:
+        _code_overrides.clear()
+
+    if failure is not None:
+        with _pyhot.Critical():
+            undo.restore()
+            for module, snapshot in snapshots:
+                namespace = module.__dict__
+                namespace.clear()
+                namespace.update(snapshot)
+                sys.modules[module.__name__] = module
+        failed_name, error, failed_ms = failure
+        for name, ms, _report in done:
+            reloads.append({"module": name, "path": path_of.get(name), "result": "rolled_back",
+                            "duration_ms": ms, "reason": "%s failed" % failed_name,
+                            "error": error, "patched": [], "replaced": []})
+        reloads.append({"module": failed_name, "path": path_of.get(failed_name),
+                        "result": "rolled_back", "duration_ms": failed_ms, "error": error,
+                        "patched": [], "replaced": []})
+        for name in plan[len(done) + 1:]:
+            reloads.append({"module": name, "path": path_of.get(name), "result": "skipped",
+                            "reason": "the batch rolled back before it ran", "duration_ms": 0.0,
+                            "patched": [], "replaced": []})
+        batch["modules"] = [name for name, _ms, _r in done] + [failed_name]
+        batch.update(result="rolled_back", error=error, duration_ms=_elapsed_ms(started))
+        _keep_pending(changed)
+        return {"reloads": reloads, "batch": batch}
+
+    for path, (_data, digest) in changed.items():
+        applied[path] = digest
+        if path in _pyhot._pending:
+            _pyhot._pending.remove(path)
+    for name, ms, report in done:
+        entry = {"module": name, "path": path_of.get(name), "result": "ok", "duration_ms": ms,
+                 "patched": report.patched, "replaced": report.replaced}
+        if name not in changed_modules:
+            entry["reason"] = "imports a changed module"
+        reloads.append(entry)
+    _pyhot.refresh_index()
+    batch["modules"] = [name for name, _ms, _r in done]
+    batch.update(result="ok", duration_ms=_elapsed_ms(started))
+    return {"reloads": reloads, "batch": batch}
+
+
+def _keep_pending(changed):
+    for path in changed:
+        if path not in _pyhot._pending:
+            _pyhot._pending.append(path)
