@@ -12,6 +12,7 @@ only, with the GIL held, called from lib/py_reload.c.
 import abc
 import ast
 import builtins
+import dis
 import enum
 import importlib
 import importlib._bootstrap_external as _bootstrap_external
@@ -36,22 +37,44 @@ _original_get_code = _bootstrap_external.SourceLoader.get_code
 
 
 def _get_code(self, fullname, _original=_original_get_code):
+    path = self.get_filename(fullname)
+    real = _pyhot._realpath(path)
     if _code_overrides:
-        code = _code_overrides.get(os.path.realpath(self.get_filename(fullname)))
+        code = _code_overrides.get(real)
         if code is not None:
             return code
-    return _original(self, fullname)
+    if not _pyhot._under_roots(real):
+        return _original(self, fullname)
+    # A watched module's first import: compiled from the bytes whose digest is recorded as
+    # applied, so what counts as applied is exactly what ran (a .pyc could be stale, and
+    # reading the file again later could see an edit made meanwhile).
+    data = self.get_data(path)
+    code = compile(data, path, "exec", dont_inherit=True)
+    _pyhot._applied[real] = _pyhot._digest(data)
+    _record_imports(fullname, real, code=code)
+    return code
 
 
 _bootstrap_external.SourceLoader.get_code = _get_code
 
 
 # ---------------------------------------------------------------------------------------
-# The import graph: module -> the watched modules its import statements name. Read from
-# the source with ast (so `from a import CONST` of a plain value counts), cached by the
-# source's digest, so it stays current as modules are imported and reloaded.
+# The import graph: module -> the watched modules its import statements name, read from
+# the module's compiled code (so `from a import CONST` of a plain value counts, and an
+# import inside a function too). A module's entry is computed when the graph first needs
+# it (from its loader's code) and again from the code each reload compiles, so the graph
+# stays current as modules are imported and reloaded.
+#
+# CPython 3.11 compiles `import a.b` and `from .a import b, c` to LOAD_CONST level,
+# LOAD_CONST fromlist, IMPORT_NAME name (Python/compile.c: compiler_import,
+# compiler_from_import); where that shape is not found, the source is parsed with ast.
 
-_imports_cache = {}  # realpath -> (digest, frozenset of absolute module names)
+_IMPORT_NAME = dis.opmap["IMPORT_NAME"]
+_IMPORT_NAME_BYTE = bytes([_IMPORT_NAME])
+_LOAD_CONST = dis.opmap["LOAD_CONST"]
+_EXTENDED_ARG = dis.EXTENDED_ARG
+
+_imports = {}  # module name -> frozenset of absolute module names it imports
 
 
 def _resolve_relative(module_name, is_package, level, target):
@@ -63,45 +86,79 @@ def _resolve_relative(module_name, is_package, level, target):
     return package + "." + target if target else package
 
 
-def _imported_names(module_name, is_package, source):
+def _add_import(names, module_name, is_package, name, level, fromlist):
+    base = _resolve_relative(module_name, is_package, level, name) if level else name
+    if not base:
+        return
+    names.add(base)
+    for item in fromlist or ():
+        if isinstance(item, str) and item != "*":
+            names.add(base + "." + item)  # a submodule, if there is one
+
+
+def _code_imports(code, module_name, is_package, names):
+    """Adds what code (and the code objects nested in it) imports; False when an import's
+    shape was not the expected one."""
+    raw = code.co_code
+    exact = True
+    pos = raw.find(_IMPORT_NAME_BYTE)
+    while pos != -1:
+        if pos % 2 == 0:
+            arg = raw[pos + 1]
+            shift = pos
+            if shift >= 2 and raw[shift - 2] == _EXTENDED_ARG:
+                arg |= raw[shift - 1] << 8
+                shift -= 2
+            if shift >= 4 and raw[shift - 2] == _LOAD_CONST and raw[shift - 4] == _LOAD_CONST:
+                fromlist = code.co_consts[raw[shift - 1]]
+                level = code.co_consts[raw[shift - 3]]
+                if isinstance(level, int) and (fromlist is None or isinstance(fromlist, tuple)):
+                    _add_import(names, module_name, is_package, code.co_names[arg], level, fromlist)
+                else:
+                    exact = False
+            else:
+                exact = False
+        pos = raw.find(_IMPORT_NAME_BYTE, pos + 1)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            exact = _code_imports(const, module_name, is_package, names) and exact
+    return exact
+
+
+def _source_imports(module_name, is_package, source):
+    names = set()
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
-        return frozenset()
-    names = set()
+        return names
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 names.add(alias.name)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = _resolve_relative(module_name, is_package, node.level, node.module)
-            else:
-                base = node.module
-            if not base:
-                continue
-            names.add(base)
-            for alias in node.names:
-                if alias.name != "*":
-                    names.add(base + "." + alias.name)  # a submodule, if there is one
-    return frozenset(names)
-
-
-def _imports_of(name, path):
-    """The module names that the module `name` (loaded from path) imports."""
-    try:
-        data = _pyhot._read(path)
-    except OSError:
-        cached = _imports_cache.get(path)
-        return cached[1] if cached else frozenset()
-    digest = _pyhot._digest(data)
-    cached = _imports_cache.get(path)
-    if cached is not None and cached[0] == digest:
-        return cached[1]
-    is_package = os.path.basename(path) == "__init__.py"
-    names = _imported_names(name, is_package, data)
-    _imports_cache[path] = (digest, names)
+            _add_import(names, module_name, is_package, node.module, node.level,
+                        tuple(alias.name for alias in node.names))
     return names
+
+
+def _record_imports(name, path, code=None, source=None):
+    is_package = os.path.basename(path) == "__init__.py"
+    names = set()
+    try:
+        if code is None:
+            module = sys.modules.get(name)
+            loader = getattr(getattr(module, "__spec__", None), "loader", None)
+            code = _original_get_code(loader, name) if loader is not None else None
+        exact = code is not None and _code_imports(code, name, is_package, names)
+    except Exception:
+        exact = False
+    if not exact:
+        try:
+            names |= _source_imports(name, is_package, source if source is not None else _pyhot._read(path))
+        except OSError:
+            pass
+    names.discard(name)
+    _imports[name] = frozenset(names)
 
 
 def _dependency_graph():
@@ -109,7 +166,9 @@ def _dependency_graph():
     watched = _pyhot._index_modules
     graph = {}
     for name, (_module, path) in list(watched.items()):
-        graph[name] = {dep for dep in _imports_of(name, path) if dep in watched and dep != name}
+        if name not in _imports:
+            _record_imports(name, path)
+        graph[name] = {dep for dep in _imports[name] if dep in watched}
     return graph
 
 
@@ -198,7 +257,7 @@ class _Undo:
 
     def function(self, fn):
         if id(fn) not in self.functions:
-            saved = tuple(getattr(fn, attr) for attr in _FUNCTION_ATTRS)
+            saved = (fn.__code__, fn.__defaults__, fn.__kwdefaults__, fn.__annotations__, fn.__doc__)
             self.functions[id(fn)] = (fn, saved, dict(fn.__dict__))
 
     def klass(self, cls):
@@ -274,10 +333,12 @@ def _patch_function(old, new, undo, seen):
     the new code, so new must replace old."""
     if old is new or id(old) in seen:
         return True
-    if old.__code__.co_freevars != new.__code__.co_freevars:
+    old_code, new_code = old.__code__, new.__code__
+    if old_code.co_freevars != new_code.co_freevars:
         return False
     seen.add(id(old))
-    old_cells, new_cells = _closure_map(old), _closure_map(new)
+    old_cells = _closure_map(old) if old_code.co_freevars else {}
+    new_cells = _closure_map(new) if old_cells else {}
     for name, old_cell in old_cells.items():
         if name == "__class__":
             continue  # stays pointing at the old (updated) class
@@ -290,11 +351,16 @@ def _patch_function(old, new, undo, seen):
                 undo.cell(old_cell)
                 old_cell.cell_contents = inner_new
     undo.function(old)
-    old_wrapped = old.__dict__.get("__wrapped__", _MISSING)
-    new_wrapped = new.__dict__.get("__wrapped__", _MISSING)
-    for attr in _FUNCTION_ATTRS:
-        setattr(old, attr, getattr(new, attr))
-    old.__dict__.update(new.__dict__)
+    old_dict, new_dict = old.__dict__, new.__dict__
+    old_wrapped = old_dict.get("__wrapped__", _MISSING)
+    new_wrapped = new_dict.get("__wrapped__", _MISSING)
+    old.__code__ = new_code
+    old.__defaults__ = new.__defaults__
+    old.__kwdefaults__ = new.__kwdefaults__
+    old.__annotations__ = new.__annotations__
+    old.__doc__ = new.__doc__
+    if new_dict:
+        old_dict.update(new_dict)
     if (isinstance(old_wrapped, types.FunctionType) and isinstance(new_wrapped, types.FunctionType)
             and _patch_function(old_wrapped, new_wrapped, undo, seen)):
         old.__dict__["__wrapped__"] = old_wrapped
@@ -324,10 +390,13 @@ def _functions_of(member):
     return []
 
 
+_PLAIN_VALUES = (str, int, float, bool, type(None), tuple, bytes)
+
+
 def _merge_member(prev, value, qualname, undo, report, seen):
     """The object a class should hold for one member after the update: prev, patched with
     value's code, when that keeps behaviour exact; else value."""
-    if prev is _MISSING or prev is value:
+    if prev is _MISSING or prev is value or isinstance(value, _PLAIN_VALUES):
         return value
     if isinstance(prev, types.FunctionType) and isinstance(value, types.FunctionType):
         if _patch_function(prev, value, undo, seen):
@@ -340,14 +409,15 @@ def _merge_member(prev, value, qualname, undo, report, seen):
             return prev
         return value
     if type(prev) is property and type(value) is property:
-        pairs = [(prev.fget, value.fget), (prev.fset, value.fset), (prev.fdel, value.fdel)]
-        if all((a is None) == (b is None) for a, b in pairs) and all(
-                a is None or (isinstance(a, types.FunctionType) and isinstance(b, types.FunctionType)
-                              and _patch_function(a, b, undo, seen)) for a, b in pairs):
-            if prev.__doc__ != value.__doc__:
+        if prev.__doc__ != value.__doc__:
+            return value
+        for a, b in ((prev.fget, value.fget), (prev.fset, value.fset), (prev.fdel, value.fdel)):
+            if a is None and b is None:
+                continue
+            if not (isinstance(a, types.FunctionType) and isinstance(b, types.FunctionType)
+                    and _patch_function(a, b, undo, seen)):
                 return value
-            return prev
-        return value
+        return prev
     return value
 
 
@@ -362,10 +432,15 @@ def _update_class(old, namespace, new_cls, undo, report, seen):
     for key, value in namespace.items():
         if key in _CLASS_SKIP or key == "__classcell__" or (is_abc and key == "_abc_impl"):
             continue
-        store = _merge_member(current.get(key, _MISSING), value, qual + "." + key, undo, report, seen)
-        for fn in _functions_of(store):
-            _point_class_cells(fn, new_cls, old, undo)
-        if current.get(key, _MISSING) is not store:
+        prev = current.get(key, _MISSING)
+        store = _merge_member(prev, value, qual + "." + key, undo, report, seen)
+        if new_cls is not None:
+            # Merged from a class that was built (not run through _build_class): its
+            # functions' __class__ cells name it.
+            for fn in _functions_of(store):
+                _point_class_cells(fn, new_cls, old, undo)
+        if prev is not store and not (type(prev) is type(store) and type(store) in _PLAIN_VALUES
+                                      and prev == store):
             try:
                 setattr(old, key, store)
             except (AttributeError, TypeError):
@@ -381,7 +456,7 @@ def _update_class(old, namespace, new_cls, undo, report, seen):
         old.__doc__ = None
     if is_abc:
         abc.update_abstractmethods(old)
-    report.add_patched(qual)
+    report.patched.append(qual)
 
 
 def _is_heap_class(obj):
@@ -450,7 +525,7 @@ def _build_class(func, name, *bases, **kwds):
         return _original_build_class(func, name, *bases, **kwds)
     resolved = types.resolve_bases(bases)
     meta, namespace, class_kwds = types.prepare_class(name, resolved, kwds)
-    if (meta not in (type, abc.ABCMeta) or type(old) is not meta or old.__bases__ != resolved
+    if (meta not in (type, abc.ABCMeta) or type(old) is not meta or old.__bases__ != (resolved or (object,))
             or old.__module__ != run.module.__name__):
         return _original_build_class(func, name, *bases, **kwds)
     exec(func.__code__, func.__globals__, namespace, closure=func.__closure__)
@@ -458,17 +533,23 @@ def _build_class(func, name, *bases, **kwds):
         if resolved is not bases:
             namespace["__orig_bases__"] = bases
         return meta(name, resolved, namespace, **class_kwds)
+    # What type.__new__ does to a class body's namespace (Objects/typeobject.c, type_new_impl):
+    # __new__ becomes a staticmethod, __init_subclass__ and __class_getitem__ classmethods.
+    for key, wrap in (("__new__", staticmethod), ("__init_subclass__", classmethod),
+                      ("__class_getitem__", classmethod)):
+        if isinstance(namespace.get(key), types.FunctionType):
+            namespace[key] = wrap(namespace[key])
     class_cell = namespace.get("__classcell__")
     with _pyhot.Critical():
         _update_class(old, namespace, None, run.undo, run.report, run.seen)
         if class_cell is not None:
             run.undo.cell(class_cell)
             class_cell.cell_contents = old
+        stored_members = old.__dict__
         for key in namespace:
-            stored = old.__dict__.get(key, _MISSING)
-            set_name = getattr(type(stored), "__set_name__", None)
-            if set_name is not None and key != "__classcell__":
-                set_name(stored, old, key)
+            stored = stored_members.get(key, _MISSING)
+            if hasattr(type(stored), "__set_name__") and key != "__classcell__":
+                type(stored).__set_name__(stored, old, key)
     run.updated.add(id(old))
     # As type.__new__ does for a new class: registries built by __init_subclass__ (which a
     # reload of the base's module may have emptied) see the class, the same object, again.
@@ -627,11 +708,31 @@ def reload_batch(paths, module_names):
         batch["duration_ms"] = _elapsed_ms(started)
         return {"reloads": reloads, "batch": batch}
 
-    graph = _dependency_graph()
-    plan = _plan_order(changed_modules, graph, _strategy == "dependents")
-    path_of = {name: _pyhot._index_modules[name][1] for name in plan if name in _pyhot._index_modules}
+    path_of = {name: _pyhot._index_modules[name][1] for name in _pyhot._index_modules}
+    graph_before = {name: _imports.get(name) for name in changed_modules}
 
-    # Pre-check: every changed source compiles, before anything runs.
+    def fail_precheck(failed_path, error, plan):
+        for name, imports in graph_before.items():
+            if imports is None:
+                _imports.pop(name, None)
+            else:
+                _imports[name] = imports
+        for name in plan:
+            entry = {"module": name, "path": path_of.get(name), "duration_ms": 0.0,
+                     "patched": [], "replaced": []}
+            if path_of.get(name) == failed_path:
+                entry["result"] = "error"
+                entry["error"] = error
+            else:
+                entry["result"] = "skipped"
+                entry["reason"] = "the batch failed its pre-check"
+            reloads.append(entry)
+        batch.update(result="error", error=error, duration_ms=_elapsed_ms(started))
+        _keep_pending(changed)
+        return {"reloads": reloads, "batch": batch}
+
+    # Pre-check: every changed source compiles, before anything runs. The new code's
+    # imports enter the graph at once, so the plan follows the code about to run.
     codes = {}
     for path, (data, _digest) in changed.items():
         names = index.get(path, ())
@@ -639,20 +740,27 @@ def reload_batch(paths, module_names):
         try:
             codes[path] = compile(data, origin or path, "exec", dont_inherit=True)
         except (SyntaxError, ValueError) as exc:
-            error = _pyhot.describe_exception(exc)
-            for name in plan:
-                entry = {"module": name, "path": path_of.get(name), "duration_ms": 0.0,
-                         "patched": [], "replaced": []}
-                if path_of.get(name) == path:
-                    entry["result"] = "error"
-                    entry["error"] = error
-                else:
-                    entry["result"] = "skipped"
-                    entry["reason"] = "the batch failed its pre-check"
-                reloads.append(entry)
-            batch.update(result="error", error=error, duration_ms=_elapsed_ms(started))
-            _keep_pending(changed)
-            return {"reloads": reloads, "batch": batch}
+            return fail_precheck(path, _pyhot.describe_exception(exc), changed_modules)
+        for name in names:
+            _record_imports(name, path, code=codes[path], source=data)
+
+    graph = _dependency_graph()
+    plan = _plan_order(changed_modules, graph, _strategy == "dependents")
+
+    # A dependent whose file did not change still runs its current source, compiled here
+    # too: never a cached .pyc.
+    dependents_read = {}  # realpath -> digest of what ran
+    for name in plan:
+        path = path_of.get(name)
+        if path is None or path in codes:
+            continue
+        try:
+            data = _pyhot._read(path)
+            codes[path] = compile(data, _pyhot._module_origin(sys.modules[name]) or path, "exec",
+                                  dont_inherit=True)
+            dependents_read[path] = _pyhot._digest(data)
+        except (SyntaxError, ValueError, OSError) as exc:
+            return fail_precheck(path, _pyhot.describe_exception(exc), plan)
 
     # Run, in plan order; a dependent whose file did not change runs its current source.
     snapshots = [(sys.modules[name], dict(sys.modules[name].__dict__)) for name in plan]
@@ -675,6 +783,11 @@ def reload_batch(paths, module_names):
         _code_overrides.clear()
 
     if failure is not None:
+        for name, imports in graph_before.items():
+            if imports is None:
+                _imports.pop(name, None)
+            else:
+                _imports[name] = imports
         with _pyhot.Critical():
             undo.restore()
             for module, snapshot in snapshots:
@@ -703,6 +816,11 @@ def reload_batch(paths, module_names):
         applied[path] = digest
         if path in _pyhot._pending:
             _pyhot._pending.remove(path)
+    applied.update(dependents_read)
+    for name in plan:
+        path = path_of.get(name)
+        if path in codes and name not in changed_modules:
+            _record_imports(name, path, code=codes[path])
     for name, ms, report in done:
         entry = {"module": name, "path": path_of.get(name), "result": "ok", "duration_ms": ms,
                  "patched": report.patched, "replaced": report.replaced}

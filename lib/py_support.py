@@ -206,6 +206,7 @@ _roots = []          # realpaths of the watch roots
 _realpaths = {}      # origin string -> realpath (an origin's realpath is fixed once imported)
 _index = {}          # realpath -> [module name, ...]
 _index_modules = {}  # module name -> (module object, realpath)
+_index_seen = {}     # module name -> module object already looked at (watched or not)
 _applied = {}        # realpath -> content digest of the last applied (imported/reloaded) source
 _pending = []        # realpaths of files whose batch failed; they join the next batch
 
@@ -262,6 +263,8 @@ def refresh_index():
     of the same content is recognised as unchanged.
     """
     current = dict(sys.modules)
+    if len(_index_seen) > 2 * len(current):
+        _index_seen.clear()
     for name in list(_index_modules):
         entry = _index_modules[name]
         if current.get(name) is not entry[0]:
@@ -272,8 +275,9 @@ def refresh_index():
                 if not names:
                     del _index[entry[1]]
     for name, module in current.items():
-        if name in _index_modules or module is None:
+        if module is None or _index_seen.get(name) is module:
             continue
+        _index_seen[name] = module
         origin = _module_origin(module)
         if origin is None:
             continue

@@ -1,0 +1,279 @@
+#!/usr/bin/python3
+"""Reload engine benchmarks (issue: reload engine). Prints figures; never fails on time.
+
+(a) Cost of one module's reload through the engine (read, hash, pre-check compile,
+    snapshot, importlib.reload with the pre-compiled code, patch in place) against a plain
+    `importlib.reload` of the same module, both in pyhotd's interpreter, each after an edit
+    (so plain reload compiles the source too, as it must after a real edit).
+(b) A chain of N modules (default 200) where each imports the previous: time from the
+    edit of the first to the end of the batch that reloads all N in dependency order, as
+    reported by the batch event (latency_ms) and as seen by the bench (wall clock until
+    the batch event arrives).
+
+Usage: /usr/bin/python3 tests/bench/reload_engine.py [--runs N] [--chain N]
+Binaries come from $PYHOT_BIN (default: build/bin next to this repository).
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("PYHOT_BIN", os.path.join(REPO, "build", "bin"))
+
+
+def machine():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return "%s, %d cores, Linux %s, Python %s" % (model, os.cpu_count(), platform.release(),
+                                                  platform.python_version())
+
+
+class Client:
+    def __init__(self, path):
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.file = self.sock.makefile("rwb")
+        self.next_id = 0
+
+    def request(self, cmd, **args):
+        self.next_id += 1
+        args.update(id=self.next_id, cmd=cmd)
+        self.file.write(json.dumps(args).encode() + b"\n")
+        self.file.flush()
+        while True:
+            message = json.loads(self.file.readline())
+            if message.get("id") == self.next_id:
+                return message
+
+    def event(self, predicate, timeout=60):
+        self.sock.settimeout(timeout)
+        while True:
+            message = json.loads(self.file.readline())
+            if "event" in message and predicate(message):
+                return message
+
+
+def pct(values, p):
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def start_daemon(root, sock, settle):
+    log = open(os.path.join(os.path.dirname(sock), "pyhotd.log"), "w")
+    proc = subprocess.Popen([os.path.join(BIN, "pyhotd"), "--watch", root, "--socket", sock,
+                             "--settle-ms", str(settle), "--log-level", "warn"],
+                            stdout=log, stderr=log)
+    return proc, Client(sock)
+
+
+def stop_daemon(proc, client):
+    try:
+        client.request("shutdown")
+    except OSError:
+        pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+MODULE = '''"""A module of realistic size: functions, classes with methods, a decorator."""
+import functools
+
+VERSION = {version}
+
+
+def decorate(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+''' + "".join('''
+@decorate
+def function_{i}(x, y={i}):
+    """Function {i}."""
+    total = 0
+    for k in range(x):
+        total += k * y
+    return total + VERSION
+
+
+class Class{i}:
+    limit = {i}
+
+    def __init__(self, value):
+        self.value = value
+
+    def method(self):
+        return self.value + self.limit + VERSION
+
+    @property
+    def doubled(self):
+        return self.value * 2
+
+    @staticmethod
+    def helper(x):
+        return x + {i}
+'''.format(i=i) for i in range(25))
+
+
+BENCH_A = r'''
+import importlib, importlib.machinery, importlib._bootstrap_external, os, sys, time, _pyhot_reload
+import bench_target
+path = bench_target.__file__
+source = open(path).read()
+engine, plain = [], []
+for i in range({runs}):
+    with open(path, "w") as f:
+        f.write(source.replace("VERSION = 0", "VERSION = %d" % (2 * i + 1)))
+    t = time.perf_counter_ns()
+    result = _pyhot_reload.reload_batch([path], [])
+    engine.append((time.perf_counter_ns() - t) / 1e6)
+    assert result["batch"]["result"] == "ok", result
+    with open(path, "w") as f:
+        f.write(source.replace("VERSION = 0", "VERSION = %d" % (2 * i + 2)))
+    # The stdlib's own importlib.reload: pyhot's loader hook (which compiles watched
+    # modules itself) is taken out for this call, so plain reload compiles the edited
+    # source and writes its .pyc as it does in any Python process.
+    hooked = importlib._bootstrap_external.SourceLoader.get_code
+    importlib._bootstrap_external.SourceLoader.get_code = _pyhot_reload._original_get_code
+    try:
+        t = time.perf_counter_ns()
+        importlib.reload(bench_target)
+        plain.append((time.perf_counter_ns() - t) / 1e6)
+    finally:
+        importlib._bootstrap_external.SourceLoader.get_code = hooked
+with open(path, "w") as f:
+    f.write(source)
+print(repr((engine, plain)))
+'''
+
+
+def bench_cost(runs):
+    work = tempfile.mkdtemp(prefix="pyhot-bench-")
+    try:
+        root = os.path.join(work, "root")
+        sockdir = os.path.join(work, "run")
+        os.mkdir(root)
+        os.mkdir(sockdir, 0o700)
+        with open(os.path.join(root, "bench_target.py"), "w") as f:
+            f.write(MODULE.format(version=0))
+        # The watcher is kept out of this measurement: the module is edited and reloaded
+        # from inside the interpreter, so a long settle window keeps batches from racing.
+        proc, client = start_daemon(root, os.path.join(sockdir, "pyhotd.sock"), 60000)
+        try:
+            reply = client.request("exec", code=BENCH_A.format(runs=runs))
+            if not reply["ok"]:
+                raise SystemExit("bench failed: %s" % reply["error"])
+            engine, plain = eval(reply["result"]["stdout"])
+        finally:
+            stop_daemon(proc, client)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return engine, plain
+
+
+def bench_chain(length, runs):
+    work = tempfile.mkdtemp(prefix="pyhot-chain-")
+    try:
+        root = os.path.join(work, "root")
+        sockdir = os.path.join(work, "run")
+        os.mkdir(root)
+        os.mkdir(sockdir, 0o700)
+        for i in range(length):
+            with open(os.path.join(root, "chain_%03d.py" % i), "w") as f:
+                if i == 0:
+                    f.write("VALUE = 0\n")
+                else:
+                    f.write("import chain_%03d as previous\nVALUE = previous.VALUE + 1\n" % (i - 1))
+        proc, client = start_daemon(root, os.path.join(sockdir, "pyhotd.sock"), 0)
+        walls, latencies, durations = [], [], []
+        try:
+            client.request("subscribe")
+            first = os.path.join(root, "chain_000.py")
+            for run in range(1, runs + 1):
+                t = time.monotonic_ns()
+                with open(first, "w") as f:
+                    f.write("VALUE = %d\n" % run)
+                batch = client.event(lambda e: e["event"] == "batch" and e["result"] != "skipped")
+                walls.append((time.monotonic_ns() - t) / 1e6)
+                if batch["result"] != "ok" or len(batch["modules"]) != length:
+                    raise SystemExit("chain batch wrong: %s" % json.dumps(batch)[:500])
+                if batch["modules"] != ["chain_%03d" % i for i in range(length)]:
+                    raise SystemExit("chain reloaded out of order")
+                latencies.append(batch["latency_ms"])
+                durations.append(batch["duration_ms"])
+                last = client.request("exec", code="__import__(\"chain_%03d\").VALUE" % (length - 1))
+                expected = run + length - 1
+                if last["result"]["value"] != str(expected):
+                    raise SystemExit("chain value %s, expected %d" % (last["result"]["value"], expected))
+        finally:
+            stop_daemon(proc, client)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return walls, latencies, durations
+
+
+def row(name, values):
+    return "%-44s %8.3f %8.3f %8.3f %8.3f" % (name, statistics.median(values), pct(values, 90),
+                                              pct(values, 99), statistics.mean(values))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=50, help="reloads per figure (default 50)")
+    parser.add_argument("--chain", type=int, default=200, help="modules in the chain (default 200)")
+    parser.add_argument("--chain-runs", type=int, default=10, help="edits of the chain's first module (default 10)")
+    args = parser.parse_args()
+    print("machine: %s" % machine())
+    print("command: %s" % " ".join([sys.executable] + sys.argv))
+    print("pyhotd:  %s" % os.path.join(BIN, "pyhotd"))
+    print()
+    engine, plain = bench_cost(args.runs)
+    print("(a) one module (25 functions, 25 classes), %d reloads each, ms:" % args.runs)
+    print("%-44s %8s %8s %8s %8s" % ("", "p50", "p90", "p99", "mean"))
+    print(row("plain importlib.reload (after an edit)", plain))
+    print(row("pyhot engine (hash, pre-check, snapshot, patch)", engine))
+    ratio = statistics.median(engine) / statistics.median(plain)
+    print("engine / plain (p50): %.2f  -> extra work %+.0f%% (goal: under +30%%)" % (ratio, (ratio - 1) * 100))
+    print()
+    walls, latencies, durations = bench_chain(args.chain, args.chain_runs)
+    print("(b) chain of %d modules, each importing the previous; %d edits of the first, ms:" % (args.chain, args.chain_runs))
+    print("%-44s %8s %8s %8s %8s" % ("", "p50", "p90", "p99", "mean"))
+    print(row("edit -> batch event received (bench clock)", walls))
+    print(row("batch latency_ms (first event -> last reload)", latencies))
+    print(row("batch duration_ms (engine)", durations))
+
+
+if __name__ == "__main__":
+    main()
