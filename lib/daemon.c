@@ -123,7 +123,12 @@ static json_t *publish_reload_result(struct daemon *daemon, struct py_job *job,
     if (!json_is_object(batch))
         return NULL;
     json_object_set_new(batch, "batch", json_integer((json_int_t)origin->batch_id));
-    double latency_ms = (double)(job->finished_ns - origin->first_event_ns) / 1e6;
+    /* From the first file event to the end of the batch's last reload: the engine stamps
+     * that moment with time.monotonic_ns(), the clock uv_hrtime() reads (CLOCK_MONOTONIC). */
+    json_t *reloaded = json_object_get(batch, "reloaded_ns");
+    uint64_t end_ns = json_is_integer(reloaded) ? (uint64_t)json_integer_value(reloaded) : job->finished_ns;
+    json_object_del(batch, "reloaded_ns");
+    double latency_ms = end_ns > origin->first_event_ns ? (double)(end_ns - origin->first_event_ns) / 1e6 : 0.0;
     json_object_set_new(batch, "latency_ms", json_real(latency_ms));
     daemon->batches++;
     events_publish(daemon->events, "batch", json_incref(batch));

@@ -75,6 +75,7 @@ _LOAD_CONST = dis.opmap["LOAD_CONST"]
 _EXTENDED_ARG = dis.EXTENDED_ARG
 
 _imports = {}  # module name -> frozenset of absolute module names it imports
+_imports_generation = 0  # bumped whenever an entry of _imports changes
 
 
 def _resolve_relative(module_name, is_package, level, target):
@@ -158,17 +159,28 @@ def _record_imports(name, path, code=None, source=None):
         except OSError:
             pass
     names.discard(name)
-    _imports[name] = frozenset(names)
+    names = frozenset(names)
+    if _imports.get(name) != names:
+        global _imports_generation
+        _imports[name] = names
+        _imports_generation += 1
+
+
+_graph_cache = [None, None]  # [(watched modules, imports) it was built from, graph]
 
 
 def _dependency_graph():
-    """{watched module: set of watched modules it imports}."""
+    """{watched module: set of watched modules it imports}. Rebuilt only when a module
+    appeared or left, or one's imports changed, since it was last built."""
     watched = _pyhot._index_modules
-    graph = {}
+    if _graph_cache[0] == (_pyhot._index_generation, _imports_generation):
+        return _graph_cache[1]
     for name, (_module, path) in list(watched.items()):
         if name not in _imports:
             _record_imports(name, path)
-        graph[name] = {dep for dep in _imports[name] if dep in watched}
+    key = (_pyhot._index_generation, _imports_generation)
+    graph = {name: {dep for dep in _imports[name] if dep in watched} for name in watched}
+    _graph_cache[0], _graph_cache[1] = key, graph
     return graph
 
 
@@ -178,6 +190,8 @@ def _plan_order(changed, graph, with_dependents):
     Import cycles become one group each, run in the order the modules were first
     imported (their order in sys.modules)."""
     selected = set(changed)
+    if len(changed) == 1 and not any(changed[0] in deps for deps in graph.values()):
+        return list(changed)  # the common edit: one module nothing imports
     if with_dependents:
         importers = {}
         for name, deps in graph.items():
@@ -616,11 +630,10 @@ def _elapsed_ms(start_ns):
     return (time.perf_counter_ns() - start_ns) / 1e6
 
 
-def _reload_one(name, module, code_path, undo):
-    """Runs module's new top level with the module hooks, then patches it. Returns
-    (report, state handed over)."""
+def _reload_one(module, snapshot, undo):
+    """Runs module's new top level (its namespace was snapshot before) with the module
+    hooks, then patches it. Returns the patch report."""
     global _active
-    snapshot = dict(module.__dict__)
     report = _Report()
     state = _MISSING
     save = snapshot.get("__pyhot_save__")
@@ -646,7 +659,7 @@ def reload_batch(paths, module_names):
     """Reloads what a batch of changed paths (and explicit module names) maps to: the
     batch applies whole or not at all. Returns {"reloads": [...], "batch": {...}}."""
     started = time.perf_counter_ns()
-    _pyhot.refresh_index()
+    modules_count = _pyhot.refresh_index()
     # Files of a failed batch are not applied yet: they go again with this one, so fixing
     # the one broken file applies the whole edit.
     paths = list(paths) + [p for p in _pyhot._pending if p not in paths]
@@ -656,7 +669,7 @@ def reload_batch(paths, module_names):
     changed_modules = []
 
     for raw in paths:
-        path = os.path.realpath(raw)
+        path = _pyhot._realpath(raw)
         names = list(index.get(path, ()))
         try:
             data = _pyhot._read(path)
@@ -700,7 +713,7 @@ def reload_batch(paths, module_names):
         if name not in changed_modules:
             changed_modules.append(name)
 
-    batch = {"paths": [os.path.realpath(p) for p in paths], "modules": [],
+    batch = {"paths": [_pyhot._realpath(p) for p in paths], "modules": [],
              "result": "skipped", "duration_ms": 0.0}
     if not changed_modules:
         if any(r["result"] == "error" for r in reloads):
@@ -712,11 +725,7 @@ def reload_batch(paths, module_names):
     graph_before = {name: _imports.get(name) for name in changed_modules}
 
     def fail_precheck(failed_path, error, plan):
-        for name, imports in graph_before.items():
-            if imports is None:
-                _imports.pop(name, None)
-            else:
-                _imports[name] = imports
+        _restore_imports(graph_before)
         for name in plan:
             entry = {"module": name, "path": path_of.get(name), "duration_ms": 0.0,
                      "patched": [], "replaced": []}
@@ -741,8 +750,12 @@ def reload_batch(paths, module_names):
             codes[path] = compile(data, origin or path, "exec", dont_inherit=True)
         except (SyntaxError, ValueError) as exc:
             return fail_precheck(path, _pyhot.describe_exception(exc), changed_modules)
-        for name in names:
-            _record_imports(name, path, code=codes[path], source=data)
+        if len(changed) > 1:
+            # Another file of the batch may now be imported: the plan needs the new edges.
+            # (With one file, its own imports cannot change who depends on it; they are
+            # recorded after the run, keeping that work off the save -> run path.)
+            for name in names:
+                _record_imports(name, path, code=codes[path], source=data)
 
     graph = _dependency_graph()
     plan = _plan_order(changed_modules, graph, _strategy == "dependents")
@@ -763,7 +776,7 @@ def reload_batch(paths, module_names):
             return fail_precheck(path, _pyhot.describe_exception(exc), plan)
 
     # Run, in plan order; a dependent whose file did not change runs its current source.
-    snapshots = [(sys.modules[name], dict(sys.modules[name].__dict__)) for name in plan]
+    snapshots = {name: (sys.modules[name], dict(sys.modules[name].__dict__)) for name in plan}
     undo = _Undo()
     done = []
     failure = None
@@ -773,24 +786,22 @@ def reload_batch(paths, module_names):
             module = sys.modules[name]
             module_started = time.perf_counter_ns()
             try:
-                report = _reload_one(name, module, path_of.get(name), undo)
+                report = _reload_one(module, snapshots[name][1], undo)
             except BaseException as exc:
                 failure = (name, _pyhot.describe_exception(exc, prefer_file=path_of.get(name)),
                            _elapsed_ms(module_started))
                 break
             done.append((name, _elapsed_ms(module_started), report))
+        # The end of the batch's last reload: the new code has run and been patched in.
+        reloaded_ns = time.monotonic_ns()
     finally:
         _code_overrides.clear()
 
     if failure is not None:
-        for name, imports in graph_before.items():
-            if imports is None:
-                _imports.pop(name, None)
-            else:
-                _imports[name] = imports
+        _restore_imports(graph_before)
         with _pyhot.Critical():
             undo.restore()
-            for module, snapshot in snapshots:
+            for module, snapshot in snapshots.values():
                 namespace = module.__dict__
                 namespace.clear()
                 namespace.update(snapshot)
@@ -819,7 +830,7 @@ def reload_batch(paths, module_names):
     applied.update(dependents_read)
     for name in plan:
         path = path_of.get(name)
-        if path in codes and name not in changed_modules:
+        if path in codes and (name not in changed_modules or len(changed) == 1):
             _record_imports(name, path, code=codes[path])
     for name, ms, report in done:
         entry = {"module": name, "path": path_of.get(name), "result": "ok", "duration_ms": ms,
@@ -827,10 +838,20 @@ def reload_batch(paths, module_names):
         if name not in changed_modules:
             entry["reason"] = "imports a changed module"
         reloads.append(entry)
-    _pyhot.refresh_index()
+    _pyhot.note_reordered(modules_count)
     batch["modules"] = [name for name, _ms, _r in done]
-    batch.update(result="ok", duration_ms=_elapsed_ms(started))
+    batch.update(result="ok", duration_ms=_elapsed_ms(started), reloaded_ns=reloaded_ns)
     return {"reloads": reloads, "batch": batch}
+
+
+def _restore_imports(saved):
+    global _imports_generation
+    for name, imports in saved.items():
+        if imports is None:
+            _imports.pop(name, None)
+        else:
+            _imports[name] = imports
+    _imports_generation += 1
 
 
 def _keep_pending(changed):

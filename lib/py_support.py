@@ -207,6 +207,8 @@ _realpaths = {}      # origin string -> realpath (an origin's realpath is fixed 
 _index = {}          # realpath -> [module name, ...]
 _index_modules = {}  # module name -> (module object, realpath)
 _index_seen = {}     # module name -> module object already looked at (watched or not)
+_index_generation = 0  # bumped whenever a watched module appears or leaves
+_index_signature = [None]  # (len(sys.modules), last key) at the last full scan
 _applied = {}        # realpath -> content digest of the last applied (imported/reloaded) source
 _pending = []        # realpaths of files whose batch failed; they join the next batch
 
@@ -262,6 +264,14 @@ def refresh_index():
     first seen under a root gets its file's digest recorded as applied, so a later save
     of the same content is recognised as unchanged.
     """
+    global _index_generation
+    # sys.modules is a dict: a new import appends a key, so its size and last key tell
+    # whether anything was added or removed since the last scan. A module replaced in
+    # place under the same name is caught by the callers' identity checks.
+    signature = (len(sys.modules), next(reversed(sys.modules), None))
+    if signature == _index_signature[0]:
+        return signature[0]
+    _index_signature[0] = signature
     current = dict(sys.modules)
     if len(_index_seen) > 2 * len(current):
         _index_seen.clear()
@@ -269,6 +279,7 @@ def refresh_index():
         entry = _index_modules[name]
         if current.get(name) is not entry[0]:
             del _index_modules[name]
+            _index_generation += 1
             names = _index.get(entry[1])
             if names is not None and name in names:
                 names.remove(name)
@@ -285,6 +296,7 @@ def refresh_index():
         if not _under_roots(path):
             continue
         _index_modules[name] = (module, path)
+        _index_generation += 1
         _index.setdefault(path, []).append(name)
         if path not in _applied:
             try:
@@ -292,6 +304,13 @@ def refresh_index():
             except OSError:
                 pass
     return len(current)
+
+
+def note_reordered(count):
+    """importlib.reload moves a module's key to the end of sys.modules; when nothing was
+    added or removed (the size is still count), the index is still current."""
+    if _index_signature[0] is not None and _index_signature[0][0] == count == len(sys.modules):
+        _index_signature[0] = (count, next(reversed(sys.modules), None))
 
 
 def modules_for_path(path):

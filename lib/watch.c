@@ -54,6 +54,13 @@ void watch_note_change(struct watch *watch, const char *path) {
     uv_timer_start(&watch->settle_timer, on_settled, watch->options.settle_ms, 0);
 }
 
+void watch_note_drained(struct watch *watch) {
+    if (watch->options.settle_ms == 0 && watch->pending.len > 0) {
+        uv_timer_stop(&watch->settle_timer);
+        on_settled(&watch->settle_timer);
+    }
+}
+
 void watch_note_root_lost(struct watch *watch, size_t root, const char *message) {
     if (root >= watch->n_roots || !watch->roots[root].watching)
         return;

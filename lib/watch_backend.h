@@ -16,6 +16,10 @@ struct watch_backend;
 /* Backend -> watch.c: an accepted file changed (path is absolute; copied). */
 void watch_note_change(struct watch *watch, const char *path);
 
+/* Backend -> watch.c: every event available now has been read. With a settle window of
+ * 0 the pending batch goes out at once, without a timer's extra loop turn. */
+void watch_note_drained(struct watch *watch);
+
 /* Backend -> watch.c: root i stopped being watched (deleted or moved away). */
 void watch_note_root_lost(struct watch *watch, size_t root, const char *message);
 

@@ -301,16 +301,18 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
                 continue;
             if (errno != EAGAIN)
                 log_error("watch: reading inotify failed: %s", strerror(errno));
+            watch_note_drained(b->watch);
             return;
         }
         if (len == 0)
-            return;
+            break;
         for (char *p = buf; p < buf + len;) {
             const struct inotify_event *ev = (const struct inotify_event *)p;
             handle_event(b, ev);
             p += sizeof(struct inotify_event) + ev->len;
         }
     }
+    watch_note_drained(b->watch);
 }
 
 int watch_backend_new(struct watch *watch, uv_loop_t *loop, struct watch_backend **out,
