@@ -1,0 +1,1537 @@
+/*
+ * pyhotctl: the command-line client of pyhotd's control socket (docs/protocol.md).
+ *
+ * One connection, one request (id 1), one response; `tail` then keeps reading events.
+ * It speaks the protocol through lib/protocol.c only: no libuv, no libpython.
+ *
+ * Exit status: 0 success; 1 pyhotd answered ok:false (or a reload batch failed);
+ * 2 usage error, or no usable answer from pyhotd (cannot connect, timeout, closed,
+ * unreadable response).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "protocol.h"
+#include "version.h"
+
+#define EXIT_OK     0
+#define EXIT_FAILED 1
+#define EXIT_USAGE  2
+
+/* ctl_wait_response: a stop signal came during tail (not an exit status). */
+#define WAIT_INTERRUPTED 100
+
+/* The one request of a connection. */
+#define REQUEST_ID 1
+
+/* Longest response or event line read, without its "\n". */
+#define RESPONSE_MAX ((size_t)64 * 1024 * 1024)
+#define READ_CHUNK   ((size_t)64 * 1024)
+
+#define DEFAULT_TIMEOUT_S 60
+
+/* Longest --timeout: what poll(2) can wait in one go, in whole seconds. */
+#define TIMEOUT_MAX_S (INT_MAX / 1000)
+
+#define COLOR_GREEN "\033[32m"
+#define COLOR_RED   "\033[31m"
+#define COLOR_DIM   "\033[2m"
+#define COLOR_RESET "\033[0m"
+
+/* A growable input buffer, capped at RESPONSE_MAX + 1 bytes (a full line and its "\n"). */
+struct reader {
+    char *buf;
+    size_t start;  /* first unread byte */
+    size_t len;    /* bytes held */
+    size_t cap;
+    bool eof;
+};
+
+struct ctl {
+    const char *socket_path;
+    char default_path[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
+    bool json;
+    int timeout_ms;             /* -1: no limit */
+    bool color;
+    int fd;
+    struct reader rd;
+    const sigset_t *pollmask;   /* signals let through while waiting (tail), or NULL */
+};
+
+struct ctl_command {
+    const char *name;
+    const char *args;           /* argument synopsis */
+    const char *summary;        /* one line, for the command list */
+    const char *help;           /* `pyhotctl COMMAND --help` */
+    int min_args;
+    int max_args;               /* -1: no limit */
+    bool stop_at_operand;       /* options end at the first operand (exec CODE may start with -) */
+    int (*exec)(struct ctl *ctl, int argc, char **argv);
+};
+
+static volatile sig_atomic_t got_stop_signal;
+
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* "pyhotctl: message" on stderr. */
+static void fail(const char *fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    fputs("pyhotctl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double now_sec(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- JSON helpers (absent and mistyped members read as missing) ---- */
+
+static const char *jstr(const json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
+}
+
+static bool jint(const json_t *obj, const char *key, long long *out)
+{
+    json_t *v = json_object_get(obj, key);
+
+    if (!json_is_integer(v))
+        return false;
+    *out = (long long)json_integer_value(v);
+    return true;
+}
+
+static bool jnum(const json_t *obj, const char *key, double *out)
+{
+    json_t *v = json_object_get(obj, key);
+
+    if (!json_is_number(v))
+        return false;
+    *out = json_number_value(v);
+    return true;
+}
+
+/* ---- output ---- */
+
+/* Writes s with control characters shown as '?', so that one event stays one line. */
+static void put_clean(FILE *out, const char *s)
+{
+    if (s == NULL)
+        s = "-";
+    for (; *s != '\0'; s++)
+        fputc(((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s, out);
+}
+
+/* s with its length (strings from the daemon may hold NULs), exactly as captured. */
+static void put_exact(FILE *out, json_t *s)
+{
+    if (json_is_string(s))
+        fwrite(json_string_value(s), 1, json_string_length(s), out);
+}
+
+static bool ends_with_newline(json_t *s)
+{
+    size_t n = json_string_length(s);
+
+    return n > 0 && json_string_value(s)[n - 1] == '\n';
+}
+
+/* Prints any JSON value: a string as itself, null as "-", the rest as compact JSON. */
+static void put_value(FILE *out, json_t *v)
+{
+    char *s;
+
+    if (v == NULL || json_is_null(v)) {
+        fputc('-', out);
+    } else if (json_is_string(v)) {
+        put_clean(out, json_string_value(v));
+    } else {
+        s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+        put_clean(out, s != NULL ? s : "?");
+        free(s);
+    }
+}
+
+/* "[a, b, c]" of an array (strings as themselves); "[]" when empty or not an array. */
+static void put_list(FILE *out, json_t *list)
+{
+    size_t i;
+    json_t *item;
+
+    fputc('[', out);
+    json_array_foreach(list, i, item) {
+        if (i > 0)
+            fputs(", ", out);
+        /* status roots and started roots may be {"path": ...} objects */
+        if (json_is_object(item) && json_is_string(json_object_get(item, "path")))
+            item = json_object_get(item, "path");
+        put_value(out, item);
+    }
+    fputc(']', out);
+}
+
+static void put_result(const struct ctl *ctl, FILE *out, const char *result)
+{
+    const char *color = NULL;
+
+    if (result == NULL)
+        result = "?";
+    if (ctl->color) {
+        if (strcmp(result, "ok") == 0)
+            color = COLOR_GREEN;
+        else if (strcmp(result, "error") == 0 || strcmp(result, "rolled_back") == 0)
+            color = COLOR_RED;
+        else if (strcmp(result, "skipped") == 0)
+            color = COLOR_DIM;
+    }
+    if (color != NULL)
+        fputs(color, out);
+    put_clean(out, result);
+    if (color != NULL)
+        fputs(COLOR_RESET, out);
+}
+
+/* " TYPE: MESSAGE (FILE:LINE)" of an error object. */
+static void put_error_summary(FILE *out, json_t *error)
+{
+    const char *type = jstr(error, "type"), *message = jstr(error, "message");
+    const char *file = jstr(error, "file");
+    long long line;
+
+    if (type != NULL) {
+        fputc(' ', out);
+        put_clean(out, type);
+        if (message != NULL && message[0] != '\0')
+            fputc(':', out);
+    }
+    if (message != NULL && message[0] != '\0') {
+        fputc(' ', out);
+        put_clean(out, message);
+    }
+    if (file != NULL) {
+        fputs(" (", out);
+        put_clean(out, file);
+        if (jint(error, "line", &line))
+            fprintf(out, ":%lld", line);
+        fputc(')', out);
+    }
+}
+
+/*
+ * The local time of day of an RFC 3339 UTC time ("2026-11-27T04:19:43.123Z" ->
+ * "05:19:43.123" in CET). Anything else is printed as it came.
+ */
+static void put_time(FILE *out, const char *rfc3339)
+{
+    struct tm tm = { 0 }, local;
+    int year, mon, day, hour, min, sec, n = 0;
+    long ms = 0;
+    const char *p;
+    time_t t;
+
+    if (rfc3339 == NULL) {
+        fputs("--:--:--.---", out);
+        return;
+    }
+    if (sscanf(rfc3339, "%4d-%2d-%2dT%2d:%2d:%2d%n", &year, &mon, &day, &hour, &min, &sec,
+               &n) != 6 || n == 0)
+        goto raw;
+    p = rfc3339 + n;
+    if (*p == '.') {
+        int digits = 0;
+
+        for (p++; *p >= '0' && *p <= '9'; p++, digits++) {
+            if (digits < 3)
+                ms = ms * 10 + (*p - '0');
+        }
+        if (digits == 0)
+            goto raw;
+        for (; digits < 3; digits++)
+            ms *= 10;
+    }
+    if ((*p != 'Z' && *p != 'z') || p[1] != '\0')
+        goto raw;
+    tm.tm_year = year - 1900;
+    tm.tm_mon = mon - 1;
+    tm.tm_mday = day;
+    tm.tm_hour = hour;
+    tm.tm_min = min;
+    tm.tm_sec = sec;
+    t = timegm(&tm);
+    if (t == (time_t)-1 || localtime_r(&t, &local) == NULL)
+        goto raw;
+    fprintf(out, "%02d:%02d:%02d.%03ld", local.tm_hour, local.tm_min, local.tm_sec, ms);
+    return;
+raw:
+    put_clean(out, rfc3339);
+}
+
+static void put_ms(FILE *out, const char *prefix, json_t *obj, const char *key)
+{
+    double ms;
+
+    if (jnum(obj, key, &ms))
+        fprintf(out, "%s%.2f ms", prefix, ms);
+}
+
+static void print_reload(const struct ctl *ctl, FILE *out, json_t *ev)
+{
+    const char *module = jstr(ev, "module"), *result = jstr(ev, "result");
+    const char *reason = jstr(ev, "reason");
+    json_t *error = json_object_get(ev, "error"), *replaced = json_object_get(ev, "replaced");
+    long long batch;
+
+    fputs(" reload ", out);
+    put_clean(out, module != NULL ? module : jstr(ev, "path"));
+    fputc(' ', out);
+    put_result(ctl, out, result);
+    if (json_is_object(error)) {
+        put_error_summary(out, error);
+    } else {
+        if (reason != NULL) {
+            fputs(": ", out);
+            put_clean(out, reason);
+        }
+        if (result == NULL || strcmp(result, "skipped") != 0)
+            put_ms(out, " ", ev, "duration_ms");
+        if (jint(ev, "batch", &batch))
+            fprintf(out, " (batch %lld)", batch);
+    }
+    if (json_array_size(replaced) > 0) {
+        fputs(" replaced ", out);
+        put_list(out, replaced);
+    }
+}
+
+static void print_batch(const struct ctl *ctl, FILE *out, json_t *ev)
+{
+    json_t *modules = json_object_get(ev, "modules"), *error = json_object_get(ev, "error");
+    long long id;
+
+    fputs(" batch", out);
+    if (jint(ev, "batch", &id))
+        fprintf(out, " %lld", id);
+    fputc(' ', out);
+    put_result(ctl, out, jstr(ev, "result"));
+    fputc(' ', out);
+    /* A batch of files no loaded module comes from: show the files. */
+    if (json_array_size(modules) == 0 && json_array_size(json_object_get(ev, "paths")) > 0)
+        modules = json_object_get(ev, "paths");
+    put_list(out, modules);
+    put_ms(out, " ", ev, "duration_ms");
+    put_ms(out, ", latency ", ev, "latency_ms");
+    if (json_is_object(error)) {
+        fputc(':', out);
+        put_error_summary(out, error);
+    }
+}
+
+/* One readable line per event (the format of `tail`, docs/protocol.md). */
+static void print_event(const struct ctl *ctl, FILE *out, json_t *ev)
+{
+    const char *name = jstr(ev, "event");
+    long long n;
+
+    put_time(out, jstr(ev, "time"));
+    if (name == NULL)
+        name = "?";
+    if (strcmp(name, "reload") == 0) {
+        print_reload(ctl, out, ev);
+    } else if (strcmp(name, "batch") == 0) {
+        print_batch(ctl, out, ev);
+    } else if (strcmp(name, "started") == 0) {
+        fputs(" started pyhotd ", out);
+        put_value(out, json_object_get(ev, "version"));
+        if (jint(ev, "pid", &n))
+            fprintf(out, ", pid %lld", n);
+        if (json_is_array(json_object_get(ev, "roots"))) {
+            fputs(", roots ", out);
+            put_list(out, json_object_get(ev, "roots"));
+        }
+        if (jint(ev, "modules_loaded", &n))
+            fprintf(out, ", %lld modules loaded", n);
+    } else if (strcmp(name, "stopping") == 0) {
+        fputs(" stopping", out);
+        if (jstr(ev, "reason") != NULL) {
+            fputs(": ", out);
+            put_clean(out, jstr(ev, "reason"));
+        }
+    } else if (strcmp(name, "watch_error") == 0) {
+        fputs(" watch_error ", out);
+        put_value(out, json_object_get(ev, "root"));
+        fputs(": ", out);
+        put_value(out, json_object_get(ev, "message"));
+    } else {
+        /* Unknown to this client: its name and the rest as JSON. */
+        json_t *rest = json_copy(ev);
+
+        fputc(' ', out);
+        put_clean(out, name);
+        if (rest != NULL) {
+            json_object_del(rest, "event");
+            json_object_del(rest, "seq");
+            json_object_del(rest, "time");
+            if (json_object_size(rest) > 0) {
+                fputc(' ', out);
+                put_value(out, rest);
+            }
+            json_decref(rest);
+        }
+    }
+    fputc('\n', out);
+}
+
+/* ---- connection ---- */
+
+static int ctl_connect(struct ctl *ctl)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    size_t len = strlen(ctl->socket_path);
+
+    if (len == 0 || len >= sizeof(addr.sun_path)) {
+        fail("socket path %s is %s (at most %zu bytes, unix(7))", ctl->socket_path,
+             len == 0 ? "empty" : "too long", sizeof(addr.sun_path) - 1);
+        return -EINVAL;
+    }
+    memcpy(addr.sun_path, ctl->socket_path, len + 1);
+    ctl->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (ctl->fd < 0) {
+        fail("socket: %s", strerror(errno));
+        return -errno;
+    }
+    while (connect(ctl->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        int e = errno;
+
+        if (e == EINTR)
+            continue;
+        fail("cannot connect to %s: %s (is pyhotd running? set --socket or PYHOT_SOCKET)",
+             ctl->socket_path, strerror(e));
+        close(ctl->fd);
+        ctl->fd = -1;
+        return -e;
+    }
+    return 0;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return -errno;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Sends {"id": 1, "cmd": cmd, ...args}. Returns 0 or an exit status. */
+static int ctl_send(struct ctl *ctl, const char *cmd, json_t *args)
+{
+    size_t len;
+    char *line = protocol_encode_request(REQUEST_ID, cmd, args, &len);
+    int r;
+
+    if (line == NULL) {
+        fail("cannot encode the request (out of memory, or text that is not UTF-8)");
+        return EXIT_USAGE;
+    }
+    if (len - 1 > PROTOCOL_MAX_LINE) {
+        fail("request of %zu bytes exceeds the protocol limit of %d bytes", len - 1,
+             PROTOCOL_MAX_LINE);
+        free(line);
+        return EXIT_USAGE;
+    }
+    r = write_all(ctl->fd, line, len);
+    free(line);
+    if (r < 0) {
+        fail("cannot send to %s: %s", ctl->socket_path, strerror(-r));
+        return EXIT_USAGE;
+    }
+    return EXIT_OK;
+}
+
+/*
+ * The next line from the daemon, without its "\n" (NUL-terminated in place; valid until
+ * the next call). deadline: CLOCK_MONOTONIC ms, or -1 to wait for ever. Returns 1 with a
+ * line, 0 at end of stream, -ETIMEDOUT, -EMSGSIZE (line over RESPONSE_MAX), -EINTR (a
+ * stop signal during tail), or another -errno of read.
+ */
+static int read_line(struct ctl *ctl, int64_t deadline, char **line, size_t *len)
+{
+    struct reader *rd = &ctl->rd;
+
+    for (;;) {
+        char *start = rd->buf + rd->start;
+        char *nl = rd->len > rd->start ? memchr(start, '\n', rd->len - rd->start) : NULL;
+        struct pollfd pfd = { .fd = ctl->fd, .events = POLLIN };
+        struct timespec ts, *tsp = NULL;
+        ssize_t n;
+
+        if (nl != NULL) {
+            *nl = '\0';
+            *line = start;
+            *len = (size_t)(nl - start);
+            rd->start += *len + 1;
+            return 1;
+        }
+        if (rd->eof) {
+            /* A last line without "\n": take it as it is. */
+            if (rd->len > rd->start) {
+                if (rd->len == rd->cap)
+                    return -EMSGSIZE;
+                rd->buf[rd->len] = '\0';
+                *line = start;
+                *len = rd->len - rd->start;
+                rd->start = rd->len;
+                return 1;
+            }
+            return 0;
+        }
+        if (rd->start > 0) {
+            memmove(rd->buf, start, rd->len - rd->start);
+            rd->len -= rd->start;
+            rd->start = 0;
+        }
+        if (rd->len == rd->cap) {
+            size_t cap = rd->cap == 0 ? READ_CHUNK : rd->cap * 2;
+            char *buf;
+
+            if (rd->cap >= RESPONSE_MAX + 1)
+                return -EMSGSIZE;
+            if (cap > RESPONSE_MAX + 1)
+                cap = RESPONSE_MAX + 1;
+            buf = realloc(rd->buf, cap);
+            if (buf == NULL)
+                return -ENOMEM;
+            rd->buf = buf;
+            rd->cap = cap;
+        }
+
+        if (ctl->pollmask != NULL && got_stop_signal)
+            return -EINTR;
+        if (deadline >= 0) {
+            int64_t left = deadline - now_ms();
+
+            if (left <= 0)
+                return -ETIMEDOUT;
+            ts.tv_sec = left / 1000;
+            ts.tv_nsec = (left % 1000) * 1000000;
+            tsp = &ts;
+        }
+        n = ppoll(&pfd, 1, tsp, ctl->pollmask);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue; /* got_stop_signal is checked above */
+            return -errno;
+        }
+        if (n == 0)
+            continue; /* the deadline is checked above */
+
+        n = read(ctl->fd, rd->buf + rd->len, rd->cap - rd->len);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            rd->eof = true;
+        rd->len += (size_t)n;
+    }
+}
+
+/* Prints why no line came and returns the exit status for it. */
+static int read_failed(struct ctl *ctl, int r, const char *waiting_for)
+{
+    switch (r) {
+    case 0:
+        fail("pyhotd closed the connection on %s before %s", ctl->socket_path, waiting_for);
+        break;
+    case -ETIMEDOUT:
+        fail("no response from pyhotd on %s within %g s (see --timeout)", ctl->socket_path,
+             ctl->timeout_ms / 1000.0);
+        break;
+    case -EMSGSIZE:
+        fail("a line from pyhotd exceeds %zu MiB", RESPONSE_MAX / (1024 * 1024));
+        break;
+    default:
+        fail("cannot read from %s: %s", ctl->socket_path, strerror(-r));
+        break;
+    }
+    return EXIT_USAGE;
+}
+
+/* Parses one line from the daemon; NULL (after a message) when it is not an object. */
+static json_t *parse_line(const char *line, size_t len)
+{
+    json_error_t jerr;
+    json_t *v = json_loadb(line, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
+
+    if (v == NULL) {
+        fail("invalid line from pyhotd (column %d: %s)", jerr.column, jerr.text);
+        return NULL;
+    }
+    if (!json_is_object(v)) {
+        fail("invalid line from pyhotd (not a JSON object)");
+        json_decref(v);
+        return NULL;
+    }
+    return v;
+}
+
+static bool is_event(json_t *msg)
+{
+    return json_is_string(json_object_get(msg, "event")) && json_object_get(msg, "ok") == NULL;
+}
+
+/* Our response: our id, or a null id on an error (a request the daemon could not read). */
+static bool is_our_response(json_t *msg)
+{
+    json_t *id = json_object_get(msg, "id"), *ok = json_object_get(msg, "ok");
+
+    if (!json_is_boolean(ok))
+        return false;
+    if (json_is_integer(id))
+        return json_integer_value(id) == REQUEST_ID;
+    return json_is_null(id) && json_is_false(ok);
+}
+
+/*
+ * Waits for the response to our request, skipping events that come before it. Returns
+ * EXIT_OK with *resp (owned) and, when raw is not NULL, a malloc'd copy of the line in
+ * *raw; WAIT_INTERRUPTED on a stop signal during tail; or an exit status after a message.
+ */
+static int ctl_wait_response(struct ctl *ctl, json_t **resp, char **raw)
+{
+    int64_t deadline = ctl->timeout_ms < 0 ? -1 : now_ms() + ctl->timeout_ms;
+    char *line;
+    size_t len;
+    json_t *msg;
+    int r;
+
+    for (;;) {
+        r = read_line(ctl, deadline, &line, &len);
+        if (r == -EINTR)
+            return WAIT_INTERRUPTED;
+        if (r <= 0)
+            return read_failed(ctl, r, "answering");
+        if (len == 0)
+            continue;
+        msg = parse_line(line, len);
+        if (msg == NULL)
+            return EXIT_USAGE;
+        if (!is_event(msg) && is_our_response(msg)) {
+            if (raw != NULL) {
+                *raw = strndup(line, len);
+                if (*raw == NULL) {
+                    json_decref(msg);
+                    fail("out of memory");
+                    return EXIT_USAGE;
+                }
+            }
+            *resp = msg;
+            return EXIT_OK;
+        }
+        json_decref(msg);
+    }
+}
+
+/* Prints "pyhotctl: CODE: MESSAGE" and the traceback, if any. Returns EXIT_FAILED. */
+static int report_error(json_t *resp)
+{
+    json_t *error = json_object_get(resp, "error");
+    const char *code = jstr(error, "code"), *message = jstr(error, "message");
+    json_t *tb = json_object_get(error, "traceback");
+
+    fflush(stdout);
+    fputs("pyhotctl: ", stderr);
+    put_clean(stderr, code != NULL ? code : "error");
+    fputs(": ", stderr);
+    put_clean(stderr, message != NULL ? message : "(no message)");
+    fputc('\n', stderr);
+    if (json_is_string(tb) && json_string_length(tb) > 0) {
+        put_exact(stderr, tb);
+        if (!ends_with_newline(tb))
+            fputc('\n', stderr);
+    }
+    return EXIT_FAILED;
+}
+
+/*
+ * Connects, sends cmd with args and waits for the response. Returns EXIT_OK with *resp
+ * when the daemon answered ok:true. Otherwise returns the exit status: with --json the
+ * raw line of an ok:false response has been printed; without, the error.
+ * With keep_error, an ok:false response is handed back too, as EXIT_FAILED with *resp.
+ */
+static int ctl_call(struct ctl *ctl, const char *cmd, json_t *args, json_t **resp,
+                    bool keep_error)
+{
+    char *raw = NULL;
+    int r;
+
+    *resp = NULL;
+    if (ctl_connect(ctl) < 0)
+        return EXIT_USAGE;
+    r = ctl_send(ctl, cmd, args);
+    if (r != EXIT_OK)
+        return r;
+    r = ctl_wait_response(ctl, resp, ctl->json ? &raw : NULL);
+    if (r != EXIT_OK)
+        return r;
+    if (ctl->json) {
+        fwrite(raw, 1, strlen(raw), stdout);
+        fputc('\n', stdout);
+        free(raw);
+    }
+    if (json_is_true(json_object_get(*resp, "ok")))
+        return EXIT_OK;
+    if (!ctl->json && !keep_error)
+        report_error(*resp);
+    if (!keep_error) {
+        json_decref(*resp);
+        *resp = NULL;
+    }
+    return EXIT_FAILED;
+}
+
+/* ---- commands ---- */
+
+static int cmd_ping(struct ctl *ctl, int argc, char **argv)
+{
+    double t0 = now_sec();
+    json_t *resp, *result;
+    long long pid;
+    int r;
+
+    r = ctl_call(ctl, "ping", NULL, &resp, false);
+    if (r != EXIT_OK || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+    result = json_object_get(resp, "result");
+    printf("pong (pyhotd ");
+    put_value(stdout, json_object_get(result, "version"));
+    if (jint(result, "pid", &pid))
+        printf(", pid %lld", pid);
+    printf(", %.2f ms)\n", (now_sec() - t0) * 1000.0);
+    json_decref(resp);
+    return EXIT_OK;
+}
+
+/* "1d 02h 03m", "2h 03m 04s", "3m 04s", "5.2 s". */
+static void put_duration(FILE *out, double ms)
+{
+    long long s = (long long)(ms / 1000.0);
+
+    if (ms < 60000.0)
+        fprintf(out, "%.1f s", ms / 1000.0);
+    else if (s < 3600)
+        fprintf(out, "%lldm %02llds", s / 60, s % 60);
+    else if (s < 86400)
+        fprintf(out, "%lldh %02lldm %02llds", s / 3600, s / 60 % 60, s % 60);
+    else
+        fprintf(out, "%lldd %02lldh %02lldm", s / 86400, s / 3600 % 24, s / 60 % 60);
+}
+
+#define STATUS_KEY_WIDTH 16
+
+static void status_key(const char *key)
+{
+    printf("%-*s", STATUS_KEY_WIDTH, key);
+}
+
+static void status_count(json_t *result, const char *key, const char *label)
+{
+    status_key(label);
+    put_value(stdout, json_object_get(result, key));
+    fputc('\n', stdout);
+}
+
+static int cmd_status(struct ctl *ctl, int argc, char **argv)
+{
+    json_t *resp, *result, *roots, *root, *reloads, *last, *job;
+    long long n;
+    double ms;
+    size_t i;
+    int r;
+
+    r = ctl_call(ctl, "status", NULL, &resp, false);
+    if (r != EXIT_OK || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+    result = json_object_get(resp, "result");
+
+    status_count(result, "version", "version:");
+    status_count(result, "pid", "pid:");
+    status_key("uptime:");
+    if (jnum(result, "uptime_ms", &ms))
+        put_duration(stdout, ms);
+    else
+        fputc('-', stdout);
+    fputc('\n', stdout);
+    status_count(result, "python", "python:");
+    status_key("socket:");
+    put_clean(stdout, jstr(result, "socket") != NULL ? jstr(result, "socket")
+                                                     : ctl->socket_path);
+    fputc('\n', stdout);
+    status_key("settle:");
+    if (jint(result, "settle_ms", &n))
+        printf("%lld ms\n", n);
+    else
+        printf("-\n");
+
+    roots = json_object_get(result, "roots");
+    status_key("roots:");
+    if (json_array_size(roots) == 0)
+        printf("none\n");
+    json_array_foreach(roots, i, root) {
+        if (i > 0)
+            status_key("");
+        if (json_is_object(root)) {
+            put_value(stdout, json_object_get(root, "path"));
+            if (jstr(root, "state") != NULL) {
+                fputs(" (", stdout);
+                put_clean(stdout, jstr(root, "state"));
+                fputc(')', stdout);
+            }
+        } else {
+            put_value(stdout, root);
+        }
+        fputc('\n', stdout);
+    }
+
+    status_count(result, "watched_dirs", "watched dirs:");
+    status_count(result, "modules_loaded", "modules loaded:");
+
+    reloads = json_object_get(result, "reloads");
+    status_key("reloads:");
+    if (json_is_object(reloads)) {
+        static const char *const kinds[][2] = {
+            { "ok", "ok" }, { "error", "error" }, { "rolled_back", "rolled back" },
+            { "skipped", "skipped" },
+        };
+
+        for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+            printf("%s", i > 0 ? ", " : "");
+            put_value(stdout, json_object_get(reloads, kinds[i][0]));
+            printf(" %s", kinds[i][1]);
+        }
+        fputc('\n', stdout);
+    } else {
+        printf("-\n");
+    }
+    status_count(result, "batches", "batches:");
+
+    last = json_object_get(result, "last_batch");
+    status_key("last batch:");
+    if (json_is_object(last)) {
+        if (jint(last, "batch", &n))
+            printf("#%lld ", n);
+        put_result(ctl, stdout, jstr(last, "result"));
+        fputc(' ', stdout);
+        put_list(stdout, json_object_get(last, "modules"));
+        put_ms(stdout, " ", last, "duration_ms");
+        put_ms(stdout, ", latency ", last, "latency_ms");
+        if (jstr(last, "time") != NULL) {
+            fputs(" at ", stdout);
+            put_time(stdout, jstr(last, "time"));
+        }
+        fputc('\n', stdout);
+    } else {
+        printf("none\n");
+    }
+
+    job = json_object_get(result, "job");
+    status_key("job:");
+    if (json_is_object(job)) {
+        put_value(stdout, json_object_get(job, "kind"));
+        if (jint(job, "id", &n))
+            printf(" #%lld", n);
+        if (jnum(job, "age_ms", &ms)) {
+            fputs(", running for ", stdout);
+            put_duration(stdout, ms);
+        }
+        fputc('\n', stdout);
+    } else {
+        printf("idle\n");
+    }
+    status_count(result, "queued_jobs", "queued jobs:");
+    status_count(result, "subscribers", "subscribers:");
+    json_decref(resp);
+    return EXIT_OK;
+}
+
+struct module_row {
+    const char *name;
+    const char *path;
+};
+
+static int module_row_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct module_row *)a)->name, ((const struct module_row *)b)->name);
+}
+
+static int cmd_modules(struct ctl *ctl, int argc, char **argv)
+{
+    json_t *resp, *args = NULL, *modules, *m;
+    struct module_row *rows;
+    size_t i, n = 0, width = strlen("NAME");
+    int r;
+
+    if (argc > 0) {
+        args = json_pack("{s:s}", "pattern", argv[0]);
+        if (args == NULL) {
+            fail("PATTERN is not valid UTF-8");
+            return EXIT_USAGE;
+        }
+    }
+    r = ctl_call(ctl, "modules", args, &resp, false);
+    json_decref(args);
+    if (r != EXIT_OK || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+    modules = json_object_get(json_object_get(resp, "result"), "modules");
+    rows = calloc(json_array_size(modules) + 1, sizeof(*rows));
+    if (rows == NULL) {
+        json_decref(resp);
+        fail("out of memory");
+        return EXIT_USAGE;
+    }
+    json_array_foreach(modules, i, m) {
+        if (jstr(m, "name") == NULL)
+            continue;
+        rows[n].name = jstr(m, "name");
+        rows[n].path = jstr(m, "path");
+        if (strlen(rows[n].name) > width)
+            width = strlen(rows[n].name);
+        n++;
+    }
+    qsort(rows, n, sizeof(*rows), module_row_cmp);
+    if (n == 0) {
+        fail("no loaded module matches%s%s", argc > 0 ? " " : "", argc > 0 ? argv[0] : "");
+    } else {
+        printf("%-*s  PATH\n", (int)width, "NAME");
+        for (i = 0; i < n; i++) {
+            put_clean(stdout, rows[i].name);
+            printf("%*s  ", (int)(width - strlen(rows[i].name)), "");
+            put_clean(stdout, rows[i].path != NULL ? rows[i].path : "-");
+            fputc('\n', stdout);
+        }
+    }
+    free(rows);
+    json_decref(resp);
+    return EXIT_OK;
+}
+
+/* The reload events of a result or an error, then its batch event, as in tail. */
+static void print_reload_outcome(const struct ctl *ctl, json_t *obj)
+{
+    json_t *ev;
+    size_t i;
+
+    json_array_foreach(json_object_get(obj, "reloads"), i, ev) {
+        if (json_is_object(ev))
+            print_event(ctl, stdout, ev);
+    }
+    if (json_is_object(json_object_get(obj, "batch")))
+        print_event(ctl, stdout, json_object_get(obj, "batch"));
+}
+
+static bool batch_failed(json_t *batch)
+{
+    const char *result = jstr(batch, "result");
+
+    return result != NULL && (strcmp(result, "error") == 0 ||
+                              strcmp(result, "rolled_back") == 0);
+}
+
+/* A relative path to an existing file becomes absolute; anything else is a module name
+ * (or a path the daemon resolves) and goes as it is. */
+static json_t *reload_target(const char *arg)
+{
+    struct stat st;
+    char *abs;
+    json_t *v;
+
+    if (arg[0] != '/' && stat(arg, &st) == 0 && S_ISREG(st.st_mode)) {
+        abs = realpath(arg, NULL);
+        if (abs != NULL) {
+            v = json_string(abs);
+            free(abs);
+            return v;
+        }
+    }
+    return json_string(arg);
+}
+
+static int cmd_reload(struct ctl *ctl, int argc, char **argv)
+{
+    json_t *targets = json_array(), *args, *resp, *result;
+    int i, r;
+
+    for (i = 0; targets != NULL && i < argc; i++) {
+        json_t *t = reload_target(argv[i]);
+
+        if (t == NULL) {
+            fail("target %d is not valid UTF-8", i + 1);
+            json_decref(targets);
+            return EXIT_USAGE;
+        }
+        json_array_append_new(targets, t);
+    }
+    args = json_pack("{s:o}", "targets", targets);
+    if (args == NULL) {
+        fail("out of memory");
+        return EXIT_USAGE;
+    }
+    r = ctl_call(ctl, "reload", args, &resp, true);
+    json_decref(args);
+    if (resp == NULL)
+        return r;
+    if (r == EXIT_OK) {
+        result = json_object_get(resp, "result");
+        if (!ctl->json)
+            print_reload_outcome(ctl, result);
+        if (batch_failed(json_object_get(result, "batch")))
+            r = EXIT_FAILED;
+    } else if (!ctl->json) {
+        print_reload_outcome(ctl, json_object_get(resp, "error"));
+        report_error(resp);
+    }
+    json_decref(resp);
+    return r;
+}
+
+/* A signal handler only sets a flag; read_line sees it. */
+static void on_stop_signal(int sig)
+{
+    got_stop_signal = 1;
+}
+
+/* Sends subscribe and prints events until the daemon closes or a stop signal. */
+static int cmd_tail(struct ctl *ctl, int argc, char **argv)
+{
+    struct sigaction sa = { .sa_handler = NULL };
+    sigset_t block, orig;
+    json_t *resp = NULL, *ev;
+    bool stopping = false;
+    char *line;
+    size_t len;
+    int r;
+
+    /* SIGINT and SIGTERM only set a flag, and are let through only inside ppoll, so a
+     * signal between the flag check and the wait cannot be missed. */
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &orig);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = 0; /* no SA_RESTART: ppoll returns EINTR */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    ctl->pollmask = &orig;
+
+    if (ctl_connect(ctl) < 0)
+        return EXIT_USAGE;
+    r = ctl_send(ctl, "subscribe", NULL);
+    if (r != EXIT_OK)
+        return r;
+    r = ctl_wait_response(ctl, &resp, NULL);
+    if (r == WAIT_INTERRUPTED)
+        return EXIT_OK;
+    if (r != EXIT_OK)
+        return r;
+    if (!json_is_true(json_object_get(resp, "ok"))) {
+        /* --json prints events only; an error still goes to stderr. */
+        report_error(resp);
+        json_decref(resp);
+        return EXIT_FAILED;
+    }
+    json_decref(resp);
+
+    for (;;) {
+        r = read_line(ctl, -1, &line, &len);
+        if (r == -EINTR)
+            return EXIT_OK;
+        if (r == 0 && stopping)
+            return EXIT_OK;
+        if (r == 0) {
+            fail("pyhotd closed the connection on %s", ctl->socket_path);
+            return EXIT_USAGE;
+        }
+        if (r < 0)
+            return read_failed(ctl, r, "an event");
+        if (len == 0)
+            continue;
+        ev = parse_line(line, len);
+        if (ev == NULL)
+            return EXIT_USAGE;
+        if (is_event(ev)) {
+            if (strcmp(jstr(ev, "event"), "stopping") == 0)
+                stopping = true;
+            if (ctl->json) {
+                fwrite(line, 1, len, stdout);
+                fputc('\n', stdout);
+            } else {
+                print_event(ctl, stdout, ev);
+            }
+            if (fflush(stdout) != 0) {
+                json_decref(ev);
+                if (errno == EPIPE)
+                    return EXIT_OK; /* the reader went away: `pyhotctl tail | head` */
+                fail("cannot write to stdout: %s", strerror(errno));
+                return EXIT_USAGE;
+            }
+        }
+        json_decref(ev);
+    }
+}
+
+/* All of stdin, up to PROTOCOL_MAX_LINE bytes. NULL after a message. */
+static char *read_stdin(size_t *len)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap), *p;
+    ssize_t r;
+
+    for (;;) {
+        if (buf == NULL) {
+            fail("out of memory");
+            return NULL;
+        }
+        if (n == cap) {
+            if (cap > PROTOCOL_MAX_LINE) {
+                fail("code on stdin exceeds %d bytes", PROTOCOL_MAX_LINE);
+                free(buf);
+                return NULL;
+            }
+            cap *= 2;
+            p = realloc(buf, cap);
+            if (p == NULL)
+                free(buf);
+            buf = p;
+            continue;
+        }
+        r = read(STDIN_FILENO, buf + n, cap - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            fail("cannot read stdin: %s", strerror(errno));
+            free(buf);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    *len = n;
+    return buf;
+}
+
+static void print_value_line(json_t *value, json_t *captured_stdout)
+{
+    /* On its own line, even after output that did not end one. */
+    if (json_string_length(captured_stdout) > 0 && !ends_with_newline(captured_stdout))
+        fputc('\n', stdout);
+    if (json_is_string(value))
+        put_exact(stdout, value);
+    else
+        put_value(stdout, value);
+    fputc('\n', stdout);
+}
+
+static int cmd_exec(struct ctl *ctl, int argc, char **argv)
+{
+    json_t *code, *args, *resp, *obj, *tb;
+    char *text = NULL;
+    size_t len;
+    int r;
+
+    if (strcmp(argv[0], "-") == 0) {
+        text = read_stdin(&len);
+        if (text == NULL)
+            return EXIT_USAGE;
+    } else {
+        len = strlen(argv[0]);
+    }
+    if (memchr(text != NULL ? text : argv[0], '\0', len) != NULL) {
+        fail("code contains a NUL byte");
+        free(text);
+        return EXIT_USAGE;
+    }
+    code = json_stringn(text != NULL ? text : argv[0], len);
+    free(text);
+    if (code == NULL) {
+        fail("code is not valid UTF-8");
+        return EXIT_USAGE;
+    }
+    args = json_pack("{s:o}", "code", code);
+    if (args == NULL) {
+        fail("out of memory");
+        return EXIT_USAGE;
+    }
+    r = ctl_call(ctl, "exec", args, &resp, true);
+    json_decref(args);
+    if (resp == NULL || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+
+    /* The captured output comes first, exactly as captured, on success and failure. */
+    obj = json_object_get(resp, r == EXIT_OK ? "result" : "error");
+    put_exact(stdout, json_object_get(obj, "stdout"));
+    fflush(stdout);
+    put_exact(stderr, json_object_get(obj, "stderr"));
+    fflush(stderr);
+    if (r == EXIT_OK) {
+        json_t *value = json_object_get(obj, "value");
+
+        if (value != NULL && !json_is_null(value))
+            print_value_line(value, json_object_get(obj, "stdout"));
+    } else {
+        tb = json_object_get(obj, "traceback");
+        if (jstr(obj, "code") != NULL && strcmp(jstr(obj, "code"), PROTOCOL_E_PYTHON) == 0 &&
+            json_string_length(tb) > 0) {
+            /* As Python prints it: the traceback ends with "Type: message". */
+            put_exact(stderr, tb);
+            if (!ends_with_newline(tb))
+                fputc('\n', stderr);
+        } else {
+            report_error(resp);
+        }
+    }
+    json_decref(resp);
+    return r;
+}
+
+static int cmd_stop(struct ctl *ctl, int argc, char **argv)
+{
+    json_t *resp;
+    int r;
+
+    r = ctl_call(ctl, "shutdown", NULL, &resp, false);
+    if (r == EXIT_OK && !ctl->json)
+        printf("pyhotd stopping\n");
+    json_decref(resp);
+    return r;
+}
+
+static const struct ctl_command commands[] = {
+    {
+        "ping", "", "check that pyhotd answers",
+        "Sends ping and prints \"pong (pyhotd VERSION, pid N, R ms)\", R being the round\n"
+        "trip. Exit status 2 when no daemon answers on the socket.\n",
+        0, 0, false, cmd_ping,
+    },
+    {
+        "status", "", "summary of the daemon's state",
+        "Prints the daemon's version, pid, uptime, Python version, socket, settle delay,\n"
+        "watch roots and their state, watched directories, loaded modules, reload\n"
+        "counters, batches, the last batch, the running job (or idle), queued jobs and\n"
+        "subscribers.\n",
+        0, 0, false, cmd_status,
+    },
+    {
+        "modules", "[PATTERN]", "loaded modules and their files",
+        "Prints a table of the loaded modules, NAME and PATH, sorted by name (\"-\" for a\n"
+        "module without a file). PATTERN is an fnmatch(3) glob on the name, e.g. 'app.*'\n"
+        "(quote it from the shell).\n",
+        0, 1, false, cmd_modules,
+    },
+    {
+        "reload", "TARGET...", "reload modules or files now, as one batch",
+        "Reloads the targets as one batch, as if their files had changed: the modules,\n"
+        "then the modules that import them. A TARGET is a module name (app.handlers) or a\n"
+        "file path; a relative path to an existing file is made absolute first. Prints\n"
+        "one line per reloaded module and one for the batch, as tail does. Exit status 1\n"
+        "when the batch failed (the old code keeps running) or a target is unknown.\n",
+        1, -1, false, cmd_reload,
+    },
+    {
+        "tail", "", "follow events until Ctrl-C or pyhotd stops",
+        "Subscribes to events and prints one line per event: reload, batch, started,\n"
+        "stopping, watch_error, and any other by name with its members as JSON. Times are\n"
+        "local. Results are coloured when stdout is a terminal and NO_COLOR is not set.\n"
+        "With --json each event is printed as the raw JSON line. Ends with status 0 on\n"
+        "Ctrl-C (SIGINT, SIGTERM) or when pyhotd stops, 2 when the connection is lost.\n",
+        0, 0, false, cmd_tail,
+    },
+    {
+        "exec", "CODE", "run Python code in the daemon's interpreter",
+        "Runs CODE (\"-\" reads it from stdin) in pyhotd's warm interpreter. Prints what\n"
+        "the code wrote to stdout and stderr, exactly, then the value of an expression on\n"
+        "its own line (nothing for statements). When the code raises, prints its output,\n"
+        "then the traceback on stderr, and exits with status 1.\n"
+        "Use `pyhotctl exec -- CODE` when CODE starts with '-'.\n",
+        1, 1, true, cmd_exec,
+    },
+    {
+        "stop", "", "ask pyhotd to shut down",
+        "Sends shutdown and prints \"pyhotd stopping\" once pyhotd has accepted it; pyhotd\n"
+        "then sends the stopping event to subscribers and exits. It does not wait for the\n"
+        "exit.\n",
+        0, 0, false, cmd_stop,
+    },
+};
+
+static const struct ctl_command *find_command(const char *name)
+{
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    }
+    return NULL;
+}
+
+static void usage(FILE *out)
+{
+    char path[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
+
+    fprintf(out,
+            "Usage: pyhotctl [--socket PATH] [--json] [--timeout SECONDS] COMMAND [ARGS]\n"
+            "\n"
+            "Talks to a running pyhotd over its control socket.\n"
+            "\n"
+            "Commands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        char head[64];
+
+        snprintf(head, sizeof(head), "%s %s", commands[i].name, commands[i].args);
+        fprintf(out, "  %-19s%s\n", head, commands[i].summary);
+    }
+    fprintf(out,
+            "\n"
+            "Options (before or after COMMAND):\n"
+            "  -s, --socket PATH    the control socket; default $PYHOT_SOCKET, else\n"
+            "                       $XDG_RUNTIME_DIR/pyhot/pyhotd.sock, else for root\n"
+            "                       /run/pyhotd/pyhotd.sock, else /tmp/pyhot-UID/pyhotd.sock\n");
+    if (protocol_default_socket_path(path, sizeof(path)) == 0)
+        fprintf(out, "                       (here: %s)\n", path);
+    fprintf(out,
+            "  -j, --json           print the raw response line (tail: each event line)\n"
+            "  -t, --timeout SECS   wait at most SECS for a response (default %d, 0: no limit)\n"
+            "  -h, --help           this help; `pyhotctl COMMAND --help` for one command\n"
+            "      --version        print the version\n"
+            "\n"
+            "Exit status: 0 success; 1 pyhotd reported an error (a failed reload, a Python\n"
+            "exception); 2 usage error, or no answer from pyhotd.\n",
+            DEFAULT_TIMEOUT_S);
+}
+
+static void command_usage(FILE *out, const struct ctl_command *cmd)
+{
+    fprintf(out, "Usage: pyhotctl [OPTIONS] %s%s%s\n\n%s", cmd->name, cmd->args[0] ? " " : "",
+            cmd->args, cmd->help);
+    fprintf(out, "\nOptions: --socket PATH, --json, --timeout SECONDS (see pyhotctl --help).\n");
+}
+
+static int parse_timeout(const char *arg, int *out_ms)
+{
+    char *end;
+    double s;
+
+    errno = 0;
+    s = strtod(arg, &end);
+    if (errno != 0 || end == arg || *end != '\0' || !isfinite(s) || s < 0 ||
+        s > TIMEOUT_MAX_S) {
+        fail("--timeout: '%s' is not a number of seconds between 0 and %d", arg,
+             TIMEOUT_MAX_S);
+        return -EINVAL;
+    }
+    if (s == 0)
+        *out_ms = -1;
+    else
+        *out_ms = s * 1000 < 1 ? 1 : (int)(s * 1000);
+    return 0;
+}
+
+enum { OPT_VERSION = 256 };
+
+static const struct option long_options[] = {
+    { "socket", required_argument, NULL, 's' },
+    { "json", no_argument, NULL, 'j' },
+    { "timeout", required_argument, NULL, 't' },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, OPT_VERSION },
+    { NULL, 0, NULL, 0 },
+};
+
+/*
+ * Parses options from argv[optind] on, stopping at the first operand when stop is set.
+ * Returns 0, 1 when help was asked for, 3 for --version, or -EINVAL after a message.
+ */
+static int parse_options(struct ctl *ctl, int argc, char **argv, bool stop)
+{
+    int c;
+
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, stop ? "+:s:jt:h" : ":s:jt:h", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 's':
+            ctl->socket_path = optarg;
+            break;
+        case 'j':
+            ctl->json = true;
+            break;
+        case 't':
+            if (parse_timeout(optarg, &ctl->timeout_ms) < 0)
+                return -EINVAL;
+            break;
+        case 'h':
+            return 1;
+        case OPT_VERSION:
+            return 3;
+        case ':':
+            fail("option %s needs an argument", argv[optind - 1]);
+            return -EINVAL;
+        default:
+            if (optopt != 0)
+                fail("unknown option -%c", optopt);
+            else
+                fail("unknown option %s", argv[optind - 1]);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct ctl ctl = { .timeout_ms = DEFAULT_TIMEOUT_S * 1000, .fd = -1 };
+    const struct ctl_command *cmd;
+    struct sigaction sa = { .sa_handler = SIG_IGN };
+    int r, cmd_argc;
+    char **cmd_argv;
+
+    /* A daemon that goes away mid-write is an EPIPE to report, not a silent death. */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGPIPE, &sa, NULL);
+
+    r = parse_options(&ctl, argc, argv, true);
+    if (r == 1) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    if (r == 3) {
+        printf("pyhotctl %s (protocol %d)\n", PYHOT_VERSION, PROTOCOL_VERSION);
+        return EXIT_OK;
+    }
+    if (r < 0) {
+        fprintf(stderr, "Try 'pyhotctl --help'.\n");
+        return EXIT_USAGE;
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+
+    if (strcmp(argv[optind], "help") == 0) {
+        if (optind + 1 < argc) {
+            cmd = find_command(argv[optind + 1]);
+            if (cmd == NULL) {
+                fail("unknown command '%s' (see pyhotctl --help)", argv[optind + 1]);
+                return EXIT_USAGE;
+            }
+            command_usage(stdout, cmd);
+        } else {
+            usage(stdout);
+        }
+        return EXIT_OK;
+    }
+    cmd = find_command(argv[optind]);
+    if (cmd == NULL) {
+        fail("unknown command '%s' (see pyhotctl --help)", argv[optind]);
+        return EXIT_USAGE;
+    }
+
+    /* Options may follow the command too: `pyhotctl tail --json`. */
+    cmd_argc = argc - optind;
+    cmd_argv = argv + optind;
+    optind = 0; /* glibc: reinitialise getopt for the new argv */
+    r = parse_options(&ctl, cmd_argc, cmd_argv, cmd->stop_at_operand);
+    if (r == 1) {
+        command_usage(stdout, cmd);
+        return EXIT_OK;
+    }
+    if (r == 3) {
+        printf("pyhotctl %s (protocol %d)\n", PYHOT_VERSION, PROTOCOL_VERSION);
+        return EXIT_OK;
+    }
+    if (r < 0) {
+        fprintf(stderr, "Try 'pyhotctl %s --help'.\n", cmd->name);
+        return EXIT_USAGE;
+    }
+    cmd_argc -= optind;
+    cmd_argv += optind;
+    if (cmd_argc < cmd->min_args || (cmd->max_args >= 0 && cmd_argc > cmd->max_args)) {
+        fail("%s: %s", cmd->name, cmd_argc < cmd->min_args ? "missing argument"
+                                                            : "too many arguments");
+        command_usage(stderr, cmd);
+        return EXIT_USAGE;
+    }
+
+    if (ctl.socket_path == NULL) {
+        if (protocol_default_socket_path(ctl.default_path, sizeof(ctl.default_path)) < 0) {
+            fail("the default socket path is too long for a Unix socket (set --socket or "
+                 "PYHOT_SOCKET)");
+            return EXIT_USAGE;
+        }
+        ctl.socket_path = ctl.default_path;
+    }
+    ctl.color = isatty(STDOUT_FILENO) && getenv("NO_COLOR") == NULL;
+
+    r = cmd->exec(&ctl, cmd_argc, cmd_argv);
+
+    if (fflush(stdout) != 0 && errno != EPIPE && r == EXIT_OK) {
+        fail("cannot write to stdout: %s", strerror(errno));
+        r = EXIT_USAGE;
+    }
+    if (ctl.fd >= 0)
+        close(ctl.fd);
+    free(ctl.rd.buf);
+    return r;
+}
