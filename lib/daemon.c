@@ -158,6 +158,16 @@ static void on_startup_done(struct daemon *daemon, struct py_job *job) {
             events_publish(daemon->events, "import_error", json_incref(error));
         }
     }
+    json_t *entry = json_object_get(job->output, "entry");
+    if (job->ok && json_is_false(json_object_get(entry, "ok"))) {
+        json_t *error = json_object_get(entry, "error");
+        log_error("entry %s could not start: %s: %s; the daemon keeps serving without the app",
+                  daemon->config->entry, json_string_value(json_object_get(error, "type")),
+                  json_string_value(json_object_get(error, "message")));
+        events_publish(daemon->events, "startup_error",
+                       json_pack("{s:s, s:s, s:O}", "stage", "entry", "entry", daemon->config->entry,
+                                 "error", error ? error : json_null()));
+    }
     json_t *roots = json_array();
     for (size_t i = 0; i < daemon->config->n_watch_roots; i++)
         json_array_append_new(roots, json_string(daemon->config->watch_roots[i]));

@@ -104,7 +104,8 @@ class Critical:
 # Errors as data: type, message, file, line (and column for a SyntaxError), traceback.
 
 def _is_machinery(filename):
-    return filename.startswith("<pyhot>/") or filename.startswith("<frozen importlib")
+    return (filename.startswith("<pyhot>/") or filename.startswith("<frozen importlib")
+            or filename.endswith(os.sep + os.path.join("importlib", "__init__.py")))
 
 
 def format_traceback(exc):

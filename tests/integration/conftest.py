@@ -1,0 +1,502 @@
+"""Fixtures of the integration suite: the real pyhotd and pyhotctl on temporary dirs.
+
+Everything here talks to the daemon the way a user's tools do: real inotify on a temporary
+watch root, the real Unix socket (newline-delimited JSON), the real embedded interpreter.
+
+- `pyhotd` is a factory fixture: pyhotd(modules={...}, args=[...]) writes the modules into a
+  fresh watch root, starts the daemon on a socket in a fresh 0700 directory, waits until it
+  answers and has finished its start-up imports, and stops it at teardown (shutdown over
+  the socket; asserts exit code 0 and that the socket file is gone).
+- `Client` speaks the protocol: request(cmd, **args), subscribe(), next_event(predicate).
+- Waits are event-driven (the batch event of an edit), never bare sleeps; every timeout is
+  generous and scaled by 3 under the sanitizers (PYHOT_SANITIZED=1).
+- When a test fails, the stderr of every daemon it started is attached to the report.
+"""
+
+import ast
+import collections
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
+PYHOTD = os.path.join(BIN, "pyhotd")
+PYHOTCTL = os.path.join(BIN, "pyhotctl")
+
+SANITIZED = os.environ.get("PYHOT_SANITIZED", "") not in ("", "0")
+SCALE = 3 if SANITIZED else 1
+TIMEOUT = 10.0 * SCALE   # the longest we wait for anything that must happen
+QUIET = 0.4 * SCALE      # how long we watch for something that must NOT happen
+
+
+def wait_for(predicate, timeout=TIMEOUT, interval=0.02, what="condition"):
+    """Polls predicate until it returns a true value (returned) or timeout passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def write(path, text, mode=0o644):
+    """Writes a file the way an editor without atomic save does: open, truncate, write."""
+    path = str(path)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path
+
+
+def clean_env(**extra):
+    """The environment for the binaries: ours without PYHOT_SOCKET, plus extra (a value
+    of None removes that variable)."""
+    env = dict(os.environ)
+    env.pop("PYHOT_SOCKET", None)
+    for k, v in extra.items():
+        if v is None:
+            env.pop(k, None)    # None removes a variable
+        else:
+            env[k] = v
+    return env
+
+
+# ---- the protocol --------------------------------------------------------------------------
+
+class Closed(Exception):
+    """The daemon closed the connection."""
+
+
+class Client:
+    """One connection to the control socket.
+
+    Lines that carry "event" are events (after subscribe): they are queued, in arrival
+    order, and every one received is also kept in `seen`. Other lines are responses.
+    """
+
+    def __init__(self, path, timeout=TIMEOUT):
+        self.path = path
+        self.timeout = timeout
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self.events = collections.deque()
+        self.seen = []
+        self.next_id = 0
+        self.closed = False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- raw lines
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def read_raw_line(self, timeout=None):
+        """The next line as bytes (without "\\n"); raises Closed at EOF, TimeoutError."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no line from pyhotd within %.1f s" %
+                                   (self.timeout if timeout is None else timeout))
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready:
+                continue
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                self.closed = True
+                raise Closed("pyhotd closed the connection (pending: %r)" % self.buf[:200])
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def read_message(self, timeout=None):
+        line = self.read_raw_line(timeout)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise AssertionError("pyhotd sent a line that is not JSON: %r" % line[:500])
+
+    # -- requests
+    def send(self, cmd, **args):
+        self.next_id += 1
+        message = {"id": self.next_id, "cmd": cmd}
+        message.update(args)
+        self.send_raw(json.dumps(message).encode() + b"\n")
+        return self.next_id
+
+    def response(self, request_id=None, timeout=None):
+        """The next response (events read meanwhile are queued); with request_id, the
+        response must carry that id."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            message = self.read_message(max(0.0, deadline - time.monotonic()))
+            if isinstance(message, dict) and "event" in message and "ok" not in message:
+                self.events.append(message)
+                self.seen.append(message)
+                continue
+            if request_id is not None:
+                assert message.get("id") == request_id, \
+                    "response for id %r, expected id %r: %r" % (message.get("id"), request_id, message)
+            return message
+
+    def request(self, cmd, timeout=None, **args):
+        """Sends one request and returns the whole response object."""
+        return self.response(self.send(cmd, **args), timeout)
+
+    def call(self, cmd, timeout=None, **args):
+        """request() that must succeed; returns its result."""
+        reply = self.request(cmd, timeout=timeout, **args)
+        assert reply.get("ok") is True, "%s failed: %r" % (cmd, reply)
+        return reply["result"]
+
+    def subscribe(self):
+        result = self.call("subscribe")
+        assert result["subscribed"] is True
+        return result
+
+    # -- events
+    def next_event(self, predicate=None, timeout=None):
+        """The next event matching predicate (a callable, or an event name); events that
+        do not match are consumed (they stay in `seen`)."""
+        if isinstance(predicate, str):
+            name = predicate
+            predicate = lambda e: e["event"] == name  # noqa: E731
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            while self.events:
+                event = self.events.popleft()
+                if predicate is None or predicate(event):
+                    return event
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no matching event within %.1f s; seen: %s" % (
+                    self.timeout if timeout is None else timeout,
+                    json.dumps(self.seen[-10:], indent=1)))
+            try:
+                message = self.read_message(left)
+            except TimeoutError:
+                continue
+            assert "event" in message, "a response arrived while waiting for events: %r" % message
+            self.events.append(message)
+            self.seen.append(message)
+
+    def events_until(self, predicate, timeout=None):
+        """Every event up to and including the first that matches predicate."""
+        start = len(self.seen) - len(self.events)
+        self.next_event(predicate, timeout)
+        end = len(self.seen) - len(self.events)
+        return self.seen[start:end]
+
+    def quiet(self, window=QUIET):
+        """The events that arrive within window seconds (expected: none)."""
+        got = list(self.events)
+        self.events.clear()
+        deadline = time.monotonic() + window
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return got
+            try:
+                message = self.read_message(left)
+            except TimeoutError:
+                return got
+            self.seen.append(message)
+            got.append(message)
+
+    def wait_batch(self, path=None, timeout=None):
+        """Waits for the batch event whose paths contain path (any batch when None);
+        returns (batch_event, [reload events of that batch])."""
+        path = os.path.realpath(path) if path else None
+        events = self.events_until(
+            lambda e: e["event"] == "batch" and (path is None or path in e["paths"]), timeout)
+        batch = events[-1]
+        reloads = [e for e in events if e["event"] == "reload" and e.get("batch") == batch["batch"]]
+        return batch, reloads
+
+
+# ---- the daemon ------------------------------------------------------------------------------
+
+class Daemon:
+    def __init__(self, root, roots, sockdir, socket_path, log_path, argv, proc, base):
+        self.root = root            # the first watch root (realpath)
+        self.roots = roots
+        self.sockdir = sockdir
+        self.socket = socket_path
+        self.log_path = log_path
+        self.argv = argv
+        self.proc = proc
+        self.base = base            # the test's temporary directory
+        self.clients = []
+        self._exec_client = None
+        self.expect_clean_exit = True
+
+    # -- files
+    def path(self, rel, root=None):
+        return os.path.join(root or self.root, rel)
+
+    def write(self, rel, text, root=None):
+        path = self.path(rel, root)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return write(path, text)
+
+    # -- talking
+    def client(self, timeout=TIMEOUT):
+        c = Client(self.socket, timeout)
+        self.clients.append(c)
+        return c
+
+    def subscriber(self):
+        c = self.client()
+        c.subscribe()
+        return c
+
+    @property
+    def conn(self):
+        if self._exec_client is None or self._exec_client.closed:
+            self._exec_client = self.client()
+        return self._exec_client
+
+    def exec(self, code, timeout=None):
+        """Runs code in the daemon's interpreter; returns the result (must succeed)."""
+        return self.conn.call("exec", timeout=timeout, code=code)
+
+    def eval(self, expr, setup=None):
+        """The value of a Python expression in the daemon, as a Python value (the repr the
+        daemon returns is literal_eval'ed). setup (statements) runs first."""
+        if setup:
+            self.exec(setup)
+        result = self.exec(expr)
+        assert result["value"] is not None, "expression %r gave no value: %r" % (expr, result)
+        return ast.literal_eval(result["value"])
+
+    def module_value(self, module, attr):
+        return self.eval("__import__('sys').modules[%r].%s" % (module, attr))
+
+    def status(self):
+        return self.conn.call("status")
+
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    # -- lifetime
+    def alive(self):
+        return self.proc.poll() is None
+
+    def wait_exit(self, timeout=TIMEOUT):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("pyhotd did not exit within %.1f s; killed it.\n%s" %
+                                 (timeout, self.log()))
+
+    def shutdown(self):
+        """Stops the daemon with the shutdown command; returns the exit code."""
+        with Client(self.socket) as c:
+            reply = c.request("shutdown")
+            assert reply == {"id": 1, "ok": True, "result": {"stopping": True}}, reply
+        return self.wait_exit()
+
+    def terminate(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        return self.wait_exit()
+
+    def ready_or_exited(self, timeout=TIMEOUT):
+        """Waits until the daemon is ready (True) or has exited (False)."""
+        try:
+            self.ready_status = _wait_ready(self, timeout)
+            return True
+        except AssertionError:
+            if self.proc.poll() is not None:
+                return False
+            raise
+
+    def close_clients(self):
+        for c in self.clients:
+            c.close()
+        self.clients = []
+        self._exec_client = None
+
+
+def _wait_ready(d, timeout):
+    """Until ping answers, then until the start-up imports are done (status.ready)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if not d.alive():
+            raise AssertionError("pyhotd exited with %s during start-up:\n%s" %
+                                 (d.proc.returncode, d.log()))
+        try:
+            with Client(d.socket, timeout=max(0.5, deadline - time.monotonic())) as c:
+                reply = c.request("ping")
+                assert reply.get("ok") is True, reply
+                while time.monotonic() < deadline:
+                    status = c.call("status")
+                    if status.get("ready"):
+                        return status
+                    time.sleep(0.02)
+        except (OSError, Closed, TimeoutError) as exc:
+            last = exc
+        time.sleep(0.02)
+    raise AssertionError("pyhotd did not become ready within %.1f s (%r):\n%s" %
+                         (timeout, last, d.log()))
+
+
+@pytest.fixture
+def short_tmp():
+    """A private directory with a short path (sun_path holds 108 bytes; tmp_path can be
+    longer): sockets live here. Removed after the daemons are stopped."""
+    path = tempfile.mkdtemp(prefix="pyhot-it-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def pyhotd(request, tmp_path, short_tmp):
+    """Factory: pyhotd(modules=None, args=(), roots=1, config=None, socket_path=None,
+    ready=True, env=None, watch=True, log_level="debug", prepare=None, cwd=None) -> Daemon.
+
+    modules maps relative paths to sources ("pkg/mod.py": "..."), written into the first
+    root before the daemon starts. args are extra command-line arguments. config (text)
+    is written to a file passed with --config; its "{root}" and "{socket}" are replaced.
+    prepare(root) runs after the modules are written, before the daemon starts. The daemon
+    runs in the test's directory for that daemon (base), or in cwd.
+    """
+    started = []
+    request.node._pyhot_daemons = started
+
+    def start(modules=None, args=(), roots=1, config=None, socket_path=None, ready=True,
+              env=None, watch=True, log_level="debug", prepare=None, cwd=None):
+        n = len(started)
+        base = tmp_path / ("d%d" % n)
+        base.mkdir()
+        root_paths = []
+        for i in range(roots):
+            r = base / ("app" if i == 0 else "app%d" % (i + 1))
+            r.mkdir()
+            root_paths.append(os.path.realpath(str(r)))
+        for rel, text in (modules or {}).items():
+            path = os.path.join(root_paths[0], rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write(path, text)
+        if prepare is not None:
+            prepare(root_paths[0])
+        if socket_path is None:
+            sockdir = os.path.join(short_tmp, "s%d" % n)
+            os.mkdir(sockdir, 0o700)
+            socket_path = os.path.join(sockdir, "pyhotd.sock")
+        log_path = str(base / "pyhotd.stderr")
+        argv = [PYHOTD]
+        if config is not None:
+            cfg = base / "pyhotd.conf"
+            cfg.write_text(config.replace("{root}", root_paths[0]).replace("{socket}", socket_path))
+            argv += ["--config", str(cfg)]
+        else:
+            argv += ["--socket", socket_path]
+            if watch:
+                for r in root_paths:
+                    argv += ["--watch", r]
+        if log_level:
+            argv += ["--log-level", log_level]
+        argv += list(args)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    cwd=cwd or str(base), env=clean_env(**(env or {})))
+        d = Daemon(root_paths[0] if root_paths else None, root_paths, os.path.dirname(socket_path),
+                   socket_path, log_path, argv, proc, str(base))
+        started.append(d)
+        if ready:
+            d.ready_status = _wait_ready(d, TIMEOUT)
+        return d
+
+    yield start
+
+    problems = []
+    for d in started:
+        d.close_clients()
+        if d.alive():
+            try:
+                code = d.shutdown()
+            except Exception as exc:  # noqa: BLE001 - fall back to SIGTERM, then kill
+                problems.append("shutdown over the socket failed: %r" % exc)
+                try:
+                    code = d.terminate()
+                except AssertionError as e:
+                    problems.append(str(e))
+                    continue
+            if d.expect_clean_exit:
+                if code != 0:
+                    problems.append("pyhotd exited with %s at teardown:\n%s" % (code, d.log()))
+                if os.path.exists(d.socket):
+                    problems.append("pyhotd left its socket %s behind" % d.socket)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for i, d in enumerate(getattr(item, "_pyhot_daemons", [])):
+            report.sections.append(("pyhotd #%d stderr (%s)" % (i, " ".join(d.argv)), d.log()[-20000:]))
+
+
+# ---- one-shot runs ---------------------------------------------------------------------------
+
+def run(argv, timeout=TIMEOUT, input=None, env=None, cwd=None):
+    """Runs a binary to completion; returns CompletedProcess with text stdout/stderr."""
+    return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
+                          env=clean_env(**(env or {})) if env is not False else clean_env(),
+                          cwd=cwd)
+
+
+@pytest.fixture
+def pyhotctl():
+    """pyhotctl(*args, socket=None, input=None, env=None) -> CompletedProcess."""
+    if not os.access(PYHOTCTL, os.X_OK):
+        pytest.fail("pyhotctl not built: %s" % PYHOTCTL)
+
+    def ctl(*args, socket=None, input=None, env=None, timeout=TIMEOUT):
+        argv = [PYHOTCTL]
+        if socket is not None:
+            argv += ["--socket", socket]
+        return run(argv + list(args), timeout=timeout, input=input, env=env)
+    return ctl
+
+
+def pytest_report_header(config):
+    return "pyhot binaries: %s%s" % (BIN, " (sanitized: timeouts x%d)" % SCALE if SANITIZED else "")
+
+
+def pytest_sessionstart(session):
+    if not os.access(PYHOTD, os.X_OK):
+        raise pytest.UsageError("pyhotd not found at %s: build first (cmake --build build) "
+                                "or set PYHOT_BIN" % PYHOTD)
