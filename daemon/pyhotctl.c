@@ -56,10 +56,12 @@
 #define COLOR_DIM   "\033[2m"
 #define COLOR_RESET "\033[0m"
 
-/* A growable input buffer, capped at RESPONSE_MAX + 1 bytes (a full line and its "\n"). */
+/* A growable input buffer, capped at RESPONSE_MAX + 2 bytes: a full line, its "\n", and
+ * room for the NUL that terminates a last line without one. */
 struct reader {
     char *buf;
     size_t start;  /* first unread byte */
+    size_t scan;   /* bytes from start known to hold no "\n" (no rescans of a long line) */
     size_t len;    /* bytes held */
     size_t cap;
     bool eof;
@@ -73,7 +75,7 @@ struct ctl {
     bool color;
     int fd;
     struct reader rd;
-    const sigset_t *pollmask;   /* signals let through while waiting (tail), or NULL */
+    const sigset_t *stop_signals; /* tail: signals that end it, let through while waiting */
 };
 
 struct ctl_command {
@@ -323,15 +325,23 @@ static void print_reload(const struct ctl *ctl, FILE *out, json_t *ev)
     put_result(ctl, out, result);
     if (json_is_object(error)) {
         put_error_summary(out, error);
-    } else {
+    } else if (result != NULL && strcmp(result, "skipped") == 0) {
+        /* "skipped: not imported (batch 4)" */
         if (reason != NULL) {
             fputs(": ", out);
             put_clean(out, reason);
         }
-        if (result == NULL || strcmp(result, "skipped") != 0)
-            put_ms(out, " ", ev, "duration_ms");
         if (jint(ev, "batch", &batch))
             fprintf(out, " (batch %lld)", batch);
+    } else {
+        /* "ok 0.08 ms (batch 1): imports a changed module" */
+        put_ms(out, " ", ev, "duration_ms");
+        if (jint(ev, "batch", &batch))
+            fprintf(out, " (batch %lld)", batch);
+        if (reason != NULL) {
+            fputs(": ", out);
+            put_clean(out, reason);
+        }
     }
     if (json_array_size(replaced) > 0) {
         fputs(" replaced ", out);
@@ -392,6 +402,14 @@ static void print_event(const struct ctl *ctl, FILE *out, json_t *ev)
             fputs(": ", out);
             put_clean(out, jstr(ev, "reason"));
         }
+    } else if (strcmp(name, "import_error") == 0) {
+        /* A module under a watch root that failed to import at start. */
+        fputs(" import_error ", out);
+        put_value(out, json_object_get(ev, "module"));
+        put_error_summary(out, ev);
+    } else if (strcmp(name, "startup_error") == 0) {
+        fputs(" startup_error", out);
+        put_error_summary(out, json_object_get(ev, "error"));
     } else if (strcmp(name, "watch_error") == 0) {
         fputs(" watch_error ", out);
         put_value(out, json_object_get(ev, "root"));
@@ -502,12 +520,16 @@ static int read_line(struct ctl *ctl, int64_t deadline, char **line, size_t *len
     struct reader *rd = &ctl->rd;
 
     for (;;) {
-        char *start = rd->buf + rd->start;
-        char *nl = rd->len > rd->start ? memchr(start, '\n', rd->len - rd->start) : NULL;
+        char *start = rd->buf != NULL ? rd->buf + rd->start : NULL;
+        char *nl = NULL;
         struct pollfd pfd = { .fd = ctl->fd, .events = POLLIN };
         struct timespec ts, *tsp = NULL;
         ssize_t n;
 
+        if (rd->len > rd->start + rd->scan) {
+            nl = memchr(start + rd->scan, '\n', rd->len - rd->start - rd->scan);
+            rd->scan = nl != NULL ? 0 : rd->len - rd->start;
+        }
         if (nl != NULL) {
             *nl = '\0';
             *line = start;
@@ -516,14 +538,13 @@ static int read_line(struct ctl *ctl, int64_t deadline, char **line, size_t *len
             return 1;
         }
         if (rd->eof) {
-            /* A last line without "\n": take it as it is. */
+            /* A last line without "\n": take it as it is (reads leave room for the NUL). */
             if (rd->len > rd->start) {
-                if (rd->len == rd->cap)
-                    return -EMSGSIZE;
                 rd->buf[rd->len] = '\0';
                 *line = start;
                 *len = rd->len - rd->start;
                 rd->start = rd->len;
+                rd->scan = 0;
                 return 1;
             }
             return 0;
@@ -533,14 +554,14 @@ static int read_line(struct ctl *ctl, int64_t deadline, char **line, size_t *len
             rd->len -= rd->start;
             rd->start = 0;
         }
-        if (rd->len == rd->cap) {
+        if (rd->len + 1 >= rd->cap) {
             size_t cap = rd->cap == 0 ? READ_CHUNK : rd->cap * 2;
             char *buf;
 
-            if (rd->cap >= RESPONSE_MAX + 1)
+            if (rd->cap >= RESPONSE_MAX + 2)
                 return -EMSGSIZE;
-            if (cap > RESPONSE_MAX + 1)
-                cap = RESPONSE_MAX + 1;
+            if (cap > RESPONSE_MAX + 2)
+                cap = RESPONSE_MAX + 2;
             buf = realloc(rd->buf, cap);
             if (buf == NULL)
                 return -ENOMEM;
@@ -548,8 +569,6 @@ static int read_line(struct ctl *ctl, int64_t deadline, char **line, size_t *len
             rd->cap = cap;
         }
 
-        if (ctl->pollmask != NULL && got_stop_signal)
-            return -EINTR;
         if (deadline >= 0) {
             int64_t left = deadline - now_ms();
 
@@ -559,16 +578,33 @@ static int read_line(struct ctl *ctl, int64_t deadline, char **line, size_t *len
             ts.tv_nsec = (left % 1000) * 1000000;
             tsp = &ts;
         }
-        n = ppoll(&pfd, 1, tsp, ctl->pollmask);
+        if (ctl->stop_signals != NULL) {
+            /* Check the flag with the signals blocked, and let them in only inside ppoll:
+             * one that comes between the check and the wait cannot be missed. */
+            sigset_t orig;
+            int e;
+
+            sigprocmask(SIG_BLOCK, ctl->stop_signals, &orig);
+            if (got_stop_signal) {
+                sigprocmask(SIG_SETMASK, &orig, NULL);
+                return -EINTR;
+            }
+            n = ppoll(&pfd, 1, tsp, &orig);
+            e = errno;
+            sigprocmask(SIG_SETMASK, &orig, NULL);
+            errno = e;
+        } else {
+            n = ppoll(&pfd, 1, tsp, NULL);
+        }
         if (n < 0) {
             if (errno == EINTR)
-                continue; /* got_stop_signal is checked above */
+                continue; /* a stop signal is seen by the next check */
             return -errno;
         }
         if (n == 0)
             continue; /* the deadline is checked above */
 
-        n = read(ctl->fd, rd->buf + rd->len, rd->cap - rd->len);
+        n = read(ctl->fd, rd->buf + rd->len, rd->cap - rd->len - 1);
         if (n < 0) {
             if (errno == EINTR || errno == EAGAIN)
                 continue;
@@ -1053,26 +1089,24 @@ static void on_stop_signal(int sig)
 /* Sends subscribe and prints events until the daemon closes or a stop signal. */
 static int cmd_tail(struct ctl *ctl, int argc, char **argv)
 {
-    struct sigaction sa = { .sa_handler = NULL };
-    sigset_t block, orig;
+    static sigset_t stop_signals;
+    struct sigaction sa = { .sa_handler = on_stop_signal };
     json_t *resp = NULL, *ev;
     bool stopping = false;
     char *line;
     size_t len;
     int r;
 
-    /* SIGINT and SIGTERM only set a flag, and are let through only inside ppoll, so a
-     * signal between the flag check and the wait cannot be missed. */
-    sigemptyset(&block);
-    sigaddset(&block, SIGINT);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, &orig);
-    sa.sa_handler = on_stop_signal;
-    sa.sa_flags = 0; /* no SA_RESTART: ppoll returns EINTR */
+    /* SIGINT and SIGTERM only set a flag (read_line looks at it). Without SA_RESTART they
+     * also interrupt a write to a stdout that does not drain (`tail | less`). */
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    sa.sa_flags = 0;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    ctl->pollmask = &orig;
+    ctl->stop_signals = &stop_signals;
 
     if (ctl_connect(ctl) < 0)
         return EXIT_USAGE;
@@ -1120,8 +1154,10 @@ static int cmd_tail(struct ctl *ctl, int argc, char **argv)
             }
             if (fflush(stdout) != 0) {
                 json_decref(ev);
-                if (errno == EPIPE)
-                    return EXIT_OK; /* the reader went away: `pyhotctl tail | head` */
+                /* Stopped while blocked on output, or the reader went away
+                 * (`pyhotctl tail | head`): both are a normal end. */
+                if (got_stop_signal || errno == EPIPE)
+                    return EXIT_OK;
                 fail("cannot write to stdout: %s", strerror(errno));
                 return EXIT_USAGE;
             }
@@ -1142,12 +1178,12 @@ static char *read_stdin(size_t *len)
             fail("out of memory");
             return NULL;
         }
+        if (n > PROTOCOL_MAX_LINE) {
+            fail("code on stdin exceeds %d bytes", PROTOCOL_MAX_LINE);
+            free(buf);
+            return NULL;
+        }
         if (n == cap) {
-            if (cap > PROTOCOL_MAX_LINE) {
-                fail("code on stdin exceeds %d bytes", PROTOCOL_MAX_LINE);
-                free(buf);
-                return NULL;
-            }
             cap *= 2;
             p = realloc(buf, cap);
             if (p == NULL)
@@ -1293,8 +1329,8 @@ static const struct ctl_command commands[] = {
     {
         "tail", "", "follow events until Ctrl-C or pyhotd stops",
         "Subscribes to events and prints one line per event: reload, batch, started,\n"
-        "stopping, watch_error, and any other by name with its members as JSON. Times are\n"
-        "local. Results are coloured when stdout is a terminal and NO_COLOR is not set.\n"
+        "stopping, watch_error, import_error, startup_error, and any other by name with\n"
+        "its members as JSON. Times are local. Results are coloured when stdout is a terminal and NO_COLOR is not set.\n"
         "With --json each event is printed as the raw JSON line. Ends with status 0 on\n"
         "Ctrl-C (SIGINT, SIGTERM) or when pyhotd stops, 2 when the connection is lost.\n",
         0, 0, false, cmd_tail,

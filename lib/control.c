@@ -266,12 +266,12 @@ static void on_connection(uv_stream_t *listener, int status) {
     if (!peer_allowed(client)) {
         log_warn("control: refused a peer with uid %u (only uid %u and root may connect)",
                  (unsigned)client->uid, (unsigned)geteuid());
-        reply_error_and_close(client, "permission_denied",
+        reply_error_and_close(client, PROTOCOL_E_PERMISSION,
                               "this socket only accepts the daemon's user and root");
         return;
     }
     if (control->n_clients > control->options.max_clients) {
-        reply_error_and_close(client, "too_many_clients", "too many connections; try again later");
+        reply_error_and_close(client, PROTOCOL_E_TOO_MANY, "too many connections; try again later");
         return;
     }
     uv_read_start((uv_stream_t *)&client->pipe, on_alloc, on_read);

@@ -207,7 +207,7 @@ static void on_job_done(struct py_job *job, void *data) {
             json_object_set(details, "batch", batch);
             json_object_set(details, "reloads", json_object_get(job->output, "reloads"));
             const char *message = json_string_value(json_object_get(error, "message"));
-            daemon_reply_error(daemon, origin->client, origin->id, "reload_failed",
+            daemon_reply_error(daemon, origin->client, origin->id, PROTOCOL_E_RELOAD_FAILED,
                                message ? message : "the reload failed", details);
         } else {
             daemon_reply_ok(daemon, origin->client, origin->id, json_incref(job->output));

@@ -34,6 +34,9 @@
 #define PROTOCOL_E_TOO_LARGE       "request_too_large"
 #define PROTOCOL_E_SHUTTING_DOWN   "shutting_down"
 #define PROTOCOL_E_INTERNAL        "internal_error"
+#define PROTOCOL_E_RELOAD_FAILED   "reload_failed"     /* the batch failed; details in error */
+#define PROTOCOL_E_PERMISSION      "permission_denied" /* peer uid refused (SO_PEERCRED) */
+#define PROTOCOL_E_TOO_MANY        "too_many_clients"  /* connection limit reached */
 
 struct protocol_request {
     json_t *root;     /* the whole request object (owned; arguments are its members) */

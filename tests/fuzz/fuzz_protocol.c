@@ -8,11 +8,13 @@
  * coverage guidance stops at its API, which is what this target is about):
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Ilib \
- *       tests/fuzz/fuzz_protocol.c lib/protocol.c -ljansson -o /tmp/fuzz_protocol
- *   mkdir -p /tmp/corpus && /tmp/fuzz_protocol -max_len=4096 /tmp/corpus tests/fuzz/corpus/protocol
+ *       tests/fuzz/fuzz_protocol.c lib/protocol.c -ljansson -lm -o /tmp/fuzz_protocol
+ *   mkdir -p /tmp/corpus && /tmp/fuzz_protocol -artifact_prefix=/tmp/ -max_len=4096 \
+ *       /tmp/corpus tests/fuzz/corpus/protocol
  *
  * libFuzzer writes every new input into the first directory it is given, hence the scratch
- * directory first and the committed seeds (tests/fuzz/corpus/protocol) second.
+ * directory first and the committed seeds (tests/fuzz/corpus/protocol) second; crashing
+ * inputs go to -artifact_prefix (by default the current directory: keep them out of the tree).
  */
 #include <math.h>
 #include <stdint.h>
