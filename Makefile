@@ -39,10 +39,14 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) -m pytest -q tests/integration
 
+# The socket's directory must be private (0700): pyhotd refuses any other.
+DEMO_SOCKET := $(abspath $(BUILD))/run/pyhotd.sock
+
 demo: build
-	@echo "pyhotd is watching examples/. Edit examples/handlers.py and reload http://127.0.0.1:8765/"
-	@echo "In another terminal: PYHOT_SOCKET=$(abspath $(BUILD))/demo.sock $(BUILD)/bin/pyhotctl tail"
-	$(BUILD)/bin/pyhotd --watch examples --entry app:main --socket $(abspath $(BUILD))/demo.sock
+	@install -d -m 0700 $(dir $(DEMO_SOCKET))
+	@echo "pyhotd is watching examples/: curl http://127.0.0.1:8765/, edit examples/handlers.py, curl again."
+	@echo "In another terminal: PYHOT_SOCKET=$(DEMO_SOCKET) $(BUILD)/bin/pyhotctl tail"
+	$(BUILD)/bin/pyhotd --watch examples --entry app:main --socket $(DEMO_SOCKET)
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build, then the whole suite against it.
 # libpython's interned objects live until exit by design: tests/asan.supp silences those leaks.

@@ -76,8 +76,10 @@ static void log_event(const char *name, json_t *event) {
                      modules ? modules : "[]", num(event, "duration_ms"), num(event, "latency_ms"));
         free(modules);
     } else {
+        /* Other events (started, stopping, watch_error, ...) are logged in prose where they
+         * arise; their JSON is for debugging. */
         char *body = json_dumps(event, JSON_COMPACT);
-        log_info("%s %s", name, body ? body : "");
+        log_debug("event %s %s", name, body ? body : "");
         free(body);
     }
 }
