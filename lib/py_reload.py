@@ -351,6 +351,13 @@ def _patch_function(old, new, undo, seen):
     if old_code.co_freevars != new_code.co_freevars:
         return False
     seen.add(id(old))
+    if (not old_code.co_freevars and old_code == new_code and not new.__dict__
+            and old.__defaults__ == new.__defaults__ and old.__kwdefaults__ == new.__kwdefaults__
+            and old.__doc__ == new.__doc__ and old.__annotations__ == new.__annotations__):
+        # The common case in an edited module: this function did not change. Code objects
+        # compare equal only when bytecode, constants, names and line numbers all do
+        # (Objects/codeobject.c, code_richcompare), so the old function already is the new.
+        return True
     old_cells = _closure_map(old) if old_code.co_freevars else {}
     new_cells = _closure_map(new) if old_cells else {}
     for name, old_cell in old_cells.items():
@@ -459,8 +466,8 @@ def _update_class(old, namespace, new_cls, undo, report, seen):
                 setattr(old, key, store)
             except (AttributeError, TypeError):
                 pass
-    for key in current:
-        if key in namespace or key in _CLASS_SKIP or key == "__doc__" or (is_abc and key in ("_abc_impl", "__abstractmethods__")):
+    for key in current.keys() - namespace.keys():
+        if key in _CLASS_SKIP or key == "__doc__" or (is_abc and key in ("_abc_impl", "__abstractmethods__")):
             continue
         try:
             delattr(old, key)
