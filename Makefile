@@ -7,9 +7,9 @@ PYTHON     := /usr/bin/python3
 JOBS       ?= $(shell nproc)
 
 DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev libinih-dev \
-                libsystemd-dev libcmocka-dev python3-pytest inotify-tools
+                libsystemd-dev libcmocka-dev python3-pytest inotify-tools systemd
 
-.PHONY: all deps build test unit integration demo asan bench install clean
+.PHONY: all deps build test unit integration demo asan bench install verify-units clean
 
 all: build
 
@@ -61,6 +61,16 @@ asan: deps
 
 bench: build
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/latency.py
+
+# Installs into a temporary prefix and runs systemd-analyze verify on every unit there
+# (ExecStart must name an installed binary, so the units are checked as installed).
+verify-units: build
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	cmake --install $(BUILD) --prefix "$$tmp/prefix" > /dev/null && \
+	mkdir "$$tmp/instance" && ln -s "$$tmp/prefix/lib/systemd/system/pyhotd@.service" "$$tmp/instance/pyhotd@ci.service" && \
+	systemd-analyze verify --man=no "$$tmp/prefix/lib/systemd/system/pyhotd.service" \
+	    "$$tmp/prefix/lib/systemd/user/pyhotd-user.service" "$$tmp/instance/pyhotd@ci.service" && \
+	echo "verify-units: pyhotd.service, pyhotd@.service, pyhotd-user.service verified"
 
 install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)

@@ -1,5 +1,7 @@
 /* pyhotd: options and wiring only; the daemon itself is lib/daemon.c. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "config.h"
 #include "daemon.h"
@@ -16,6 +18,13 @@ int main(int argc, char **argv) {
     }
     struct config cfg;
     char err[2048];
+    /* getopt permutes argv; the daemon re-parses the original order on SIGHUP. */
+    char **original_argv = calloc((size_t)argc + 1, sizeof(*original_argv));
+    if (!original_argv) {
+        fprintf(stderr, "pyhotd: out of memory\n");
+        return 1;
+    }
+    memcpy(original_argv, argv, (size_t)argc * sizeof(*argv));
     config_init(&cfg);
     if (config_parse_args(&cfg, argc, argv, err, sizeof(err)) < 0) {
         fprintf(stderr, "pyhotd: %s\nTry 'pyhotd --help'.\n", err);
@@ -45,7 +54,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     log_init(cfg.log_level);
-    int code = daemon_run(&cfg);
+    int code = daemon_run(&cfg, argc, original_argv);
     config_free(&cfg);
+    free(original_argv);
     return code;
 }

@@ -158,6 +158,7 @@ static const struct config_key config_keys[] = {
     {"watch", "exclude", KEY_GLOBS, LIST(exclude), 0, 0},
     {"python", "path", KEY_PATHS, LIST(python_paths), 0, 0},
     {"python", "entry", KEY_ENTRY, FIELD(entry), 0, 0, 0},
+    {"python", "venv", KEY_PATH, FIELD(venv), 0, 0, 0},
     {"reload", "timeout_ms", KEY_UINT, FIELD(reload_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
     {"reload", "strategy", KEY_STRATEGY, FIELD(strategy), 0, 0, 0},
     {"run", "timeout_ms", KEY_UINT, FIELD(exec_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
@@ -718,11 +719,45 @@ void config_free(struct config *cfg)
     free(cfg->config_path);
     free(cfg->socket_path);
     free(cfg->entry);
+    free(cfg->venv);
     strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
     strv_free(&cfg->include, &cfg->n_include);
     strv_free(&cfg->exclude, &cfg->n_exclude);
     strv_free(&cfg->python_paths, &cfg->n_python_paths);
     config_init(cfg);
+}
+
+/* PEP 405: a virtual environment is a directory with pyvenv.cfg; its packages for this
+ * interpreter are in lib/pythonX.Y/site-packages. One made for another Python version
+ * would import extension modules built for another ABI, so it is refused. */
+static int finish_venv(struct config *cfg, char *err, size_t errlen)
+{
+    if (cfg->venv == NULL)
+        return 0;
+    char *real = realpath(cfg->venv, NULL);
+    if (real == NULL) {
+        int e = errno;
+        snprintf(err, errlen, "venv %s: %s", cfg->venv, strerror(e));
+        return -e;
+    }
+    char path[PATH_MAX];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/pyvenv.cfg", real);
+    if (stat(path, &st) < 0) {
+        snprintf(err, errlen, "venv %s: no pyvenv.cfg there; not a virtual environment", cfg->venv);
+        free(real);
+        return -ENOENT;
+    }
+    snprintf(path, sizeof(path), "%s/lib/python%s/site-packages", real, PYHOT_PYTHON_VERSION);
+    if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "venv %s: no lib/python%s/site-packages; it was made for another "
+                 "Python than pyhotd's %s", cfg->venv, PYHOT_PYTHON_VERSION, PYHOT_PYTHON_VERSION);
+        free(real);
+        return -ENOENT;
+    }
+    free(cfg->venv);
+    cfg->venv = real;
+    return 0;
 }
 
 static int finish_roots(struct config *cfg, char *err, size_t errlen)
@@ -790,6 +825,9 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
     }
 
     int r = finish_roots(cfg, err, errlen);
+    if (r < 0)
+        return r;
+    r = finish_venv(cfg, err, errlen);
     if (r < 0)
         return r;
 

@@ -45,6 +45,8 @@ struct config {
     char **python_paths;        /* extra sys.path entries, after the watch roots */
     size_t n_python_paths;
     char *entry;                /* "MODULE:FUNCTION" or NULL */
+    char *venv;                 /* a virtual environment whose site-packages are importable
+                                   as its own interpreter would have them; realpath'd */
 
     /* [reload] */
     unsigned reload_timeout_ms; /* deadline of a reload batch; default 10000 */
@@ -78,7 +80,9 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
 
 /* Validates and completes cfg after parsing: watch roots must be existing directories
  * (each replaced by its realpath), settle_ms within 0..60000, entry of the form
- * MODULE:FUNCTION, and socket_path defaulted (protocol_default_socket_path()).
+ * MODULE:FUNCTION, venv a virtual environment (pyvenv.cfg, PEP 405) for this Python
+ * version (lib/pythonX.Y/site-packages), and socket_path defaulted
+ * (protocol_default_socket_path()).
  * Returns 0, or -EINVAL / -ENOENT / -ENOTDIR with a message in err. */
 int config_finish(struct config *cfg, char *err, size_t errlen);
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "commands.h"
@@ -24,14 +25,17 @@
 
 struct daemon {
     uv_loop_t loop;
-    const struct config *config;
+    struct config *config;      /* main()'s; replaced in place by a configuration reload */
+    int argc;                   /* the command line, kept to re-read the configuration */
+    char **argv;
     struct filter *filter;
     struct events *events;
     struct py_host *host;
     struct control *control;
     struct watch *watch;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     uv_timer_t stop_deadline;
+    uv_timer_t watchdog;
     uint64_t started_ns;
     uint64_t next_batch_id;
     uint64_t batches;
@@ -183,6 +187,17 @@ static void on_startup_done(struct daemon *daemon, struct py_job *job) {
              daemon->config->socket_path);
 }
 
+static void on_roots_imported(struct daemon *daemon, json_t *output) {
+    size_t i;
+    json_t *error;
+    json_array_foreach(json_object_get(output, "errors"), i, error) {
+        log_warn("import of %s failed: %s: %s", json_string_value(json_object_get(error, "module")),
+                 json_string_value(json_object_get(error, "type")),
+                 json_string_value(json_object_get(error, "message")));
+        events_publish(daemon->events, "import_error", json_incref(error));
+    }
+}
+
 static void on_job_done(struct py_job *job, void *data) {
     struct job_origin *origin = data;
     struct daemon *daemon = origin->daemon;
@@ -214,6 +229,13 @@ static void on_job_done(struct py_job *job, void *data) {
         }
         break;
     }
+    case PY_JOB_CONFIGURE:
+        if (!job->ok)
+            log_error("applying the new configuration in the interpreter failed: %s",
+                      json_string_value(json_object_get(job->output, "message")));
+        else
+            on_roots_imported(daemon, job->output);
+        break;
     case PY_JOB_EXEC:
     case PY_JOB_MODULES:
         if (job->ok)
@@ -329,6 +351,8 @@ json_t *daemon_status(struct daemon *daemon) {
         for (size_t i = 0; i < watch_root_count(daemon->watch); i++) {
             bool watching = false;
             const char *path = watch_root_path(daemon->watch, i, &watching);
+            if (!path)
+                continue;
             json_array_append_new(roots, json_pack("{s:s, s:s}", "path", path, "state",
                                                    watching ? "watching" : "failed"));
         }
@@ -399,6 +423,8 @@ void daemon_stop(struct daemon *daemon, const char *reason) {
     events_publish(daemon->events, "stopping", json_pack("{s:s}", "reason", reason));
     uv_close((uv_handle_t *)&daemon->sigint, NULL);
     uv_close((uv_handle_t *)&daemon->sigterm, NULL);
+    uv_close((uv_handle_t *)&daemon->sighup, NULL);
+    uv_close((uv_handle_t *)&daemon->watchdog, NULL);
     uv_timer_start(&daemon->stop_deadline, on_stop_deadline, STOP_DEADLINE_MS, 0);
     uv_unref((uv_handle_t *)&daemon->stop_deadline);
     if (daemon->watch)
@@ -411,6 +437,157 @@ void daemon_stop(struct daemon *daemon, const char *reason) {
 
 static void on_signal(uv_signal_t *handle, int signum) {
     daemon_stop(handle->data, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* ---- configuration reload (SIGHUP) and watchdog -------------------------------------- */
+
+/* sd_notify(3) RELOADING=1 must carry MONOTONIC_USEC (systemd.service(5), Type=notify-reload). */
+static void notify_reloading(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+               (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+}
+
+static bool strings_equal(const char *a, const char *b) {
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static bool lists_equal(char **a, size_t na, char **b, size_t nb) {
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++)
+        if (strcmp(a[i], b[i]) != 0)
+            return false;
+    return true;
+}
+
+static bool list_contains(char **items, size_t n, const char *s) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(items[i], s) == 0)
+            return true;
+    return false;
+}
+
+/* Re-reads the configuration (the same command line: its file, then its overrides) and
+ * applies what can change in a running daemon; the interpreter is never restarted. An
+ * invalid configuration changes nothing. */
+static void reload_config(struct daemon *daemon) {
+    notify_reloading();
+    struct config fresh;
+    char err[2048];
+    char **argv = calloc((size_t)daemon->argc + 1, sizeof(*argv));
+    int r = argv ? 0 : -ENOMEM;
+    if (argv) {
+        /* getopt permutes the array it is given: parse a copy. */
+        memcpy(argv, daemon->argv, (size_t)daemon->argc * sizeof(*argv));
+        config_init(&fresh);
+        r = config_parse_args(&fresh, daemon->argc, argv, err, sizeof(err));
+        if (r == 0)
+            r = config_finish(&fresh, err, sizeof(err));
+        free(argv);
+    } else {
+        snprintf(err, sizeof(err), "out of memory");
+    }
+    if (r < 0) {
+        if (argv)
+            config_free(&fresh);
+        log_error("configuration reload failed; the running configuration stays: %s", err);
+        events_publish(daemon->events, "config_error", json_pack("{s:s}", "message", err));
+        sd_notify(0, "READY=1");
+        return;
+    }
+
+    struct config *old = daemon->config;
+    json_t *changed = json_array();
+    json_t *restart = json_array();
+    if (fresh.settle_ms != old->settle_ms) {
+        if (daemon->watch)
+            watch_set_settle(daemon->watch, fresh.settle_ms);
+        json_array_append_new(changed, json_string("settle_ms"));
+    }
+    if (fresh.log_level != old->log_level) {
+        log_set_level(fresh.log_level);
+        json_array_append_new(changed, json_string("log_level"));
+    }
+    if (fresh.reload_timeout_ms != old->reload_timeout_ms)
+        json_array_append_new(changed, json_string("reload_timeout_ms"));
+    if (fresh.exec_timeout_ms != old->exec_timeout_ms)
+        json_array_append_new(changed, json_string("exec_timeout_ms"));
+    if (fresh.strategy != old->strategy || fresh.import != old->import)
+        json_array_append_new(changed, json_string(fresh.strategy != old->strategy ? "strategy" : "import"));
+
+    /* Roots: added ones are watched, put on sys.path and (import = all) imported; removed
+     * ones stop being watched and their modules stop being reloadable. */
+    json_t *added = json_array(), *removed = json_array();
+    for (size_t i = 0; i < fresh.n_watch_roots; i++)
+        if (!list_contains(old->watch_roots, old->n_watch_roots, fresh.watch_roots[i]))
+            json_array_append_new(added, json_string(fresh.watch_roots[i]));
+    for (size_t i = 0; i < old->n_watch_roots; i++)
+        if (!list_contains(fresh.watch_roots, fresh.n_watch_roots, old->watch_roots[i]))
+            json_array_append_new(removed, json_string(old->watch_roots[i]));
+    size_t i;
+    json_t *root;
+    json_array_foreach(removed, i, root) {
+        if (daemon->watch && watch_remove_root(daemon->watch, json_string_value(root), err, sizeof(err)) < 0)
+            log_warn("%s", err);
+        else
+            log_info("no longer watching %s", json_string_value(root));
+    }
+    json_array_foreach(added, i, root) {
+        if (daemon->watch && watch_add_root(daemon->watch, json_string_value(root), err, sizeof(err)) < 0)
+            on_watch_error(daemon->watch, json_string_value(root), err, daemon);
+        else
+            log_info("watching %s", json_string_value(root));
+    }
+    if (json_array_size(added) || json_array_size(removed))
+        json_array_append_new(changed, json_string("watch_roots"));
+
+    if (!strings_equal(fresh.socket_path, old->socket_path))
+        json_array_append_new(restart, json_string("socket"));
+    if (!strings_equal(fresh.entry, old->entry))
+        json_array_append_new(restart, json_string("entry"));
+    if (!strings_equal(fresh.venv, old->venv))
+        json_array_append_new(restart, json_string("venv"));
+    if (!lists_equal(fresh.python_paths, fresh.n_python_paths, old->python_paths, old->n_python_paths))
+        json_array_append_new(restart, json_string("python_paths"));
+    if (!lists_equal(fresh.include, fresh.n_include, old->include, old->n_include) ||
+        !lists_equal(fresh.exclude, fresh.n_exclude, old->exclude, old->n_exclude))
+        json_array_append_new(restart, json_string("include/exclude"));
+    json_array_foreach(restart, i, root)
+        log_warn("configuration reload: %s changed; it takes effect at the next restart",
+                 json_string_value(root));
+
+    /* The interpreter's side: roots, strategy. Runs in order after any queued job. */
+    struct job_origin *origin = calloc(1, sizeof(*origin));
+    if (origin) {
+        origin->daemon = daemon;
+        json_t *input = json_pack("{s:O, s:O, s:b, s:s}", "add_roots", added, "remove_roots", removed,
+                                  "import", fresh.import == CONFIG_IMPORT_ALL, "strategy",
+                                  fresh.strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents");
+        if (submit(daemon, PY_JOB_CONFIGURE, input, fresh.exec_timeout_ms, origin) < 0)
+            log_warn("could not apply the new roots to the interpreter");
+    }
+    json_decref(added);
+    json_decref(removed);
+
+    config_free(old);
+    *old = fresh;
+    log_info("configuration reloaded from %s", old->config_path ? old->config_path : "the command line");
+    events_publish(daemon->events, "config_reloaded",
+                   json_pack("{s:o, s:o}", "changed", changed, "restart_needed", restart));
+    sd_notify(0, "READY=1");
+}
+
+static void on_sighup(uv_signal_t *handle, int signum) {
+    (void)signum;
+    reload_config(handle->data);
+}
+
+static void on_watchdog(uv_timer_t *timer) {
+    (void)timer;
+    /* Sent from the loop thread: a wedged loop stops the pings and systemd restarts us. */
+    sd_notify(0, "WATCHDOG=1");
 }
 
 /* ---- run ---------------------------------------------------------------------------- */
@@ -437,6 +614,7 @@ static int start(struct daemon *daemon) {
         .n_roots = cfg->n_watch_roots,
         .paths = (const char *const *)cfg->python_paths,
         .n_paths = cfg->n_python_paths,
+        .venv = cfg->venv,
     };
     r = py_host_start(&daemon->loop, &host_options, &daemon->host, err, sizeof(err));
     if (r < 0) {
@@ -495,13 +673,15 @@ static void close_walk(uv_handle_t *handle, void *arg) {
         uv_close(handle, NULL);
 }
 
-int daemon_run(const struct config *cfg) {
+int daemon_run(struct config *cfg, int argc, char **argv) {
     struct daemon *daemon = calloc(1, sizeof(*daemon));
     if (!daemon) {
         log_error("out of memory");
         return 1;
     }
     daemon->config = cfg;
+    daemon->argc = argc;
+    daemon->argv = argv;
     daemon->started_ns = uv_hrtime();
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&daemon->loop);
@@ -511,6 +691,17 @@ int daemon_run(const struct config *cfg) {
     daemon->sigint.data = daemon->sigterm.data = daemon;
     uv_signal_start(&daemon->sigint, on_signal, SIGINT);
     uv_signal_start(&daemon->sigterm, on_signal, SIGTERM);
+    uv_signal_init(&daemon->loop, &daemon->sighup);
+    daemon->sighup.data = daemon;
+    uv_signal_start(&daemon->sighup, on_sighup, SIGHUP);
+    uv_timer_init(&daemon->loop, &daemon->watchdog);
+    uint64_t watchdog_usec = 0;
+    if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec >= 2000) {
+        /* sd_watchdog_enabled(3): ping at half the interval. */
+        uv_timer_start(&daemon->watchdog, on_watchdog, watchdog_usec / 2000, watchdog_usec / 2000);
+        uv_unref((uv_handle_t *)&daemon->watchdog);
+        log_info("systemd watchdog: pinging every %llu ms", (unsigned long long)(watchdog_usec / 2000));
+    }
     log_info("pyhotd %s (Python %s), pid %d", PYHOT_VERSION, py_host_python_version(), (int)getpid());
 
     if (start(daemon) < 0) {

@@ -49,6 +49,7 @@ struct py_host {
     size_t n_roots;
     char **paths;
     size_t n_paths;
+    char *venv;
 
     atomic_uint_fast64_t current_job_id;   /* job running Python code now, 0 = none */
     atomic_uint_fast64_t interrupt_job_id; /* job whose deadline passed */
@@ -65,6 +66,7 @@ static const char *const job_kind_names[] = {
     [PY_JOB_RELOAD] = "reload",
     [PY_JOB_EXEC] = "exec",
     [PY_JOB_MODULES] = "modules",
+    [PY_JOB_CONFIGURE] = "configure",
 };
 
 const char *py_job_kind_name(enum py_job_kind kind) {
@@ -354,7 +356,8 @@ static int interpreter_init(struct py_host *host) {
 
     PyObject *roots = string_list(host->roots, host->n_roots);
     PyObject *paths = string_list(host->paths, host->n_paths);
-    PyObject *r = roots && paths ? PyObject_CallMethod(support_module, "configure", "OO", roots, paths) : NULL;
+    PyObject *r = roots && paths ? PyObject_CallMethod(support_module, "configure", "OOz", roots,
+                                                       paths, host->venv) : NULL;
     Py_XDECREF(roots);
     Py_XDECREF(paths);
     if (!r)
@@ -470,6 +473,21 @@ static void run_modules(struct py_job *job) {
     job_set(job, result, error);
 }
 
+static void run_configure(struct py_job *job) {
+    json_t *error = NULL;
+    json_t *strategy = json_object_get(job->input, "strategy");
+    if (json_is_string(strategy) && py_reload_set_strategy(json_string_value(strategy), &error) < 0) {
+        job_fail(job, error);
+        return;
+    }
+    json_t *args = json_pack("[OOb]", json_object_get(job->input, "add_roots"),
+                             json_object_get(job->input, "remove_roots"),
+                             json_is_true(json_object_get(job->input, "import")));
+    json_t *result = py_support_call("update_roots", args, &error);
+    json_decref(args);
+    job_set(job, result, error);
+}
+
 static void run_job(struct py_host *host, struct py_job *job) {
     switch (job->kind) {
     case PY_JOB_STARTUP:
@@ -486,6 +504,9 @@ static void run_job(struct py_host *host, struct py_job *job) {
         break;
     case PY_JOB_MODULES:
         run_modules(job);
+        break;
+    case PY_JOB_CONFIGURE:
+        run_configure(job);
         break;
     }
     /* A TimeoutError raised while our mark was on this job is the deadline's doing. */
@@ -615,6 +636,7 @@ static void on_handle_closed(uv_handle_t *handle) {
         free(host->paths[i]);
     free(host->roots);
     free(host->paths);
+    free(host->venv);
     pthread_mutex_destroy(&host->mutex);
     pthread_cond_destroy(&host->cond);
     the_host = NULL;
@@ -679,6 +701,7 @@ int py_host_start(uv_loop_t *loop, const struct py_host_options *options,
     host->n_roots = options->n_roots;
     host->paths = copy_strings(options->paths, options->n_paths);
     host->n_paths = options->n_paths;
+    host->venv = options->venv ? strdup(options->venv) : NULL;
     pthread_mutex_init(&host->mutex, NULL);
     pthread_cond_init(&host->cond, NULL);
     if (!host->roots || !host->paths) {

@@ -35,6 +35,8 @@ enum py_job_kind {
     PY_JOB_RELOAD,   /* input {"paths": [..], "targets": [..]} -> {"reloads","batch"} or error */
     PY_JOB_EXEC,     /* input {"code": str} -> {"stdout","stderr","value"} or error */
     PY_JOB_MODULES,  /* input {"pattern": str|null} -> {"modules": [...]} */
+    PY_JOB_CONFIGURE, /* input {"add_roots", "remove_roots", "import", "strategy"} ->
+                         {"imported", "errors"}: a configuration reload's interpreter side */
 };
 
 struct py_job;
@@ -64,6 +66,7 @@ struct py_host_options {
     size_t n_roots;
     const char *const *paths;     /* further sys.path entries, after the roots */
     size_t n_paths;
+    const char *venv;             /* a virtual environment to import from, or NULL */
 };
 
 /* Blocks SIGUSR1 in the calling thread (and so in threads it creates later). Call from

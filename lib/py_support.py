@@ -214,11 +214,35 @@ _applied = {}        # realpath -> content digest of the last applied (imported/
 _pending = []        # realpaths of files whose batch failed; they join the next batch
 
 
-def configure(roots, paths):
-    """Puts the watch roots, then the extra paths, at the front of sys.path."""
+def configure(roots, paths, venv=None):
+    """Puts the watch roots, then the extra paths, at the front of sys.path; with venv,
+    makes the virtual environment's packages importable."""
     _roots[:] = [os.path.realpath(r) for r in roots]
+    if venv:
+        _use_venv(venv)
     front = [p for p in list(_roots) + [os.path.abspath(p) for p in paths]]
     sys.path[:] = front + [p for p in sys.path if p not in front]
+
+
+def _use_venv(venv):
+    """sys.path and sys.prefix as the venv's own interpreter has them (PEP 405, Lib/site.py):
+    its site-packages (with their .pth files) after the standard library, and the system's
+    site-packages only when pyvenv.cfg says include-system-site-packages = true."""
+    import site
+    include_system = False
+    with open(os.path.join(venv, "pyvenv.cfg")) as f:
+        for line in f:
+            key, _, value = line.partition("=")
+            if key.strip().lower() == "include-system-site-packages":
+                include_system = value.strip().lower() == "true"
+    if not include_system:
+        system = set(site.getsitepackages())
+        user = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+        if user:
+            system.add(user)
+        sys.path[:] = [p for p in sys.path if p not in system]
+    sys.prefix = sys.exec_prefix = venv
+    site.addsitedir(os.path.join(venv, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
 
 
 def _under_roots(path):
@@ -373,8 +397,12 @@ _DEFAULT_IGNORED_DIRS = {
 
 def import_roots():
     """Imports every module under the watch roots; returns what happened per module."""
+    return _import_modules(_roots)
+
+
+def _import_modules(roots):
     imported, errors = [], []
-    for root in _roots:
+    for root in roots:
         for name in _root_modules(root, _DEFAULT_IGNORED_DIRS):
             if name in sys.modules:
                 continue
@@ -387,6 +415,37 @@ def import_roots():
                 errors.append(error)
     refresh_index()
     return {"imported": imported, "errors": errors, "modules_loaded": len(sys.modules)}
+
+
+def update_roots(added, removed, import_modules):
+    """A configuration reload's roots: removed ones leave sys.path and stop being
+    reloadable (their modules stay loaded); added ones go first on sys.path and, with
+    import_modules, their modules are imported."""
+    for root in removed:
+        real = os.path.realpath(root)
+        if real in _roots:
+            _roots.remove(real)
+        if real in sys.path:
+            sys.path.remove(real)
+        for name in [n for n, (_m, p) in _index_modules.items() if not _under_roots(p)]:
+            del _index_modules[name]
+        for path in [p for p in _index if not _under_roots(p)]:
+            del _index[path]
+    global _index_generation
+    _index_generation += 1
+    _index_seen.clear()
+    _index_signature[0] = None
+    for root in added:
+        real = os.path.realpath(root)
+        if real not in _roots:
+            _roots.append(real)
+        if real not in sys.path:
+            sys.path.insert(0, real)
+    result = {"imported": [], "errors": []}
+    if import_modules and added:
+        result = _import_modules(os.path.realpath(r) for r in added)
+    refresh_index()
+    return result
 
 
 def start_entry(entry):

@@ -12,6 +12,7 @@
 struct watch_root {
     char *path;
     bool watching;
+    bool removed;   /* by watch_remove_root; the slot stays so indices stay stable */
 };
 
 struct watch {
@@ -116,10 +117,28 @@ int watch_add_root(struct watch *watch, const char *path, char *err, size_t errl
     size_t i = watch->n_roots++;
     roots[i].path = copy;
     roots[i].watching = false;
+    roots[i].removed = false;
     int r = watch_backend_add_root(watch->backend, i, err, errlen);
     if (r == 0)
         roots[i].watching = true;
     return r;
+}
+
+int watch_remove_root(struct watch *watch, const char *path, char *err, size_t errlen) {
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        len--;
+    for (size_t i = 0; i < watch->n_roots; i++) {
+        struct watch_root *root = &watch->roots[i];
+        if (root->removed || strlen(root->path) != len || strncmp(root->path, path, len) != 0)
+            continue;
+        watch_backend_remove_root(watch->backend, i);
+        root->watching = false;
+        root->removed = true;
+        return 0;
+    }
+    snprintf(err, errlen, "%s is not a watch root", path);
+    return -ENOENT;
 }
 
 void watch_set_settle(struct watch *watch, unsigned settle_ms) {
@@ -135,7 +154,7 @@ size_t watch_root_count(const struct watch *watch) {
 }
 
 const char *watch_root_path(const struct watch *watch, size_t i, bool *watching) {
-    if (i >= watch->n_roots)
+    if (i >= watch->n_roots || watch->roots[i].removed)
         return NULL;
     if (watching)
         *watching = watch->roots[i].watching;

@@ -56,13 +56,19 @@ int watch_new(uv_loop_t *loop, const struct watch_options *options, struct watch
  * name the path. Directories below the root that fail are logged and skipped. */
 int watch_add_root(struct watch *watch, const char *path, char *err, size_t errlen);
 
+/* Stops watching the root at path (as given to watch_add_root): its directories' watches
+ * are removed and no change under it is reported any more. Returns 0, or -ENOENT with a
+ * message in err when no such root is watched. */
+int watch_remove_root(struct watch *watch, const char *path, char *err, size_t errlen);
+
 /* Changes the settle window (ms) for batches that start after the call. */
 void watch_set_settle(struct watch *watch, unsigned settle_ms);
 
 /* Number of directories currently watched. */
 size_t watch_dir_count(const struct watch *watch);
 
-/* Number of roots and the path of root i (borrowed) and whether it is watched. */
+/* Number of root slots, and the path of root i (borrowed) and whether it is watched;
+ * NULL for a slot whose root was removed. */
 size_t watch_root_count(const struct watch *watch);
 const char *watch_root_path(const struct watch *watch, size_t i, bool *watching);
 
