@@ -35,6 +35,7 @@ struct py_host {
     char init_error[512];
     bool stopping;
     bool exited;
+    uint64_t armed_at_submit;  /* id of the job whose deadline the loop armed at submission */
 
     /* loop thread only */
     uint64_t next_job_id;
@@ -555,8 +556,13 @@ static void *python_thread_main(void *arg) {
         job->next = NULL;
         job->started_ns = uv_hrtime();
         host->running = job;
+        bool armed = job->id == host->armed_at_submit;
         pthread_mutex_unlock(&host->mutex);
-        uv_async_send(&host->async); /* arms the deadline */
+        /* A job that waited in the queue has its deadline armed by the loop thread once it
+         * hears the job started; one submitted to an idle host was armed at submission,
+         * which spares the save -> reload path a syscall and a wake-up of the loop. */
+        if (!armed)
+            uv_async_send(&host->async);
 
         PyEval_RestoreThread(state);
         atomic_store(&host->current_job_id, job->id);
@@ -776,6 +782,9 @@ int py_host_submit(struct py_host *host, struct py_job *job) {
     }
     job->id = ++host->next_job_id;
     job->next = NULL;
+    bool idle = !host->running && !host->queue_head;
+    if (idle)
+        host->armed_at_submit = job->id;
     if (host->queue_tail)
         host->queue_tail->next = job;
     else
@@ -784,6 +793,11 @@ int py_host_submit(struct py_host *host, struct py_job *job) {
     host->queued++;
     pthread_cond_signal(&host->cond);
     pthread_mutex_unlock(&host->mutex);
+    if (idle) {
+        /* It starts now: its deadline runs from here (the start differs by microseconds). */
+        host->deadline_job_id = job->id;
+        uv_timer_start(&host->deadline_timer, on_deadline, job->timeout_ms, 0);
+    }
     return 0;
 }
 
