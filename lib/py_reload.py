@@ -275,8 +275,14 @@ class _Undo:
             self.functions[id(fn)] = (fn, saved, dict(fn.__dict__))
 
     def klass(self, cls):
-        if id(cls) not in self.classes:
-            self.classes[id(cls)] = (cls, dict(cls.__dict__))
+        """Records cls's members before the batch first changes them; returns a copy of
+        its members as they are now."""
+        saved = self.classes.get(id(cls))
+        if saved is None:
+            members = dict(cls.__dict__)
+            self.classes[id(cls)] = (cls, members)
+            return dict(members)
+        return dict(cls.__dict__)
 
     def cell(self, cell):
         try:
@@ -446,9 +452,8 @@ def _update_class(old, namespace, new_cls, undo, report, seen):
     """Makes old hold the members in namespace (a class body's result, or new_cls's
     dict): new and changed members set, removed ones deleted. Functions that super()
     would resolve through new_cls are pointed at old."""
-    undo.klass(old)
+    current = undo.klass(old)
     qual = old.__module__ + "." + old.__qualname__
-    current = dict(old.__dict__)
     is_abc = isinstance(old, abc.ABCMeta)
     for key, value in namespace.items():
         if key in _CLASS_SKIP or key == "__classcell__" or (is_abc and key == "_abc_impl"):
@@ -544,8 +549,13 @@ def _build_class(func, name, *bases, **kwds):
     old = run.old_class(func.__qualname__)
     if old is None or not _is_heap_class(old) or isinstance(old, enum.EnumMeta):
         return _original_build_class(func, name, *bases, **kwds)
-    resolved = types.resolve_bases(bases)
-    meta, namespace, class_kwds = types.prepare_class(name, resolved, kwds)
+    if not kwds and all(type(base) is type for base in bases):
+        # The common class statement (no metaclass, plain bases): what types.prepare_class
+        # would compute, without its Python-level work.
+        resolved, meta, namespace, class_kwds = bases, type, {}, {}
+    else:
+        resolved = types.resolve_bases(bases)
+        meta, namespace, class_kwds = types.prepare_class(name, resolved, kwds)
     if (meta not in (type, abc.ABCMeta) or type(old) is not meta or old.__bases__ != (resolved or (object,))
             or old.__module__ != run.module.__name__):
         return _original_build_class(func, name, *bases, **kwds)
