@@ -356,14 +356,15 @@ static void on_watch_notice(struct watch *watch, const struct watch_notice *noti
 int daemon_pause(struct daemon *daemon, bool pause, size_t *pending) {
     if (!daemon->watch)
         return -ESHUTDOWN;
-    if (pause)
-        watch_hold(daemon->watch, WATCH_HOLD_PAUSE);
-    else
-        watch_release(daemon->watch, WATCH_HOLD_PAUSE);
+    /* Read first: a release sends the pending paths out at once. */
     struct watch_stats stats;
     watch_get_stats(daemon->watch, &stats);
     if (pending)
         *pending = stats.pending;
+    if (pause)
+        watch_hold(daemon->watch, WATCH_HOLD_PAUSE);
+    else
+        watch_release(daemon->watch, WATCH_HOLD_PAUSE);
     return 0;
 }
 
