@@ -7,7 +7,7 @@ PYTHON     := /usr/bin/python3
 JOBS       ?= $(shell nproc)
 
 DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev libinih-dev \
-                libsystemd-dev libcmocka-dev python3-pytest inotify-tools
+                libsystemd-dev libcmocka-dev python3-pytest inotify-tools watchman
 
 .PHONY: all deps build test unit integration demo asan bench install clean
 
@@ -55,8 +55,13 @@ asan: deps
 	    ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(abspath tests/asan.supp) \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(PYTHON) -m pytest -q tests/integration
 
+# The watcher benches compare with inotifywait (inotify-tools) and watchman; they generate
+# a tree of 10,000 directories and 100,000 files under /tmp once and remove it at the end.
 bench: build
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/latency.py
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_setup.py --keep-tree
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_idle.py
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_storm.py
 
 install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)

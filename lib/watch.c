@@ -68,6 +68,7 @@ struct watch {
     uint64_t rescans;
     uint64_t batches;
     uint64_t setup_ns;
+    bool closing;                      /* watch_close called: nothing goes out any more */
     void (*close_cb)(void *data);
     void *close_data;
     int closing_parts;
@@ -175,7 +176,7 @@ static void emit(struct watch *watch) {
 /* Sends the pending set unless a hold is set, or one of its paths is still being written
  * or has just vanished (then the timer is armed again). */
 static void try_emit(struct watch *watch) {
-    if (watch->pending.len == 0 || watch->holds != 0)
+    if (watch->pending.len == 0 || watch->holds != 0 || watch->closing)
         return;
     if (watch->flags.n_set > 0) {
         uint64_t now = uv_now(watch->loop);
@@ -217,6 +218,8 @@ static void on_settled(uv_timer_t *timer) {
 }
 
 static void note_pending(struct watch *watch, const char *path) {
+    if (watch->closing)
+        return;
     if (watch->pending.len == 0)
         watch->first_event_ns = uv_hrtime();
     if (strset_add(&watch->pending, path) < 0) {
@@ -280,7 +283,8 @@ static void release(struct watch *watch, unsigned hold, const char *reason) {
                                  .n_pending = watch->pending.len};
         notify(watch, &n);
     }
-    if (watch->holds == 0 && watch->pending.len > 0 && !uv_is_active((uv_handle_t *)&watch->settle_timer))
+    if (watch->holds == 0 && watch->pending.len > 0 &&
+        !uv_is_active((uv_handle_t *)&watch->settle_timer))
         try_emit(watch);
 }
 
@@ -340,7 +344,7 @@ void watch_note_vcs_lock(struct watch *watch, const char *lock_path, bool presen
         struct watch_notice n = {.kind = WATCH_NOTICE_RELEASED, .reason = "vcs",
                                  .n_pending = watch->pending.len};
         notify(watch, &n);
-        if (watch->holds == 0 && watch->pending.len > 0) {
+        if (watch->holds == 0 && watch->pending.len > 0 && !watch->closing) {
             watch->waiting = false;
             uv_timer_start(&watch->settle_timer, on_settled, watch->options.settle_ms, 0);
         }
@@ -650,6 +654,7 @@ static void on_backend_closed(void *data) {
 void watch_close(struct watch *watch, void (*close_cb)(void *data), void *data) {
     watch->close_cb = close_cb;
     watch->close_data = data;
+    watch->closing = true;
     watch->closing_parts = watch->backend ? 3 : 2;
     uv_close((uv_handle_t *)&watch->settle_timer, on_timer_closed);
     uv_close((uv_handle_t *)&watch->vcs_timer, on_timer_closed);

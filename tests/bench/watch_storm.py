@@ -91,10 +91,11 @@ def main():
             elif e["event"] == "batch":
                 batches.append(e)
 
-        check = d.call("exec", code=(
+        d.call("exec", code=(
             "import sys\n"
-            "mods = [m for n, m in sys.modules.items() if n[:1] == 'p' and '.m' in n]\n"
-            "(len(mods), sum(m.VALUE == 2 for m in mods), sum(m.LOADS == 2 for m in mods))"))
+            "_mods = [m for n, m in sys.modules.items() if n[:1] == 'p' and '.m' in n]\n"))
+        check = d.call("exec", code=(
+            "(len(_mods), sum(m.VALUE == 2 for m in _mods), sum(m.LOADS == 2 for m in _mods))"))
         total, new_value, loaded_twice = eval(check["value"])
     finally:
         d.stop()

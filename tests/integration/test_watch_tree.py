@@ -431,3 +431,23 @@ def test_git_checkout_of_500_files_reloads_once_in_dependency_order(pyhotd):
         assert d.module_value("m%03d" % i, "VALUE") == 2
         assert d.module_value("m%03d" % i, "LOADS") == 2
     assert d.eval("m499.DEPS", setup="import m499") == [2]
+
+
+# ---- the [watch] keys -----------------------------------------------------------------------
+
+def test_watch_config_keys(pyhotd, tmp_path):
+    d = pyhotd({"m.py": "VALUE = 1\n"}, config=config(
+        "backend = uv\nfollow_symlinks = yes\ndefer_vcs_ms = 1234\n"))
+    st = d.status()["watch"]
+    assert (st["backend"], st["follow_symlinks"], st["defer_vcs_ms"]) == ("uv", True, 1234), st
+    assert st["rescans"] == 0 and st["paused"] is False and st["held"] == [], st
+
+    from conftest import PYHOTD, run
+    for line, message in (("backend = kqueue", "expected inotify or uv"),
+                          ("follow_symlinks = maybe", "expected yes or no"),
+                          ("defer_vcs_ms = -1", "defer_vcs_ms: expected an integer")):
+        cfg = tmp_path / "bad.conf"
+        cfg.write_text("[watch]\nroot = %s\n%s\n" % (tmp_path, line))
+        r = run([PYHOTD, "--config", str(cfg), "--check-config"])
+        assert r.returncode == 2, (line, r.stdout, r.stderr)
+        assert "%s:3: " % cfg in r.stderr and message in r.stderr, r.stderr
