@@ -876,6 +876,13 @@ static void handle_event(struct watch_backend *b, const struct inotify_event *ev
         bool top = d->parent == NULL;
         size_t root = d->root;
         forget_subtree(b, d, false);
+        if (top && watch_root_state_of(b->watch, root) == WATCH_ROOT_WATCHING) {
+            /* Dropped without IN_DELETE_SELF: its file system was unmounted. */
+            char message[PATH_MAX + 64];
+            snprintf(message, sizeof(message), "watch root %s is no longer watched (unmounted?)",
+                     watch_root(b->watch, root));
+            watch_note_root_state(b->watch, root, WATCH_ROOT_LOST, message);
+        }
         if (top)
             root_lost(b, root);
         return;
