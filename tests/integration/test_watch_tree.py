@@ -451,3 +451,38 @@ def test_watch_config_keys(pyhotd, tmp_path):
         r = run([PYHOTD, "--config", str(cfg), "--check-config"])
         assert r.returncode == 2, (line, r.stdout, r.stderr)
         assert "%s:3: " % cfg in r.stderr and message in r.stderr, r.stderr
+
+
+def test_uv_backend_roots_renames_and_git_lock(pyhotd):
+    """The uv backend does what the inotify one does for roots, renamed directories and
+    git's lock (differently inside: it re-watches a renamed directory)."""
+    d = pyhotd({"m.py": COUNTING.format(value=1), "a/__init__.py": "", "a/sub/x.py": "X = 1\n"},
+               roots=2, prepare=lambda root: git(root, "init", "-q"),
+               config="[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\nroot = {root}2\n"
+                      "backend = uv\n")
+    st = d.status()
+    assert st["watch"]["backend"] == "uv" and st["watched_dirs"] == 4, st
+    sub = d.subscriber()
+    # A directory renamed: still watched, under its new name.
+    os.rename(d.path("a"), d.path("b"))
+    wait_for(lambda: d.status()["watched_dirs"] == 4, what="b watched")
+    x = write(d.path("b/sub/x.py"), "X = 2\n")
+    sub.wait_batch(x)
+    # The second root deleted and recreated.
+    second = d.roots[1]
+    shutil.rmtree(second)
+    ev = sub.next_event("watch_error")
+    assert ev["root"] == second and ev["lost"] is True, ev
+    os.mkdir(second)
+    assert sub.next_event("watch_restored")["root"] == second
+    y = write(os.path.join(second, "y.py"), "Y = 1\n")
+    sub.wait_batch(y)
+    # git's lock holds batches.
+    lock = d.path(".git/index.lock")
+    open(lock, "w").close()
+    assert sub.next_event("watch_held")["lock"] == lock
+    m = d.write("m.py", COUNTING.format(value=2))
+    assert [e for e in sub.quiet() if e["event"] == "batch"] == []
+    os.unlink(lock)
+    batch, _ = sub.wait_batch(m)
+    assert d.module_value("m", "VALUE") == 2 and d.module_value("m", "LOADS") == 2
