@@ -8,13 +8,22 @@ JOBS       ?= $(shell nproc)
 
 DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev libinih-dev \
                 libsystemd-dev libcmocka-dev python3-pytest inotify-tools systemd
+# Peers measured beside pyhotd by `make bench` only.
+BENCH_PACKAGES := watchman hyperfine
 
-.PHONY: all deps build test unit integration demo asan bench install verify-units clean
+.PHONY: all deps deps-bench install-packages build test unit integration demo asan bench install verify-units clean
 
 all: build
 
 deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do \
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
+
+deps-bench: deps
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(BENCH_PACKAGES)"
+
+# Installs those of $(PACKAGES) that are missing (apt-get, as root or through sudo).
+install-packages:
+	@missing=$$(for p in $(PACKAGES); do \
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    echo "make deps: installing $$missing"; \
@@ -59,8 +68,13 @@ asan: deps
 	    ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(abspath tests/asan.supp) \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(PYTHON) -m pytest -q tests/integration
 
-bench: build
+# The watcher benches compare with inotifywait (inotify-tools) and watchman; they generate
+# a tree of 10,000 directories and 100,000 files under /tmp once and remove it at the end.
+bench: deps-bench build
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/latency.py
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_setup.py --keep-tree
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_idle.py
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_storm.py
 
 # Installs into a temporary prefix and runs systemd-analyze verify on every unit there
 # (ExecStart must name an installed binary, so the units are checked as installed).

@@ -74,6 +74,26 @@ static void cmd_shutdown(struct daemon *daemon, uint64_t client, const struct pr
     daemon_stop(daemon, "shutdown requested over the control socket");
 }
 
+static void cmd_pause_resume(struct daemon *daemon, uint64_t client,
+                             const struct protocol_request *req, bool pause) {
+    size_t pending = 0;
+    if (daemon_pause(daemon, pause, &pending) < 0) {
+        daemon_reply_error(daemon, client, req->id, PROTOCOL_E_SHUTTING_DOWN, "pyhotd is stopping",
+                           NULL);
+        return;
+    }
+    daemon_reply_ok(daemon, client, req->id,
+                    json_pack("{s:b, s:I}", "paused", pause, "pending", (json_int_t)pending));
+}
+
+static void cmd_pause(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
+    cmd_pause_resume(daemon, client, req, true);
+}
+
+static void cmd_resume(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
+    cmd_pause_resume(daemon, client, req, false);
+}
+
 static const struct command_entry table[] = {
     {"ping", "check that the daemon answers", cmd_ping},
     {"status", "uptime, roots, counters, last batch, the running job", cmd_status},
@@ -82,6 +102,8 @@ static const struct command_entry table[] = {
     {"subscribe", "follow events on this connection", cmd_subscribe},
     {"exec", "run \"code\" in the interpreter's __main__ namespace", cmd_exec},
     {"shutdown", "stop the daemon cleanly", cmd_shutdown},
+    {"pause", "hold reloads: changes accumulate until resume", cmd_pause},
+    {"resume", "end a pause: everything changed meanwhile reloads as one batch", cmd_resume},
     {NULL, NULL, NULL},
 };
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include "protocol.h"
 
 #define SETTLE_MS_MAX 60000U
+#define DEFER_VCS_MS_MAX 3600000U
 #define TIMEOUT_MS_MAX 86400000U
 #define MSG_MAX 1024
 #define SUN_PATH_MAX sizeof(((struct sockaddr_un *)NULL)->sun_path)
@@ -134,6 +136,8 @@ enum key_kind {
     KEY_IMPORT,
     KEY_STRATEGY,
     KEY_ENTRY,
+    KEY_BOOL,       /* bool: yes/no, true/false, on/off, 1/0 */
+    KEY_BACKEND,
 };
 
 struct config_key {
@@ -156,6 +160,9 @@ static const struct config_key config_keys[] = {
     {"watch", "import", KEY_IMPORT, FIELD(import), 0, 0, 0},
     {"watch", "include", KEY_GLOBS, LIST(include), 0, 0},
     {"watch", "exclude", KEY_GLOBS, LIST(exclude), 0, 0},
+    {"watch", "backend", KEY_BACKEND, FIELD(backend), 0, 0, 0},
+    {"watch", "follow_symlinks", KEY_BOOL, FIELD(follow_symlinks), 0, 0, 0},
+    {"watch", "defer_vcs_ms", KEY_UINT, FIELD(defer_vcs_ms), 0, 0, DEFER_VCS_MS_MAX},
     {"python", "path", KEY_PATHS, LIST(python_paths), 0, 0},
     {"python", "entry", KEY_ENTRY, FIELD(entry), 0, 0, 0},
     {"python", "venv", KEY_PATH, FIELD(venv), 0, 0, 0},
@@ -336,6 +343,26 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
             *(enum config_import *)(base + key->offset) = CONFIG_IMPORT_NONE;
         else
             return load_fail(ctx, -EINVAL, "%s: expected all or none, got '%s'", key->name,
+                             value);
+        return 1;
+    case KEY_BOOL: {
+        static const char *const yes[] = {"yes", "true", "on", "1"};
+        static const char *const no[] = {"no", "false", "off", "0"};
+        for (size_t i = 0; i < 4; i++) {
+            if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
+                *(bool *)(base + key->offset) = strcasecmp(value, yes[i]) == 0;
+                return 1;
+            }
+        }
+        return load_fail(ctx, -EINVAL, "%s: expected yes or no, got '%s'", key->name, value);
+    }
+    case KEY_BACKEND:
+        if (strcmp(value, "inotify") == 0)
+            *(enum config_backend *)(base + key->offset) = CONFIG_BACKEND_INOTIFY;
+        else if (strcmp(value, "uv") == 0)
+            *(enum config_backend *)(base + key->offset) = CONFIG_BACKEND_UV;
+        else
+            return load_fail(ctx, -EINVAL, "%s: expected inotify or uv, got '%s'", key->name,
                              value);
         return 1;
     case KEY_STRATEGY:
@@ -707,6 +734,7 @@ void config_init(struct config *cfg)
     cfg->log_level = LOG_LEVEL_INFO;
     cfg->settle_ms = 10;
     cfg->import = CONFIG_IMPORT_ALL;
+    cfg->defer_vcs_ms = 30000;
     cfg->reload_timeout_ms = 10000;
     cfg->strategy = CONFIG_STRATEGY_DEPENDENTS;
     cfg->exec_timeout_ms = 30000;

@@ -19,6 +19,11 @@ enum config_import {
     CONFIG_IMPORT_NONE = 1, /* leave importing to the app and to exec */
 };
 
+enum config_backend {
+    CONFIG_BACKEND_INOTIFY = 0, /* Linux inotify (the default on Linux) */
+    CONFIG_BACKEND_UV = 1,      /* libuv's uv_fs_event (kqueue, FSEvents; inotify on Linux) */
+};
+
 enum config_strategy {
     CONFIG_STRATEGY_DEPENDENTS = 0, /* reload changed modules and every module importing them */
     CONFIG_STRATEGY_MODULE = 1,     /* reload only the changed modules */
@@ -40,6 +45,10 @@ struct config {
     size_t n_include;
     char **exclude;
     size_t n_exclude;
+    enum config_backend backend; /* default inotify */
+    bool follow_symlinks;       /* watch directories reached through symlinks; default false */
+    unsigned defer_vcs_ms;      /* longest hold of batches while .git/index.lock exists, ms;
+                                 * default 30000; 0 = no hold */
 
     /* [python] */
     char **python_paths;        /* extra sys.path entries, after the watch roots */

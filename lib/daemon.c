@@ -208,8 +208,12 @@ static void on_job_done(struct py_job *job, void *data) {
         break;
     case PY_JOB_RELOAD: {
         json_t *batch = job->ok ? publish_reload_result(daemon, job, origin) : NULL;
-        if (!origin->client)
+        if (!origin->client) {
+            /* The watcher's batch is done: what piled up meanwhile goes out as one. */
+            if (daemon->watch)
+                watch_release(daemon->watch, WATCH_HOLD_BUSY);
             break;
+        }
         if (!job->ok) {
             reply_job_error(daemon, origin->client, origin->id, job->output);
             break;
@@ -314,13 +318,76 @@ static void on_batch(struct watch *watch, struct watch_batch *batch, void *data)
                    daemon->config->reload_timeout_ms, origin);
     if (r < 0 && r != -ESHUTDOWN)
         log_error("cannot queue a reload: %s", strerror(-r));
+    /* One watcher batch at a time: changes made while it reloads wait and go as one. */
+    if (r == 0)
+        watch_hold(watch, WATCH_HOLD_BUSY);
+}
+
+static const char *root_state_name(enum watch_root_state state) {
+    return state == WATCH_ROOT_WATCHING ? "watching" : "failed";
 }
 
 static void on_watch_error(struct watch *watch, const char *root, const char *message, void *data) {
     struct daemon *daemon = data;
-    (void)watch;
     log_error("%s", message);
-    events_publish(daemon->events, "watch_error", json_pack("{s:s, s:s}", "root", root, "message", message));
+    bool lost = false;
+    for (size_t i = 0; watch && i < watch_root_count(watch); i++)
+        if (strcmp(watch_root_path(watch, i, NULL), root) == 0)
+            lost = watch_root_state(watch, i, NULL) == WATCH_ROOT_LOST;
+    events_publish(daemon->events, "watch_error",
+                   json_pack("{s:s, s:s, s:s, s:b}", "root", root, "message", message, "state",
+                             "failed", "lost", lost));
+}
+
+static void on_watch_notice(struct watch *watch, const struct watch_notice *notice, void *data) {
+    struct daemon *daemon = data;
+    (void)watch;
+    switch (notice->kind) {
+    case WATCH_NOTICE_RESTORED:
+        events_publish(daemon->events, "watch_restored",
+                       json_pack("{s:s, s:I}", "root", notice->root, "watched_dirs",
+                                 (json_int_t)notice->n_dirs));
+        break;
+    case WATCH_NOTICE_RESCAN: {
+        struct watch_stats stats;
+        watch_get_stats(daemon->watch, &stats);
+        events_publish(daemon->events, "rescan",
+                       json_pack("{s:s, s:I, s:I, s:f, s:I}", "reason", notice->reason, "changed",
+                                 (json_int_t)notice->n_changed, "watched_dirs",
+                                 (json_int_t)notice->n_dirs, "duration_ms",
+                                 (double)notice->duration_ns / 1e6, "rescans",
+                                 (json_int_t)stats.rescans));
+        break;
+    }
+    case WATCH_NOTICE_HELD:
+        log_info("batches held (%s%s%s)", notice->reason, notice->path ? ": " : "",
+                 notice->path ? notice->path : "");
+        events_publish(daemon->events, "watch_held",
+                       json_pack("{s:s, s:o}", "reason", notice->reason, "lock",
+                                 notice->path ? json_string(notice->path) : json_null()));
+        break;
+    case WATCH_NOTICE_RELEASED:
+        log_info("batches released (%s): %zu paths pending", notice->reason, notice->n_pending);
+        events_publish(daemon->events, "watch_released",
+                       json_pack("{s:s, s:I}", "reason", notice->reason, "pending",
+                                 (json_int_t)notice->n_pending));
+        break;
+    }
+}
+
+int daemon_pause(struct daemon *daemon, bool pause, size_t *pending) {
+    if (!daemon->watch)
+        return -ESHUTDOWN;
+    /* Read first: a release sends the pending paths out at once. */
+    struct watch_stats stats;
+    watch_get_stats(daemon->watch, &stats);
+    if (pending)
+        *pending = stats.pending;
+    if (pause)
+        watch_hold(daemon->watch, WATCH_HOLD_PAUSE);
+    else
+        watch_release(daemon->watch, WATCH_HOLD_PAUSE);
+    return 0;
 }
 
 /* ---- control and events -------------------------------------------------------------- */
@@ -347,15 +414,41 @@ uint64_t daemon_last_seq(struct daemon *daemon) {
 
 json_t *daemon_status(struct daemon *daemon) {
     json_t *roots = json_array();
+    json_t *watch = json_null();
     if (daemon->watch) {
         for (size_t i = 0; i < watch_root_count(daemon->watch); i++) {
-            bool watching = false;
-            const char *path = watch_root_path(daemon->watch, i, &watching);
+            const char *message = NULL;
+            const char *path = watch_root_path(daemon->watch, i, NULL);
             if (!path)
-                continue;
-            json_array_append_new(roots, json_pack("{s:s, s:s}", "path", path, "state",
-                                                   watching ? "watching" : "failed"));
+                continue; /* removed by a configuration reload */
+            enum watch_root_state state = watch_root_state(daemon->watch, i, &message);
+            json_t *root = json_pack("{s:s, s:s}", "path", path, "state", root_state_name(state));
+            if (state != WATCH_ROOT_WATCHING) {
+                json_object_set_new(root, "error", json_string(message ? message : "not watched"));
+                json_object_set_new(root, "lost", json_boolean(state == WATCH_ROOT_LOST));
+            }
+            json_array_append_new(roots, root);
         }
+        struct watch_stats stats;
+        watch_get_stats(daemon->watch, &stats);
+        json_t *held = json_array();
+        if (stats.holds & WATCH_HOLD_PAUSE)
+            json_array_append_new(held, json_string("pause"));
+        if (stats.holds & WATCH_HOLD_VCS)
+            json_array_append_new(held, json_string("vcs"));
+        if (stats.holds & WATCH_HOLD_BUSY)
+            json_array_append_new(held, json_string("busy"));
+        watch = json_pack("{s:s, s:I, s:I, s:I, s:b, s:o, s:o, s:b, s:I, s:f}",
+                          "backend", stats.backend,
+                          "watched_dirs", (json_int_t)stats.dirs,
+                          "rescans", (json_int_t)stats.rescans,
+                          "pending", (json_int_t)stats.pending,
+                          "paused", (stats.holds & WATCH_HOLD_PAUSE) != 0,
+                          "held", held,
+                          "vcs_lock", stats.vcs_lock ? json_string(stats.vcs_lock) : json_null(),
+                          "follow_symlinks", daemon->config->follow_symlinks,
+                          "defer_vcs_ms", (json_int_t)daemon->config->defer_vcs_ms,
+                          "setup_ms", (double)stats.setup_ns / 1e6);
     }
     const char *kind = NULL;
     uint64_t age_ms = 0;
@@ -364,7 +457,7 @@ json_t *daemon_status(struct daemon *daemon) {
                                      "age_ms", (json_int_t)age_ms)
                          : json_null();
     return json_pack(
-        "{s:s, s:I, s:I, s:s, s:s, s:I, s:o, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:O, s:o, s:I, s:I, s:b}",
+        "{s:s, s:I, s:I, s:s, s:s, s:I, s:o, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:O, s:o, s:I, s:I, s:b, s:o}",
         "version", PYHOT_VERSION,
         "pid", (json_int_t)getpid(),
         "uptime_ms", (json_int_t)((uv_hrtime() - daemon->started_ns) / 1000000),
@@ -384,7 +477,8 @@ json_t *daemon_status(struct daemon *daemon) {
         "job", job,
         "queued_jobs", (json_int_t)py_host_queued(daemon->host),
         "subscribers", (json_int_t)control_subscriber_count(daemon->control),
-        "ready", daemon->ready);
+        "ready", daemon->ready,
+        "watch", watch);
 }
 
 /* ---- stop --------------------------------------------------------------------------- */
@@ -636,8 +730,12 @@ static int start(struct daemon *daemon) {
     struct watch_options watch_options = {
         .settle_ms = cfg->settle_ms,
         .filter = daemon->filter,
+        .backend = cfg->backend == CONFIG_BACKEND_UV ? WATCH_BACKEND_UV : WATCH_BACKEND_INOTIFY,
+        .follow_symlinks = cfg->follow_symlinks,
+        .defer_vcs_ms = cfg->defer_vcs_ms,
         .on_batch = on_batch,
         .on_error = on_watch_error,
+        .on_notice = on_watch_notice,
         .data = daemon,
     };
     r = watch_new(&daemon->loop, &watch_options, &daemon->watch, err, sizeof(err));
@@ -647,11 +745,15 @@ static int start(struct daemon *daemon) {
     }
     /* Watching starts before the first imports, so an edit made meanwhile is not lost. */
     for (size_t i = 0; i < cfg->n_watch_roots; i++) {
+        size_t dirs_before = watch_dir_count(daemon->watch);
+        uint64_t began = uv_hrtime();
         r = watch_add_root(daemon->watch, cfg->watch_roots[i], err, sizeof(err));
         if (r < 0)
             on_watch_error(daemon->watch, cfg->watch_roots[i], err, daemon);
         else
-            log_info("watching %s", cfg->watch_roots[i]);
+            log_info("watching %s (%zu directories in %.1f ms)", cfg->watch_roots[i],
+                     watch_dir_count(daemon->watch) - dirs_before,
+                     (double)(uv_hrtime() - began) / 1e6);
     }
     if (cfg->n_watch_roots == 0)
         log_warn("no watch roots: nothing will be reloaded on change (use --watch DIR)");

@@ -48,6 +48,12 @@ int daemon_subscribe(struct daemon *daemon, uint64_t client);
 /* The seq of the last event published. */
 uint64_t daemon_last_seq(struct daemon *daemon);
 
+/* Holds (pause true) or releases (false) the watcher's batches: while paused, changes
+ * accumulate; on release they go out as one batch. *pending (may be NULL) receives the
+ * number of paths waiting at the call (on release: the paths about to go out). Returns 0,
+ * or -ESHUTDOWN when the watcher is closed. */
+int daemon_pause(struct daemon *daemon, bool pause, size_t *pending);
+
 /* Starts a clean stop (reason is logged and evented). Safe to call twice. */
 void daemon_stop(struct daemon *daemon, const char *reason);
 

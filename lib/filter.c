@@ -125,8 +125,11 @@ bool filter_ignores_dir(const struct filter *filter, const char *relpath, const 
     /* An exclude glob like "build/" followed by "*" names everything under a directory;
      * it also matches "build/" (the star matches nothing), so the directory itself is
      * not watched rather than watched only to drop every event under it. */
+    if (filter->n_exclude == 0)
+        return false;
     size_t len = strlen(relpath);
-    char *slashed = malloc(len + 2);
+    char stack[512];
+    char *slashed = len + 2 <= sizeof(stack) ? stack : malloc(len + 2);
     if (slashed == NULL)
         return false;
     memcpy(slashed, relpath, len);
@@ -136,7 +139,8 @@ bool filter_ignores_dir(const struct filter *filter, const char *relpath, const 
     for (size_t i = 0; i < filter->n_exclude && !ignored; i++)
         if (strchr(filter->exclude[i], '/') != NULL)
             ignored = fnmatch(filter->exclude[i], slashed, 0) == 0;
-    free(slashed);
+    if (slashed != stack)
+        free(slashed);
     return ignored;
 }
 

@@ -10,16 +10,27 @@
 #include "filter.h"
 
 /*
- * Recursive directory watching on the loop thread, settled into batches.
+ * Recursive directory watching on the loop thread, settled into batches
+ * (docs/watching.md is the user's version).
  *
  * Every change to an accepted file (filter.h) under a root adds its path to the pending
  * set and restarts the settle timer; when settle_ms pass with no further change, the
  * pending set goes out as one batch. On Linux a finished write is IN_CLOSE_WRITE or
- * IN_MOVED_TO (inotify(7)); a half-written file is never batched on IN_MODIFY alone.
+ * IN_MOVED_TO (inotify(7)); a half-written file is never batched on IN_MODIFY alone, and
+ * a batch waits while one of its paths has been created but not yet closed (an editor
+ * that renames the original away and writes a new file), at most WATCH_HOLD_WRITES_MS.
  * New directories are watched and scanned at once, so files created in them before their
  * watch landed are batched too.
+ *
+ * Batches are held (pending paths accumulate, nothing goes out) while any hold is set:
+ * the pause command, a reload job of the previous batch still running (the daemon's
+ * hold), or a version-control lock (`.git/index.lock` of a root's repository) for at
+ * most defer_vcs_ms. When the last hold goes, everything pending goes out as one batch.
  */
 struct watch;
+
+/* Longest time a batch waits for a file that was created and not yet closed, ms. */
+#define WATCH_HOLD_WRITES_MS 2000
 
 struct watch_batch {
     char **paths;            /* absolute paths, each once, in the order first seen (owned) */
@@ -31,29 +42,75 @@ struct watch_batch {
  * watch_batch_free). */
 typedef void (*watch_batch_cb)(struct watch *watch, struct watch_batch *batch, void *data);
 
-/* Called on the loop thread when a root cannot be watched, or stops being watched (e.g.
- * deleted); message is a full sentence, valid during the call. */
+/* Called on the loop thread when a root cannot be watched, or stops being watched (it
+ * was deleted or moved away, or a kernel limit was hit); message is a full sentence,
+ * valid during the call. */
 typedef void (*watch_error_cb)(struct watch *watch, const char *root, const char *message,
                                void *data);
+
+enum watch_notice_kind {
+    WATCH_NOTICE_RESTORED,  /* a lost root is back and watched again: root, n_dirs */
+    WATCH_NOTICE_RESCAN,    /* the roots were rescanned: reason, n_changed, n_dirs, duration_ns */
+    WATCH_NOTICE_HELD,      /* batches are held from now on: reason, path (the lock) or NULL */
+    WATCH_NOTICE_RELEASED,  /* a hold ended: reason, n_pending (paths about to go out) */
+};
+
+/* Holds that the daemon or a user sets (watch_hold); the version-control hold is the
+ * watcher's own. */
+enum watch_hold {
+    WATCH_HOLD_PAUSE = 1,   /* the pause command */
+    WATCH_HOLD_BUSY = 2,    /* the previous batch's reload job is still running */
+    WATCH_HOLD_VCS = 4,     /* a .git/index.lock exists (internal; reported in status) */
+};
+
+struct watch_notice {
+    enum watch_notice_kind kind;
+    const char *root;       /* RESTORED */
+    const char *reason;     /* RESCAN: "overflow"; HELD/RELEASED: "pause", "vcs" */
+    const char *path;       /* HELD for "vcs": the lock file */
+    size_t n_dirs;          /* RESTORED: dirs of the root; RESCAN: dirs watched after it */
+    size_t n_changed;       /* RESCAN: paths it found changed */
+    size_t n_pending;       /* RELEASED */
+    uint64_t duration_ns;   /* RESCAN */
+};
+
+/* Called on the loop thread for what is neither a batch nor an error; the notice and its
+ * strings are valid during the call. */
+typedef void (*watch_notice_cb)(struct watch *watch, const struct watch_notice *notice,
+                                void *data);
+
+enum watch_backend_kind {
+    WATCH_BACKEND_INOTIFY = 0,  /* Linux: one inotify fd, overflow detected and rescanned */
+    WATCH_BACKEND_UV = 1,       /* uv_fs_event: kqueue, FSEvents, inotify; no overflow */
+};
 
 struct watch_options {
     unsigned settle_ms;           /* quiet time that closes a batch, ms; 0 = next loop turn */
     const struct filter *filter;  /* borrowed; must outlive the watch */
+    enum watch_backend_kind backend;
+    bool follow_symlinks;         /* watch directories reached through symlinks too */
+    unsigned defer_vcs_ms;        /* longest hold while .git/index.lock exists; 0 = no hold */
     watch_batch_cb on_batch;
     watch_error_cb on_error;      /* may be NULL */
+    watch_notice_cb on_notice;    /* may be NULL */
     void *data;
 };
 
-/* Creates a watcher on loop (inotify on Linux). Returns 0 and sets *out, or a negative
- * errno (-EMFILE when the inotify instance limit fs.inotify.max_user_instances is hit)
- * with a message in err. */
+/* Creates a watcher on loop. Returns 0 and sets *out, or -ENOMEM / -EINVAL (a backend
+ * this platform lacks) with a message in err. A backend that cannot start (on Linux,
+ * -EMFILE: the inotify instance limit fs.inotify.max_user_instances) does not fail
+ * this call: every watch_add_root then fails with that error and its message. */
 int watch_new(uv_loop_t *loop, const struct watch_options *options, struct watch **out,
               char *err, size_t errlen);
 
 /* Watches the directory at path (absolute, already realpath'd) and every directory below
- * it that the filter does not ignore. Returns 0, or a negative errno with a message in
- * err: -ENOSPC names the sysctl fs.inotify.max_user_watches; -ENOENT, -ENOTDIR, -EACCES
- * name the path. Directories below the root that fail are logged and skipped. */
+ * it that the filter does not ignore, and the repository's `.git` directory (the nearest
+ * one at or above path, non-recursively) for index.lock. The root is recorded either way
+ * (status lists it as failed). Returns 0, or a negative errno with a message in err:
+ * -ENOSPC names the sysctl fs.inotify.max_user_watches (the root's watches are released,
+ * so the other roots keep theirs); -EMFILE names fs.inotify.max_user_instances;
+ * -ENOENT, -ENOTDIR, -EACCES name the path. Directories below the root that vanish or
+ * cannot be read while it is walked are skipped (logged). */
 int watch_add_root(struct watch *watch, const char *path, char *err, size_t errlen);
 
 /* Stops watching the root at path (as given to watch_add_root): its directories' watches
@@ -64,13 +121,44 @@ int watch_remove_root(struct watch *watch, const char *path, char *err, size_t e
 /* Changes the settle window (ms) for batches that start after the call. */
 void watch_set_settle(struct watch *watch, unsigned settle_ms);
 
+/* Sets (hold) or clears (release) one of WATCH_HOLD_PAUSE, WATCH_HOLD_BUSY. Releasing the
+ * last hold sends everything pending as one batch (after the write hold above). Setting a
+ * hold that is set, or releasing one that is not, does nothing. Pause and its release
+ * are reported through on_notice. */
+void watch_hold(struct watch *watch, enum watch_hold hold);
+void watch_release(struct watch *watch, enum watch_hold hold);
+
+enum watch_root_state {
+    WATCH_ROOT_WATCHING = 0,
+    WATCH_ROOT_FAILED = 1,   /* could not be watched (limit, permissions); see message */
+    WATCH_ROOT_LOST = 2,     /* deleted or moved away; watched again when it reappears */
+};
+
+/* What status reports about the watcher. Strings are borrowed from the watcher and valid
+ * until the next call into it. */
+struct watch_stats {
+    const char *backend;     /* "inotify" or "uv" */
+    size_t dirs;             /* directories watched */
+    uint64_t rescans;        /* rescans since start (after queue overflows) */
+    uint64_t batches;        /* batches sent */
+    size_t pending;          /* paths waiting for the next batch */
+    unsigned holds;          /* WATCH_HOLD_* bits set now */
+    const char *vcs_lock;    /* one lock file holding batches now, or NULL */
+    uint64_t setup_ns;       /* time the roots' initial walks took, summed */
+};
+void watch_get_stats(const struct watch *watch, struct watch_stats *out);
+
 /* Number of directories currently watched. */
 size_t watch_dir_count(const struct watch *watch);
 
-/* Number of root slots, and the path of root i (borrowed) and whether it is watched;
- * NULL for a slot whose root was removed. */
+/* Number of root slots; the path of root i (borrowed) and whether it is watched, or NULL
+ * for a slot whose root was removed. */
 size_t watch_root_count(const struct watch *watch);
 const char *watch_root_path(const struct watch *watch, size_t i, bool *watching);
+
+/* Root i's state and, when not watching, the message that says why (borrowed, or NULL). */
+enum watch_root_state watch_root_state(const struct watch *watch, size_t i,
+                                       const char **message);
 
 /* Stops watching and closes the libuv handles; close_cb(data) runs from the loop once
  * they are closed and the watcher's memory is released. Pending changes are dropped. */

@@ -2,47 +2,101 @@
 #define PYHOT_WATCH_BACKEND_H
 
 /*
- * The contract between watch.c (roots, settle, batches) and a backend (watch_inotify.c on
- * Linux). Internal to the watch component.
+ * The contract between watch.c (roots, settle, holds, batches) and a backend
+ * (watch_inotify.c on Linux, watch_uv.c anywhere libuv runs). Internal to the watch
+ * component; everything here runs on the loop thread.
  */
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <uv.h>
+
+#include "watch.h"
 
 struct watch;
 struct watch_backend;
 
-/* Backend -> watch.c: an accepted file changed (path is absolute; copied). */
+/* ---- backend -> watch.c --------------------------------------------------------- */
+
+/* An accepted file finished changing (written and closed, or moved into place). path is
+ * absolute; copied. */
 void watch_note_change(struct watch *watch, const char *path);
 
-/* Backend -> watch.c: every event available now has been read. With a settle window of
- * 0 the pending batch goes out at once, without a timer's extra loop turn. */
+/* An accepted file was deleted or moved away (it may come back at once: a batch waits a
+ * little for a missing path to reappear). */
+void watch_note_gone(struct watch *watch, const char *path);
+
+/* An accepted file was created and is not closed yet: a batch holding its path waits for
+ * its watch_note_change (at most WATCH_HOLD_WRITES_MS). */
+void watch_note_writing(struct watch *watch, const char *path);
+
+/* Every event available now has been read. With a settle window of 0 the pending batch
+ * goes out at once, without a timer's extra loop turn. */
 void watch_note_drained(struct watch *watch);
 
-/* Backend -> watch.c: root i stopped being watched (deleted or moved away). */
-void watch_note_root_lost(struct watch *watch, size_t root, const char *message);
+/* Root i stopped being watched: WATCH_ROOT_LOST (deleted or moved away; the backend
+ * watches for it to come back) or WATCH_ROOT_FAILED (a limit or an error; message says
+ * which). Reported through on_error once per change of state. */
+void watch_note_root_state(struct watch *watch, size_t root, enum watch_root_state state,
+                           const char *message);
 
-/* Backend -> watch.c: the filter (for directory and file decisions). */
+/* Root i is watched again (it reappeared); n_dirs directories were watched. */
+void watch_note_root_restored(struct watch *watch, size_t root, size_t n_dirs);
+
+/* The backend rescanned its roots (reason: "overflow"); n_changed files were reported
+ * with watch_note_change. */
+void watch_note_rescan(struct watch *watch, const char *reason, size_t n_changed,
+                       uint64_t duration_ns);
+
+/* The version-control lock file lock_path appeared (present) or went away. */
+void watch_note_vcs_lock(struct watch *watch, const char *lock_path, bool present);
+
+/* The filter (for directory and file decisions), the options, the path of root i, the
+ * number of roots and whether root i is being watched. */
 const struct filter *watch_filter(const struct watch *watch);
-
-/* Backend -> watch.c: the path of root i. */
+const struct watch_options *watch_get_options(const struct watch *watch);
 const char *watch_root(const struct watch *watch, size_t root);
+size_t watch_roots(const struct watch *watch);
+enum watch_root_state watch_root_state_of(const struct watch *watch, size_t root);
 
-int watch_backend_new(struct watch *watch, uv_loop_t *loop, struct watch_backend **out,
-                      char *err, size_t errlen);
+/* ---- watch.c -> backend --------------------------------------------------------- */
 
-/* Watches root i's tree. Returns 0 or a negative errno with a message in err. */
-int watch_backend_add_root(struct watch_backend *backend, size_t root, char *err,
-                           size_t errlen);
+struct watch_backend_ops {
+    const char *name;
 
-/* Removes the watches of every directory of root i. */
-void watch_backend_remove_root(struct watch_backend *backend, size_t root);
+    /* Creates the backend. Returns 0 and sets *out, or a negative errno with a message in
+     * err (the watcher then reports that error for every root). */
+    int (*create)(struct watch *watch, uv_loop_t *loop, struct watch_backend **out,
+                  char *err, size_t errlen);
 
-size_t watch_backend_dir_count(const struct watch_backend *backend);
+    /* Watches root i's tree (its initial walk reports no files). Returns 0 or a negative
+     * errno with a message in err; on failure the root holds no watches. */
+    int (*add_root)(struct watch_backend *backend, size_t root, char *err, size_t errlen);
 
-/* Closes the backend's handles; close_cb(data) runs once its memory is released. */
-void watch_backend_close(struct watch_backend *backend, void (*close_cb)(void *data),
-                         void *data);
+    /* Watches the directory gitdir non-recursively and reports its index.lock through
+     * watch_note_vcs_lock. Returns 0 or a negative errno (the watcher then just does not
+     * defer batches for that repository). */
+    int (*add_vcs)(struct watch_backend *backend, const char *gitdir, char *err,
+                   size_t errlen);
+
+    size_t (*dir_count)(const struct watch_backend *backend);
+
+    /* Stops watching root i: every watch of its tree, and of its sentinel when it is lost,
+     * is removed; nothing under it is reported any more. */
+    void (*remove_root)(struct watch_backend *backend, size_t root);
+
+    /* Closes the backend's handles; close_cb(data) runs once its memory is released. */
+    void (*close)(struct watch_backend *backend, void (*close_cb)(void *data), void *data);
+};
+
+extern const struct watch_backend_ops watch_inotify_ops;
+extern const struct watch_backend_ops watch_uv_ops;
+
+/* ---- helpers shared by the backends (watch.c) -------------------------------------- */
+
+/* The message of a failed watch of path with errno e: ENOSPC names the sysctl
+ * fs.inotify.max_user_watches, EMFILE fs.inotify.max_user_instances. Returns -e. */
+int watch_describe_error(int e, const char *path, char *err, size_t errlen);
 
 #endif
