@@ -65,6 +65,7 @@ static const char *const job_kind_names[] = {
     [PY_JOB_RELOAD] = "reload",
     [PY_JOB_EXEC] = "exec",
     [PY_JOB_MODULES] = "modules",
+    [PY_JOB_CALL] = "call",
 };
 
 const char *py_job_kind_name(enum py_job_kind kind) {
@@ -470,6 +471,19 @@ static void run_modules(struct py_job *job) {
     job_set(job, result, error);
 }
 
+static void run_call(struct py_job *job) {
+    json_t *error = NULL;
+    const char *function = json_string_value(json_object_get(job->input, "function"));
+    json_t *args = json_object_get(job->input, "args");
+    if (!function) {
+        job_fail(job, json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message",
+                                "a call job without a function"));
+        return;
+    }
+    json_t *result = py_support_call(function, json_is_array(args) ? args : NULL, &error);
+    job_set(job, result, error);
+}
+
 static void run_job(struct py_host *host, struct py_job *job) {
     switch (job->kind) {
     case PY_JOB_STARTUP:
@@ -486,6 +500,9 @@ static void run_job(struct py_host *host, struct py_job *job) {
         break;
     case PY_JOB_MODULES:
         run_modules(job);
+        break;
+    case PY_JOB_CALL:
+        run_call(job);
         break;
     }
     /* A TimeoutError raised while our mark was on this job is the deadline's doing. */

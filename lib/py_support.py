@@ -389,6 +389,61 @@ def import_roots():
     return {"imported": imported, "errors": errors, "modules_loaded": len(sys.modules)}
 
 
+def add_root(root, import_modules):
+    """A root watched at run time (the watch command): put on sys.path after the other
+    roots, made reloadable (modules already loaded from under it join the index), and,
+    when import_modules is true, its modules imported as at start."""
+    root = os.path.realpath(root)
+    if root not in _roots:
+        position = 0
+        while position < len(sys.path) and sys.path[position] in _roots:
+            position += 1
+        if root not in sys.path:
+            sys.path.insert(position, root)
+        _roots.append(root)
+    importlib.invalidate_caches()
+    # Modules looked at before and found outside every root are looked at again.
+    for name in [n for n in _index_seen if n not in _index_modules]:
+        del _index_seen[name]
+    _index_signature[0] = None
+    refresh_index()
+    imported, errors = [], []
+    if import_modules:
+        for name in _root_modules(root, _DEFAULT_IGNORED_DIRS):
+            if name in sys.modules:
+                continue
+            try:
+                importlib.import_module(name)
+                imported.append(name)
+            except BaseException as exc:
+                error = describe_exception(exc)
+                error["module"] = name
+                errors.append(error)
+        refresh_index()
+    return {"root": root, "imported": imported, "errors": errors,
+            "modules_loaded": len(sys.modules)}
+
+
+def remove_root(root):
+    """A root no longer watched (the unwatch command): its modules stay loaded, and on
+    sys.path, but are no longer reloaded; files of it waiting for a retry are dropped."""
+    global _index_generation
+    if root in _roots:
+        _roots.remove(root)
+    prefix = root + os.sep
+    for name, (module, path) in list(_index_modules.items()):
+        if path == root or path.startswith(prefix):
+            del _index_modules[name]
+            _index_generation += 1
+            names = _index.get(path)
+            if names is not None and name in names:
+                names.remove(name)
+                if not names:
+                    del _index[path]
+    _pending[:] = [p for p in _pending if not p.startswith(prefix)]
+    return {"root": root, "modules_loaded": len(sys.modules)}
+
+
 def start_entry(entry):
     """Imports MODULE of MODULE:FUNCTION and calls FUNCTION on a daemon thread of its own,
     so the app keeps running while jobs run on the python thread."""

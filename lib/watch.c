@@ -122,6 +122,25 @@ int watch_add_root(struct watch *watch, const char *path, char *err, size_t errl
     return r;
 }
 
+int watch_remove_root(struct watch *watch, const char *path, char *err, size_t errlen) {
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        len--;
+    for (size_t i = 0; i < watch->n_roots; i++) {
+        const char *root = watch->roots[i].path;
+        if (strlen(root) != len || strncmp(root, path, len) != 0)
+            continue;
+        watch_backend_remove_root(watch->backend, i);
+        free(watch->roots[i].path);
+        memmove(&watch->roots[i], &watch->roots[i + 1],
+                (watch->n_roots - i - 1) * sizeof(*watch->roots));
+        watch->n_roots--;
+        return 0;
+    }
+    snprintf(err, errlen, "%.*s is not a watch root", (int)len, path);
+    return -ENOENT;
+}
+
 void watch_set_settle(struct watch *watch, unsigned settle_ms) {
     watch->options.settle_ms = settle_ms;
 }

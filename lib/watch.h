@@ -56,6 +56,13 @@ int watch_new(uv_loop_t *loop, const struct watch_options *options, struct watch
  * name the path. Directories below the root that fail are logged and skipped. */
 int watch_add_root(struct watch *watch, const char *path, char *err, size_t errlen);
 
+/* Stops watching the root at path (as given to watch_add_root; trailing slashes are
+ * ignored): its directory watches are removed (inotify_rm_watch(2)) and it leaves the
+ * list of roots, so the indices of later roots shift down by one. Changes already
+ * pending stay in the next batch. Returns 0, or -ENOENT with a message in err when path
+ * is not a root. */
+int watch_remove_root(struct watch *watch, const char *path, char *err, size_t errlen);
+
 /* Changes the settle window (ms) for batches that start after the call. */
 void watch_set_settle(struct watch *watch, unsigned settle_ms);
 

@@ -36,6 +36,10 @@ int watch_backend_new(struct watch *watch, uv_loop_t *loop, struct watch_backend
 int watch_backend_add_root(struct watch_backend *backend, size_t root, char *err,
                            size_t errlen);
 
+/* Drops root i's watches, and renumbers the directories of roots after it (i + 1 becomes
+ * i, ...): watch.c removes the root from its list right after. */
+void watch_backend_remove_root(struct watch_backend *backend, size_t root);
+
 size_t watch_backend_dir_count(const struct watch_backend *backend);
 
 /* Closes the backend's handles; close_cb(data) runs once its memory is released. */

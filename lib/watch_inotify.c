@@ -351,6 +351,20 @@ int watch_backend_add_root(struct watch_backend *b, size_t root, char *err, size
     return add_tree(b, watch_root(b->watch, root), root, false, err, errlen);
 }
 
+void watch_backend_remove_root(struct watch_backend *b, size_t root) {
+    for (size_t wd = 0; wd < b->n_dirs_slots; wd++) {
+        struct watched_dir *d = b->dirs[wd];
+        if (!d)
+            continue;
+        if (d->root == root) {
+            inotify_rm_watch(b->fd, (int)wd);
+            dir_forget(b, (int)wd);
+        } else if (d->root > root) {
+            d->root--;
+        }
+    }
+}
+
 size_t watch_backend_dir_count(const struct watch_backend *b) {
     return b->n_dirs;
 }
