@@ -19,7 +19,9 @@
  * Built by CMake as a non-installed target (build/bin/status_load); any C11 compiler:
  *   cc -O2 -o status_load tests/bench/status_load.c
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
