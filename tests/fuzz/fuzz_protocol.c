@@ -2,13 +2,16 @@
  * libFuzzer target for the request decoder (lib/protocol.c): any bytes go in as one
  * request line; a decoded request is re-encoded, and the line that comes out must be one
  * "\n"-terminated line that decodes again to a request that encodes to the same line.
- * Errors must carry a code and a message, and the request must stay untouched.
+ * Errors must carry a code and a message, and the request must stay untouched. A decoded
+ * request's "events", "modules" and "history" members also go through the argument
+ * parsers of subscribe and history (lib/events.c), as the daemon would read them.
  *
  * Build and run from the top of the tree (clang; jansson itself is not instrumented, so
  * coverage guidance stops at its API, which is what this target is about):
  *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Ilib \
- *       tests/fuzz/fuzz_protocol.c lib/protocol.c -ljansson -lm -o /tmp/fuzz_protocol
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Ilib \
+ *       tests/fuzz/fuzz_protocol.c lib/protocol.c lib/events.c lib/log.c \
+ *       -ljansson -lm -o /tmp/fuzz_protocol
  *   mkdir -p /tmp/corpus && /tmp/fuzz_protocol -artifact_prefix=/tmp/ -max_len=4096 \
  *       /tmp/corpus tests/fuzz/corpus/protocol
  *
@@ -21,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "events.h"
 #include "protocol.h"
 
 /*
@@ -107,6 +111,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         json_decref(id);
     }
     free(line);
+
+    /* The arguments of subscribe and history, as commands.c reads them. */
+    {
+        struct events_filter filter;
+        int64_t n;
+
+        if (events_filter_parse(json_object_get(req.root, "events"),
+                                json_object_get(req.root, "modules"), &filter, err,
+                                sizeof(err)) == 0) {
+            if (filter.n_types > EVENTS_FILTER_MAX_ITEMS ||
+                filter.n_modules > EVENTS_FILTER_MAX_ITEMS)
+                abort();
+            /* The request itself stands in for an event. */
+            events_filter_match(&filter, req.root);
+            events_filter_clear(&filter);
+        } else if (err[0] == '\0') {
+            abort();
+        }
+        if (protocol_arg_int(&req, "history", 0, INT32_MAX, &n, err, sizeof(err)) == 0 &&
+            (n < 0 || n > INT32_MAX))
+            abort();
+    }
 
     line = protocol_encode_ok(req.id, json_incref(req.root), &len);
     if (line == NULL || memchr(line, '\n', len - 1) != NULL)
