@@ -1,7 +1,8 @@
 /*
  * libFuzzer target for the request decoder (lib/protocol.c): any bytes go in as one
  * request line; a decoded request is re-encoded, and the line that comes out must be one
- * "\n"-terminated line that decodes again to a request that encodes to the same line.
+ * "\n"-terminated line, byte for byte what jansson's json_dumpb() writes, that decodes
+ * again to a request that encodes to the same line.
  * Errors must carry a code and a message, and the request must stay untouched. A decoded
  * request's "events", "modules" and "history" members also go through the argument
  * parsers of subscribe and history (lib/events.c), as the daemon would read them.
@@ -60,6 +61,8 @@ static int has_huge_real(const json_t *v)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+#define JANSSON_FLAGS (JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15))
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static json_t poison;
@@ -92,6 +95,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     line = protocol_encode_line(req.root, &len);
     if (line == NULL || len == 0 || line[len - 1] != '\n' || memchr(line, '\n', len - 1))
         abort();
+    /* pyhotd's one-pass encoder writes exactly what jansson's json_dumpb() writes. */
+    {
+        size_t n = json_dumpb(req.root, NULL, 0, JANSSON_FLAGS);
+        char *ref = malloc(n + 1);
+
+        if (ref == NULL || json_dumpb(req.root, ref, n, JANSSON_FLAGS) != n || n != len - 1 ||
+            memcmp(ref, line, n) != 0)
+            abort();
+        free(ref);
+    }
     /* Encoding is stable: the line decodes to the same request, which encodes to the
      * same line. (Lines, not json_equal: reals go out with 15 significant digits, so a
      * real of 17 digits changes once, then never again.) Escapes can make the line
@@ -137,6 +150,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     line = protocol_encode_ok(req.id, json_incref(req.root), &len);
     if (line == NULL || memchr(line, '\n', len - 1) != NULL)
         abort();
+    {
+        json_t *resp = json_pack("{s:O, s:b, s:O}", "id", req.id, "ok", 1, "result", req.root);
+        size_t n = json_dumpb(resp, NULL, 0, JANSSON_FLAGS);
+        char *ref = malloc(n + 1);
+
+        if (ref == NULL || json_dumpb(resp, ref, n, JANSSON_FLAGS) != n || n != len - 1 ||
+            memcmp(ref, line, n) != 0)
+            abort();
+        free(ref);
+        json_decref(resp);
+    }
     free(line);
     protocol_request_clear(&req);
     return 0;
