@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import QUIET, TIMEOUT, Client, Closed, wait_for, write
+from conftest import QUIET, SCALE, TIMEOUT, Client, Closed, wait_for, write
 
 MIB = 1024 * 1024
 MAX_LINE = MIB
@@ -99,7 +99,10 @@ def test_oversized_lines_are_refused_and_memory_stays_bounded(pyhotd):
         assert not sender.is_alive(), "the daemon kept reading after the error"
         c.close()
     grown_mib = (_rss_kib(d.proc.pid) - before) / 1024
-    assert grown_mib < 16, "the daemon grew by %.1f MiB" % grown_mib
+    # Unbounded, it would hold what was offered: 256 MiB. It holds at most 1 MiB of a line
+    # per connection. (Under ASan, freed blocks sit in its quarantine: about 2 MiB each.)
+    print("pyhotd grew by %.1f MiB after 256 MiB of oversized lines" % grown_mib)
+    assert grown_mib < 16 * SCALE, "the daemon grew by %.1f MiB" % grown_mib
     st = d.conn.call("stats")["connections"]
     assert st["dropped_too_large"] == 16
     assert d.conn.call("ping")["pong"] is True
