@@ -61,7 +61,7 @@ _pyhotctl()
     if [[ $cur == -* ]]; then
         case $cmd in
             tail) COMPREPLY=($(compgen -W "$global --lines --event --module" -- "$cur")) ;;
-            history) COMPREPLY=($(compgen -W "$global --event --module" -- "$cur")) ;;
+            history) COMPREPLY=($(compgen -W "$global --lines --event --module" -- "$cur")) ;;
             *) COMPREPLY=($(compgen -W "$global" -- "$cur")) ;;
         esac
         return

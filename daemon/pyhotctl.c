@@ -1477,7 +1477,7 @@ static void print_histogram(const struct ctl *ctl, const char *title, const char
     static const char *const keys[] = { "min", "p50", "p90", "p99", "max" };
     for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
         if (jnum(h, keys[i], &v)) {
-            printf("%s %s ", i == 0 ? "," : ",", keys[i]);
+            printf(", %s ", keys[i]);
             put_short_ms(stdout, v);
         }
     }
@@ -1547,7 +1547,6 @@ static int cmd_stats(struct ctl *ctl, int argc, char **argv)
     };
     json_t *resp, *result, *c;
     double ms;
-    long long n;
     int r;
 
     r = ctl_call(ctl, "stats", NULL, &resp, false);
@@ -1589,7 +1588,6 @@ static int cmd_stats(struct ctl *ctl, int argc, char **argv)
     fputc('\n', stdout);
     print_histogram(ctl, "save -> reloaded latency", "batches of file changes",
                     json_object_get(result, "latency_ms"));
-    (void)n;
     json_decref(resp);
     return EXIT_OK;
 }
@@ -1816,8 +1814,9 @@ static const struct ctl_command commands[] = {
     {
         "history", "[N] [-e TYPE]... [-m GLOB]...", "the last N events (default 100)",
         "Prints the last N events pyhotd kept (it keeps 1000), oldest first, as tail\n"
-        "does; -e and -m filter them as in tail (N counts the events that pass).\n",
-        0, 1, false, cmd_history, CTL_OPT_FILTER,
+        "does; N may also be given as -n N. -e and -m filter them as in tail (N counts\n"
+        "the events that pass).\n",
+        0, 1, false, cmd_history, CTL_OPT_COUNT | CTL_OPT_FILTER,
     },
     {
         "exec", "CODE", "run Python code in the daemon's interpreter",

@@ -106,6 +106,7 @@ def test_history(pyhotd, pyhotctl):
     assert re.search(r" batch 2 ok \[b\] ", lines[4]), lines
     r = pyhotctl("history", "2", socket=d.socket)
     assert r.stdout.splitlines() == lines[-2:]
+    assert pyhotctl("history", "-n", "2", socket=d.socket).stdout == r.stdout
     r = pyhotctl("history", "-e", "batch", "-m", "b*", socket=d.socket)
     assert r.stdout.splitlines() == [lines[4]], r.stdout
     r = pyhotctl("history", "--module", "a", "--event", "reload", socket=d.socket)
