@@ -1770,17 +1770,17 @@ static const struct ctl_command commands[] = {
     },
     {
         "watch", "DIR", "watch DIR as a new root",
-        "Watches DIR (made absolute) recursively as a new root: it goes on sys.path and its\n"
-        "modules are imported (unless pyhotd runs with --no-import) and reloaded on change.\n"
-        "Import errors are printed on stderr; the watch stays. Exit status 1 when DIR is\n"
-        "missing, is not a directory, is (or is inside, or holds) a root already, or cannot\n"
-        "be watched.\n",
+        "Watches DIR (made absolute) recursively as a new root: it goes first on sys.path,\n"
+        "its modules are imported (unless pyhotd runs with --no-import) and reloaded on\n"
+        "change. Import errors are printed on stderr; the watch stays. Exit status 1 when\n"
+        "DIR is missing, is not a directory, is (or is inside, or holds) a root already, or\n"
+        "cannot be watched.\n",
         1, 1, false, cmd_watch, 0,
     },
     {
         "unwatch", "DIR", "stop watching the root DIR",
-        "Stops watching the root DIR. Its modules stay loaded (and DIR stays on sys.path)\n"
-        "but are no longer reloaded. Exit status 1 when DIR is not a root.\n",
+        "Stops watching the root DIR. Its modules stay loaded but are no longer reloaded,\n"
+        "and DIR leaves sys.path. Exit status 1 when DIR is not a root.\n",
         1, 1, false, cmd_unwatch, 0,
     },
     {

@@ -56,7 +56,8 @@ struct daemon {
     int exit_code;
 };
 
-/* What a call job (PY_JOB_CALL) was for. */
+/* What a job answers: a request's result, or the outcome of the watch or unwatch
+ * command (a PY_JOB_CONFIGURE job). */
 enum origin_purpose {
     PURPOSE_REQUEST = 0,  /* answer with the job's output */
     PURPOSE_WATCH,        /* the watch command: a root added */
@@ -283,12 +284,9 @@ static void on_job_done(struct py_job *job, void *data) {
         }
         break;
     }
-    case PY_JOB_CALL:
-        if (origin->purpose == PURPOSE_WATCH || origin->purpose == PURPOSE_UNWATCH) {
-            on_root_job_done(daemon, job, origin);
-            break;
-        }
-        /* fall through */
+    case PY_JOB_CONFIGURE:
+        on_root_job_done(daemon, job, origin);
+        break;
     case PY_JOB_EXEC:
     case PY_JOB_MODULES:
         if (job->ok)
@@ -535,9 +533,9 @@ int daemon_watch(struct daemon *daemon, uint64_t client, json_t *id, const char 
         return r;
     }
     log_info("watching %s (the watch command)", real);
-    json_t *input = json_pack("{s:s, s:[s, b]}", "function", "add_root", "args", real,
+    json_t *input = json_pack("{s:[s], s:[], s:b}", "add_roots", real, "remove_roots", "import",
                               daemon->config->import == CONFIG_IMPORT_ALL);
-    r = submit_request(daemon, PY_JOB_CALL, input, client, id, PURPOSE_WATCH, real);
+    r = submit_request(daemon, PY_JOB_CONFIGURE, input, client, id, PURPOSE_WATCH, real);
     free(real);
     return r;
 }
@@ -577,8 +575,8 @@ int daemon_unwatch(struct daemon *daemon, uint64_t client, json_t *id, const cha
     char err[PATH_MAX + 100];
     watch_remove_root(daemon->watch, root, err, sizeof(err));
     log_info("no longer watching %s (the unwatch command)", root);
-    json_t *input = json_pack("{s:s, s:[s]}", "function", "remove_root", "args", root);
-    int r = submit_request(daemon, PY_JOB_CALL, input, client, id, PURPOSE_UNWATCH, root);
+    json_t *input = json_pack("{s:[], s:[s], s:b}", "add_roots", "remove_roots", root, "import", 0);
+    int r = submit_request(daemon, PY_JOB_CONFIGURE, input, client, id, PURPOSE_UNWATCH, root);
     free(root);
     return r;
 }

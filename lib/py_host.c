@@ -65,7 +65,7 @@ static const char *const job_kind_names[] = {
     [PY_JOB_RELOAD] = "reload",
     [PY_JOB_EXEC] = "exec",
     [PY_JOB_MODULES] = "modules",
-    [PY_JOB_CALL] = "call",
+    [PY_JOB_CONFIGURE] = "configure",
 };
 
 const char *py_job_kind_name(enum py_job_kind kind) {
@@ -471,16 +471,18 @@ static void run_modules(struct py_job *job) {
     job_set(job, result, error);
 }
 
-static void run_call(struct py_job *job) {
+static void run_configure(struct py_job *job) {
     json_t *error = NULL;
-    const char *function = json_string_value(json_object_get(job->input, "function"));
-    json_t *args = json_object_get(job->input, "args");
-    if (!function) {
-        job_fail(job, json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message",
-                                "a call job without a function"));
+    json_t *strategy = json_object_get(job->input, "strategy");
+    if (json_is_string(strategy) && py_reload_set_strategy(json_string_value(strategy), &error) < 0) {
+        job_fail(job, error);
         return;
     }
-    json_t *result = py_support_call(function, json_is_array(args) ? args : NULL, &error);
+    json_t *args = json_pack("[OOb]", json_object_get(job->input, "add_roots"),
+                             json_object_get(job->input, "remove_roots"),
+                             json_is_true(json_object_get(job->input, "import")));
+    json_t *result = py_support_call("update_roots", args, &error);
+    json_decref(args);
     job_set(job, result, error);
 }
 
@@ -501,8 +503,8 @@ static void run_job(struct py_host *host, struct py_job *job) {
     case PY_JOB_MODULES:
         run_modules(job);
         break;
-    case PY_JOB_CALL:
-        run_call(job);
+    case PY_JOB_CONFIGURE:
+        run_configure(job);
         break;
     }
     /* A TimeoutError raised while our mark was on this job is the deadline's doing. */

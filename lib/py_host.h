@@ -35,8 +35,8 @@ enum py_job_kind {
     PY_JOB_RELOAD,   /* input {"paths": [..], "targets": [..]} -> {"reloads","batch"} or error */
     PY_JOB_EXEC,     /* input {"code": str} -> {"stdout","stderr","value"} or error */
     PY_JOB_MODULES,  /* input {"pattern": str|null} -> {"modules": [...]} */
-    PY_JOB_CALL,     /* input {"function": str, "args": [..]} -> what _pyhot.<function>(*args)
-                        returns (lib/py_support.py), or its error (code python_error) */
+    PY_JOB_CONFIGURE, /* input {"add_roots", "remove_roots", "import", "strategy"} ->
+                         {"imported", "errors"}: a configuration reload's interpreter side */
 };
 
 struct py_job;
@@ -103,7 +103,7 @@ size_t py_host_modules_loaded(struct py_host *host);
 /* "3.11.2": the embedded interpreter's version (static string). */
 const char *py_host_python_version(void);
 
-/* Name of a job kind ("startup", "reload", "exec", "modules", "call"). */
+/* Name of a job kind ("startup", "reload", "exec", "modules", "configure"). */
 const char *py_job_kind_name(enum py_job_kind kind);
 
 /* Stops the host: queued jobs are finished with ok=false, code "shutting_down"; the

@@ -290,6 +290,9 @@ def refresh_index():
         if module is None or _index_seen.get(name) is module:
             continue
         _index_seen[name] = module
+        indexed = _index_modules.get(name)
+        if indexed is not None and indexed[0] is module:
+            continue  # seen again after _index_seen was cleared (update_roots): indexed once
         origin = _module_origin(module)
         if origin is None:
             continue
@@ -373,8 +376,12 @@ _DEFAULT_IGNORED_DIRS = {
 
 def import_roots():
     """Imports every module under the watch roots; returns what happened per module."""
+    return _import_modules(_roots)
+
+
+def _import_modules(roots):
     imported, errors = [], []
-    for root in _roots:
+    for root in roots:
         for name in _root_modules(root, _DEFAULT_IGNORED_DIRS):
             if name in sys.modules:
                 continue
@@ -389,59 +396,35 @@ def import_roots():
     return {"imported": imported, "errors": errors, "modules_loaded": len(sys.modules)}
 
 
-def add_root(root, import_modules):
-    """A root watched at run time (the watch command): put on sys.path after the other
-    roots, made reloadable (modules already loaded from under it join the index), and,
-    when import_modules is true, its modules imported as at start."""
-    root = os.path.realpath(root)
-    if root not in _roots:
-        position = 0
-        while position < len(sys.path) and sys.path[position] in _roots:
-            position += 1
-        if root not in sys.path:
-            sys.path.insert(position, root)
-        _roots.append(root)
-    importlib.invalidate_caches()
-    # Modules looked at before and found outside every root are looked at again.
-    for name in [n for n in _index_seen if n not in _index_modules]:
-        del _index_seen[name]
-    _index_signature[0] = None
-    refresh_index()
-    imported, errors = [], []
-    if import_modules:
-        for name in _root_modules(root, _DEFAULT_IGNORED_DIRS):
-            if name in sys.modules:
-                continue
-            try:
-                importlib.import_module(name)
-                imported.append(name)
-            except BaseException as exc:
-                error = describe_exception(exc)
-                error["module"] = name
-                errors.append(error)
-        refresh_index()
-    return {"root": root, "imported": imported, "errors": errors,
-            "modules_loaded": len(sys.modules)}
-
-
-def remove_root(root):
-    """A root no longer watched (the unwatch command): its modules stay loaded, and on
-    sys.path, but are no longer reloaded; files of it waiting for a retry are dropped."""
-    global _index_generation
-    if root in _roots:
-        _roots.remove(root)
-    prefix = root + os.sep
-    for name, (module, path) in list(_index_modules.items()):
-        if path == root or path.startswith(prefix):
+def update_roots(added, removed, import_modules):
+    """A configuration reload's roots: removed ones leave sys.path and stop being
+    reloadable (their modules stay loaded); added ones go first on sys.path and, with
+    import_modules, their modules are imported."""
+    for root in removed:
+        real = os.path.realpath(root)
+        if real in _roots:
+            _roots.remove(real)
+        if real in sys.path:
+            sys.path.remove(real)
+        for name in [n for n, (_m, p) in _index_modules.items() if not _under_roots(p)]:
             del _index_modules[name]
-            _index_generation += 1
-            names = _index.get(path)
-            if names is not None and name in names:
-                names.remove(name)
-                if not names:
-                    del _index[path]
-    _pending[:] = [p for p in _pending if not p.startswith(prefix)]
-    return {"root": root, "modules_loaded": len(sys.modules)}
+        for path in [p for p in _index if not _under_roots(p)]:
+            del _index[path]
+    global _index_generation
+    _index_generation += 1
+    _index_seen.clear()
+    _index_signature[0] = None
+    for root in added:
+        real = os.path.realpath(root)
+        if real not in _roots:
+            _roots.append(real)
+        if real not in sys.path:
+            sys.path.insert(0, real)
+    result = {"imported": [], "errors": []}
+    if import_modules and added:
+        result = _import_modules(os.path.realpath(r) for r in added)
+    refresh_index()
+    return result
 
 
 def start_entry(entry):

@@ -243,13 +243,17 @@ def test_watch_and_unwatch(pyhotd, tmp_path):
     assert sub.next_event("import_error")["module"] == "pkg.broken"
     roots = d.status()["roots"]
     assert {"path": os.path.realpath(str(extra)), "state": "watching"} in roots
-    assert d.eval("__import__('sys').path.index(%r) == 1" % os.path.realpath(str(extra)))
+    assert d.eval("__import__('sys').path[0]") == os.path.realpath(str(extra))
 
     # Its modules reload on change, like those of a root given at start.
     path = write(str(extra / "plugin.py"), COUNTING.format(value=2))
     batch, reloads = sub.wait_batch(path)
     assert batch["result"] == "ok" and [x["module"] for x in reloads] == ["plugin"]
     assert d.module_value("plugin", "VALUE") == 2 and d.module_value("plugin", "LOADS") == 2
+    # Modules of the first root are still reloaded, once each.
+    path = d.write("m.py", "X = 2\n")
+    batch, reloads = sub.wait_batch(path)
+    assert [x["module"] for x in reloads] == ["m"] and batch["modules"] == ["m"], (batch, reloads)
     # New subdirectories are watched too.
     (extra / "later").mkdir()
     write(str(extra / "later" / "x.py"), "X = 1\n")
@@ -266,6 +270,7 @@ def test_watch_and_unwatch(pyhotd, tmp_path):
     assert r["path"] == os.path.realpath(str(extra))
     assert r["watched_dirs"] == d.status()["watched_dirs"] == 1
     assert [x["path"] for x in d.status()["roots"]] == [d.root]
+    assert d.eval("%r in __import__('sys').path" % os.path.realpath(str(extra))) is False
     write(str(extra / "plugin.py"), COUNTING.format(value=3))
     assert [e for e in sub.quiet() if e["event"] in ("reload", "batch")] == []
     assert d.module_value("plugin", "VALUE") == 2              # still loaded, not reloaded
