@@ -506,6 +506,8 @@ int daemon_watch(struct daemon *daemon, uint64_t client, json_t *id, const char 
     for (size_t i = 0; i < watch_root_count(daemon->watch); i++) {
         const char *root = watch_root_path(daemon->watch, i, NULL);
         const char *why = NULL;
+        if (!root)
+            continue; /* a slot whose root was removed */
         if (strcmp(real, root) == 0)
             why = "is already a watch root";
         else if (path_under(real, root))
@@ -557,6 +559,8 @@ int daemon_unwatch(struct daemon *daemon, uint64_t client, json_t *id, const cha
     const char *inside = NULL;
     for (size_t i = 0; i < watch_root_count(daemon->watch) && !root; i++) {
         const char *r = watch_root_path(daemon->watch, i, NULL);
+        if (!r)
+            continue; /* a slot whose root was removed */
         if (strcmp(r, given) == 0 || (real && strcmp(r, real) == 0))
             root = strdup(r);
         else if (path_under(real ? real : given, r))
