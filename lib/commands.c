@@ -16,8 +16,6 @@
 /* history without "n": the last this many events. */
 #define HISTORY_DEFAULT 100
 
-static const struct command_entry table[];
-
 static void reply_bad_argument(struct daemon *daemon, uint64_t client,
                                const struct protocol_request *req, int r, const char *err) {
     daemon_reply_error(daemon, client, req->id,
@@ -52,7 +50,7 @@ static int filter_args(struct daemon *daemon, uint64_t client, const struct prot
 
 static void cmd_hello(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
     json_t *commands = json_array();
-    for (const struct command_entry *e = table; e->name; e++)
+    for (const struct command_entry *e = commands_table(); e->name; e++)
         json_array_append_new(commands, json_string(e->name));
     daemon_reply_ok(daemon, client, req->id,
                     json_pack("{s:i, s:s, s:s, s:I, s:o}", "protocol", PROTOCOL_VERSION,
