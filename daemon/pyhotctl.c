@@ -11,7 +11,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <langinfo.h>
 #include <limits.h>
+#include <locale.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
@@ -54,7 +56,17 @@
 #define COLOR_GREEN "\033[32m"
 #define COLOR_RED   "\033[31m"
 #define COLOR_DIM   "\033[2m"
+#define COLOR_BOLD  "\033[1m"
+#define COLOR_CYAN  "\033[36m"
 #define COLOR_RESET "\033[0m"
+
+/* Options that only some commands take (struct ctl_command.options). */
+#define CTL_OPT_COUNT  1u   /* -n, --lines N */
+#define CTL_OPT_FILTER 2u   /* -e, --event TYPE; -m, --module GLOB */
+
+/* stats: histogram bars at most this many rows and columns. */
+#define BAR_ROWS  12
+#define BAR_WIDTH 40
 
 /* A growable input buffer, capped at RESPONSE_MAX + 2 bytes: a full line, its "\n", and
  * room for the NUL that terminates a last line without one. */
@@ -76,6 +88,11 @@ struct ctl {
     int fd;
     struct reader rd;
     const sigset_t *stop_signals; /* tail: signals that end it, let through while waiting */
+    bool utf8;                  /* the locale's charset is UTF-8: bars of block characters */
+    long long count;            /* -n N; -1 when not given */
+    json_t *events;             /* -e TYPE..., an array, or NULL */
+    json_t *modules;            /* -m GLOB..., an array, or NULL */
+    unsigned given_options;     /* CTL_OPT_* seen on the command line */
 };
 
 struct ctl_command {
@@ -87,6 +104,7 @@ struct ctl_command {
     int max_args;               /* -1: no limit */
     bool stop_at_operand;       /* options end at the first operand (exec CODE may start with -) */
     int (*exec)(struct ctl *ctl, int argc, char **argv);
+    unsigned options;           /* CTL_OPT_* it takes */
 };
 
 static volatile sig_atomic_t got_stop_signal;
@@ -410,6 +428,9 @@ static void print_event(const struct ctl *ctl, FILE *out, json_t *ev)
     } else if (strcmp(name, "startup_error") == 0) {
         fputs(" startup_error", out);
         put_error_summary(out, json_object_get(ev, "error"));
+    } else if (strcmp(name, "overflow") == 0) {
+        fputs(" overflow: ", out);
+        put_value(out, json_object_get(ev, "message"));
     } else if (strcmp(name, "watch_error") == 0) {
         fputs(" watch_error ", out);
         put_value(out, json_object_get(ev, "root"));
@@ -1086,13 +1107,40 @@ static void on_stop_signal(int sig)
     got_stop_signal = 1;
 }
 
+/*
+ * The arguments of subscribe and history from -e, -m and -n: {"events": [...], "modules":
+ * [...], count_key: N}, each only when given. NULL after a message (out of memory).
+ */
+static json_t *filter_args(const struct ctl *ctl, const char *count_key)
+{
+    json_t *args = json_object();
+    int r = 0;
+
+    if (args == NULL) {
+        fail("out of memory");
+        return NULL;
+    }
+    if (ctl->events != NULL)
+        r |= json_object_set(args, "events", ctl->events);
+    if (ctl->modules != NULL)
+        r |= json_object_set(args, "modules", ctl->modules);
+    if (ctl->count >= 0)
+        r |= json_object_set_new(args, count_key, json_integer(ctl->count));
+    if (r != 0) {
+        json_decref(args);
+        fail("out of memory");
+        return NULL;
+    }
+    return args;
+}
+
 /* Sends subscribe and prints events until the daemon closes or a stop signal. */
 static int cmd_tail(struct ctl *ctl, int argc, char **argv)
 {
     static sigset_t stop_signals;
     struct sigaction sa = { .sa_handler = on_stop_signal };
     json_t *resp = NULL, *ev;
-    bool stopping = false;
+    bool stopping = false, overflowed = false;
     char *line;
     size_t len;
     int r;
@@ -1110,7 +1158,11 @@ static int cmd_tail(struct ctl *ctl, int argc, char **argv)
 
     if (ctl_connect(ctl) < 0)
         return EXIT_USAGE;
-    r = ctl_send(ctl, "subscribe", NULL);
+    json_t *args = filter_args(ctl, "history");
+    if (args == NULL)
+        return EXIT_USAGE;
+    r = ctl_send(ctl, "subscribe", args);
+    json_decref(args);
     if (r != EXIT_OK)
         return r;
     r = ctl_wait_response(ctl, &resp, NULL);
@@ -1132,6 +1184,10 @@ static int cmd_tail(struct ctl *ctl, int argc, char **argv)
             return EXIT_OK;
         if (r == 0 && stopping)
             return EXIT_OK;
+        if (r == 0 && overflowed) {
+            fail("pyhotd dropped this subscriber: it did not read its events fast enough");
+            return EXIT_USAGE;
+        }
         if (r == 0) {
             fail("pyhotd closed the connection on %s", ctl->socket_path);
             return EXIT_USAGE;
@@ -1146,6 +1202,8 @@ static int cmd_tail(struct ctl *ctl, int argc, char **argv)
         if (is_event(ev)) {
             if (strcmp(jstr(ev, "event"), "stopping") == 0)
                 stopping = true;
+            if (strcmp(jstr(ev, "event"), "overflow") == 0)
+                overflowed = true;
             if (ctl->json) {
                 fwrite(line, 1, len, stdout);
                 fputc('\n', stdout);
@@ -1164,6 +1222,374 @@ static int cmd_tail(struct ctl *ctl, int argc, char **argv)
         }
         json_decref(ev);
     }
+}
+
+
+static int cmd_hello(struct ctl *ctl, int argc, char **argv)
+{
+    json_t *resp, *result;
+    long long n;
+    int r;
+
+    r = ctl_call(ctl, "hello", NULL, &resp, false);
+    if (r != EXIT_OK || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+    result = json_object_get(resp, "result");
+    status_count(result, "version", "pyhotd:");
+    status_key("protocol:");
+    if (jint(result, "protocol", &n))
+        printf("%lld%s\n", n, n == PROTOCOL_VERSION ? "" : " (pyhotctl speaks another version)");
+    else
+        printf("-\n");
+    status_count(result, "python", "python:");
+    status_count(result, "pid", "pid:");
+    status_key("commands:");
+    {
+        json_t *list = json_object_get(result, "commands"), *item;
+        size_t i;
+
+        json_array_foreach(list, i, item) {
+            if (i > 0)
+                fputs(", ", stdout);
+            put_value(stdout, item);
+        }
+        fputc('\n', stdout);
+    }
+    json_decref(resp);
+    return EXIT_OK;
+}
+
+/* DIR as an absolute path: resolved against the current directory when it exists here,
+ * else made absolute as written (the daemon says what is wrong with it). */
+static json_t *dir_argument(const char *arg)
+{
+    char *abs = realpath(arg, NULL), cwd[PATH_MAX];
+    json_t *v;
+
+    if (abs != NULL) {
+        v = json_string(abs);
+        free(abs);
+        return v;
+    }
+    if (arg[0] == '/' || getcwd(cwd, sizeof(cwd)) == NULL)
+        return json_string(arg);
+    abs = malloc(strlen(cwd) + strlen(arg) + 2);
+    if (abs == NULL)
+        return NULL;
+    sprintf(abs, "%s/%s", cwd, arg);
+    v = json_string(abs);
+    free(abs);
+    return v;
+}
+
+static int cmd_watch_or_unwatch(struct ctl *ctl, const char *cmd, const char *arg)
+{
+    json_t *path = dir_argument(arg), *args, *resp, *result, *errors, *error;
+    long long n;
+    size_t i;
+    int r;
+
+    if (path == NULL) {
+        fail("DIR is not valid UTF-8");
+        return EXIT_USAGE;
+    }
+    args = json_pack("{s:o}", "path", path);
+    if (args == NULL) {
+        fail("out of memory");
+        return EXIT_USAGE;
+    }
+    r = ctl_call(ctl, cmd, args, &resp, false);
+    json_decref(args);
+    if (r != EXIT_OK || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+    result = json_object_get(resp, "result");
+    fputs(strcmp(cmd, "watch") == 0 ? "watching " : "no longer watching ", stdout);
+    put_value(stdout, json_object_get(result, "path"));
+    if (strcmp(cmd, "watch") == 0) {
+        size_t k = json_array_size(json_object_get(result, "imported"));
+
+        printf(" (%zu module%s imported", k, k == 1 ? "" : "s");
+    } else {
+        fputs(" (its modules stay loaded", stdout);
+    }
+    if (jint(result, "watched_dirs", &n))
+        printf(", %lld directories watched in all", n);
+    fputs(")\n", stdout);
+    errors = json_object_get(result, "errors");
+    json_array_foreach(errors, i, error) {
+        fputs("pyhotctl: import of ", stderr);
+        put_value(stderr, json_object_get(error, "module"));
+        fputs(" failed:", stderr);
+        put_error_summary(stderr, error);
+        fputc('\n', stderr);
+    }
+    json_decref(resp);
+    return EXIT_OK;
+}
+
+static int cmd_watch(struct ctl *ctl, int argc, char **argv)
+{
+    return cmd_watch_or_unwatch(ctl, "watch", argv[0]);
+}
+
+static int cmd_unwatch(struct ctl *ctl, int argc, char **argv)
+{
+    return cmd_watch_or_unwatch(ctl, "unwatch", argv[0]);
+}
+
+/* pause and resume: the result's members, or a plain confirmation. */
+static int cmd_pause_or_resume(struct ctl *ctl, const char *cmd)
+{
+    json_t *resp, *result;
+    int r;
+
+    r = ctl_call(ctl, cmd, NULL, &resp, false);
+    if (r != EXIT_OK || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+    result = json_object_get(resp, "result");
+    printf("pyhotd: reloading %s", strcmp(cmd, "pause") == 0 ? "paused" : "resumed");
+    if (json_is_object(result) && json_object_size(result) > 0) {
+        fputc(' ', stdout);
+        put_value(stdout, result);
+    }
+    fputc('\n', stdout);
+    json_decref(resp);
+    return EXIT_OK;
+}
+
+static int cmd_pause(struct ctl *ctl, int argc, char **argv)
+{
+    return cmd_pause_or_resume(ctl, "pause");
+}
+
+static int cmd_resume(struct ctl *ctl, int argc, char **argv)
+{
+    return cmd_pause_or_resume(ctl, "resume");
+}
+
+/* A count operand (history N): a whole number >= 0. */
+static int parse_count(const char *arg, long long *out)
+{
+    char *end;
+    long long n;
+
+    errno = 0;
+    n = strtoll(arg, &end, 10);
+    if (errno != 0 || end == arg || *end != '\0' || n < 0 || n > INT32_MAX) {
+        fail("'%s' is not a number of events (0 to %d)", arg, INT32_MAX);
+        return -EINVAL;
+    }
+    *out = n;
+    return 0;
+}
+
+static int cmd_history(struct ctl *ctl, int argc, char **argv)
+{
+    json_t *args, *resp, *result, *ev;
+    size_t i;
+    int r;
+
+    if (argc > 0 && parse_count(argv[0], &ctl->count) < 0)
+        return EXIT_USAGE;
+    args = filter_args(ctl, "n");
+    if (args == NULL)
+        return EXIT_USAGE;
+    r = ctl_call(ctl, "history", args, &resp, false);
+    json_decref(args);
+    if (r != EXIT_OK || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+    result = json_object_get(resp, "result");
+    json_array_foreach(json_object_get(result, "events"), i, ev) {
+        if (json_is_object(ev))
+            print_event(ctl, stdout, ev);
+    }
+    if (json_is_true(json_object_get(result, "truncated")))
+        fail("older events were left out (a history response carries at most 1 MiB)");
+    json_decref(resp);
+    return EXIT_OK;
+}
+
+/* A duration in ms, short: "0.052", "1.24", "12.3", "1234". */
+static void put_short_ms(FILE *out, double ms)
+{
+    if (ms < 0.1)
+        fprintf(out, "%.3f", ms);
+    else if (ms < 10)
+        fprintf(out, "%.2f", ms);
+    else if (ms < 100)
+        fprintf(out, "%.1f", ms);
+    else
+        fprintf(out, "%.0f", ms);
+}
+
+/* A bar of width w (in eighths of a column) of block characters, or '#' without UTF-8. */
+static void put_bar(const struct ctl *ctl, long eighths)
+{
+    static const char *const partial[] = { "", "\u258f", "\u258e", "\u258d", "\u258c",
+                                           "\u258b", "\u258a", "\u2589" };
+
+    if (ctl->color)
+        fputs(COLOR_CYAN, stdout);
+    if (ctl->utf8) {
+        for (long i = 0; i < eighths / 8; i++)
+            fputs("\u2588", stdout);
+        fputs(partial[eighths % 8], stdout);
+    } else {
+        for (long i = 0; i < (eighths + 4) / 8; i++)
+            fputc('#', stdout);
+    }
+    if (ctl->color)
+        fputs(COLOR_RESET, stdout);
+}
+
+/*
+ * A histogram of the stats command: its summary line, then its buckets merged into at
+ * most BAR_ROWS rows, each "FROM - TO ms  BAR COUNT", the longest bar BAR_WIDTH columns.
+ */
+static void print_histogram(const struct ctl *ctl, const char *title, const char *unit_name,
+                            json_t *h)
+{
+    json_t *buckets = json_object_get(h, "buckets"), *b;
+    size_t n = json_array_size(buckets), group, rows, i, j;
+    long long count = 0, row_count[BAR_ROWS], max = 0;
+    double from[BAR_ROWS], to[BAR_ROWS], v;
+    char a[BAR_ROWS][24], z[BAR_ROWS][24];
+    int wa = 0, wz = 0;
+
+    if (ctl->color)
+        fputs(COLOR_BOLD, stdout);
+    fputs(title, stdout);
+    if (ctl->color)
+        fputs(COLOR_RESET, stdout);
+    if (!jint(h, "count", &count) || count == 0) {
+        printf(": no %s yet\n", unit_name);
+        return;
+    }
+    printf(": %lld %s", count, unit_name);
+    static const char *const keys[] = { "min", "p50", "p90", "p99", "max" };
+    for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if (jnum(h, keys[i], &v)) {
+            printf(", %s ", keys[i]);
+            put_short_ms(stdout, v);
+        }
+    }
+    printf(" ms\n");
+
+    group = (n + BAR_ROWS - 1) / BAR_ROWS;
+    if (group == 0)
+        group = 1;
+    rows = (n + group - 1) / group;
+    for (i = 0; i < rows; i++) {
+        row_count[i] = 0;
+        from[i] = to[i] = 0;
+        for (j = i * group; j < n && j < (i + 1) * group; j++) {
+            long long c = 0;
+
+            b = json_array_get(buckets, j);
+            if (j == i * group)
+                jnum(b, "from", &from[i]);
+            jnum(b, "to", &to[i]);
+            jint(b, "count", &c);
+            row_count[i] += c;
+        }
+        if (row_count[i] > max)
+            max = row_count[i];
+    }
+    for (i = 0; i < rows; i++) {
+        int w = snprintf(a[i], sizeof(a[i]), "%.3g", from[i]);
+
+        if (w > wa)
+            wa = w;
+        w = snprintf(z[i], sizeof(z[i]), "%.3g", to[i]);
+        if (w > wz)
+            wz = w;
+    }
+    for (i = 0; i < rows; i++) {
+        printf("  %*s - %-*s ms  ", wa, a[i], wz, z[i]);
+        put_bar(ctl, max > 0 ? (long)((row_count[i] * BAR_WIDTH * 8 + max / 2) / max) : 0);
+        printf("%s%lld\n", row_count[i] > 0 ? " " : "", row_count[i]);
+    }
+}
+
+static void stats_counts(json_t *obj, const char *const (*kinds)[2], size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        printf("%s", i > 0 ? ", " : "");
+        put_value(stdout, json_object_get(obj, kinds[i][0]));
+        printf(" %s", kinds[i][1]);
+    }
+    fputc('\n', stdout);
+}
+
+static int cmd_stats(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const results[][2] = {
+        { "ok", "ok" }, { "error", "error" }, { "rolled_back", "rolled back" },
+        { "skipped", "skipped" },
+    };
+    static const char *const conns[][2] = {
+        { "open", "open" }, { "subscribers", "subscribed" }, { "accepted", "accepted" },
+    };
+    static const char *const refused[][2] = {
+        { "refused_permission", "other users" }, { "refused_too_many", "over max_clients" },
+    };
+    static const char *const dropped[][2] = {
+        { "dropped_overflow", "slow readers" }, { "dropped_timeout", "unfinished requests" },
+        { "dropped_too_large", "oversized requests" },
+    };
+    json_t *resp, *result, *c;
+    double ms;
+    int r;
+
+    r = ctl_call(ctl, "stats", NULL, &resp, false);
+    if (r != EXIT_OK || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+    result = json_object_get(resp, "result");
+    status_key("uptime:");
+    if (jnum(result, "uptime_ms", &ms))
+        put_duration(stdout, ms);
+    fputc('\n', stdout);
+    status_key("reloads:");
+    stats_counts(json_object_get(result, "reloads"), results, 4);
+    status_key("batches:");
+    put_value(stdout, json_object_get(json_object_get(result, "batches"), "total"));
+    fputs(": ", stdout);
+    stats_counts(json_object_get(result, "batches"), results, 4);
+    status_count(result, "events", "events:");
+    status_key("responses:");
+    put_value(stdout, json_object_get(json_object_get(result, "responses"), "total"));
+    fputs(", ", stdout);
+    put_value(stdout, json_object_get(json_object_get(result, "responses"), "failed"));
+    fputs(" with an error\n", stdout);
+    c = json_object_get(result, "connections");
+    status_key("connections:");
+    stats_counts(c, conns, 3);
+    status_key("refused:");
+    stats_counts(c, refused, 2);
+    status_key("dropped:");
+    stats_counts(c, dropped, 3);
+    status_key("accept pauses:");
+    put_value(stdout, json_object_get(c, "accept_pauses"));
+    if (json_is_true(json_object_get(c, "accept_paused")))
+        fputs(" (paused now: out of file descriptors)", stdout);
+    fputc('\n', stdout);
+    fputc('\n', stdout);
+    print_histogram(ctl, "reload duration", "module reloads", json_object_get(result, "reload_ms"));
+    fputc('\n', stdout);
+    print_histogram(ctl, "save -> reloaded latency", "batches of file changes",
+                    json_object_get(result, "latency_ms"));
+    json_decref(resp);
+    return EXIT_OK;
 }
 
 /* All of stdin, up to PROTOCOL_MAX_LINE bytes. NULL after a message. */
@@ -1297,10 +1723,16 @@ static int cmd_stop(struct ctl *ctl, int argc, char **argv)
 
 static const struct ctl_command commands[] = {
     {
+        "hello", "", "pyhotd's version, protocol, Python, pid and commands",
+        "Prints pyhotd's version, the protocol version it speaks, the version of its\n"
+        "embedded Python, its pid and the commands it knows.\n",
+        0, 0, false, cmd_hello, 0,
+    },
+    {
         "ping", "", "check that pyhotd answers",
         "Sends ping and prints \"pong (pyhotd VERSION, pid N, R ms)\", R being the round\n"
         "trip. Exit status 2 when no daemon answers on the socket.\n",
-        0, 0, false, cmd_ping,
+        0, 0, false, cmd_ping, 0,
     },
     {
         "status", "", "summary of the daemon's state",
@@ -1308,14 +1740,24 @@ static const struct ctl_command commands[] = {
         "watch roots and their state, watched directories, loaded modules, reload\n"
         "counters, batches, the last batch, the running job (or idle), queued jobs and\n"
         "subscribers.\n",
-        0, 0, false, cmd_status,
+        0, 0, false, cmd_status, 0,
+    },
+    {
+        "stats", "", "counters and latency histograms",
+        "Prints counters (reloads and batches by result, events, responses, connections\n"
+        "accepted, refused and dropped) and two histograms drawn as bars: the duration of\n"
+        "each module reload, and the latency from a file save to the end of its reload\n"
+        "(batches of file changes that applied), each with min, p50, p90, p99 and max.\n"
+        "Bars are block characters in a UTF-8 locale, '#' otherwise; coloured on a\n"
+        "terminal unless NO_COLOR is set.\n",
+        0, 0, false, cmd_stats, 0,
     },
     {
         "modules", "[PATTERN]", "loaded modules and their files",
         "Prints a table of the loaded modules, NAME and PATH, sorted by name (\"-\" for a\n"
         "module without a file). PATTERN is an fnmatch(3) glob on the name, e.g. 'app.*'\n"
         "(quote it from the shell).\n",
-        0, 1, false, cmd_modules,
+        0, 1, false, cmd_modules, 0,
     },
     {
         "reload", "TARGET...", "reload modules or files now, as one batch",
@@ -1324,16 +1766,57 @@ static const struct ctl_command commands[] = {
         "file path; a relative path to an existing file is made absolute first. Prints\n"
         "one line per reloaded module and one for the batch, as tail does. Exit status 1\n"
         "when the batch failed (the old code keeps running) or a target is unknown.\n",
-        1, -1, false, cmd_reload,
+        1, -1, false, cmd_reload, 0,
     },
     {
-        "tail", "", "follow events until Ctrl-C or pyhotd stops",
+        "watch", "DIR", "watch DIR as a new root",
+        "Watches DIR (made absolute) recursively as a new root: it goes first on sys.path,\n"
+        "its modules are imported (unless pyhotd runs with --no-import) and reloaded on\n"
+        "change. Import errors are printed on stderr; the watch stays. Exit status 1 when\n"
+        "DIR is missing, is not a directory, is (or is inside, or holds) a root already, or\n"
+        "cannot be watched.\n",
+        1, 1, false, cmd_watch, 0,
+    },
+    {
+        "unwatch", "DIR", "stop watching the root DIR",
+        "Stops watching the root DIR. Its modules stay loaded but are no longer reloaded,\n"
+        "and DIR leaves sys.path. Exit status 1 when DIR is not a root.\n",
+        1, 1, false, cmd_unwatch, 0,
+    },
+    {
+        "pause", "", "hold reloads until resume",
+        "Asks pyhotd to hold batches: changes are collected but nothing is reloaded until\n"
+        "resume, which reloads everything that changed meanwhile as one batch.\n",
+        0, 0, false, cmd_pause, 0,
+    },
+    {
+        "resume", "", "reload what changed while paused, and go on",
+        "Ends a pause: what changed meanwhile is reloaded as one batch.\n",
+        0, 0, false, cmd_resume, 0,
+    },
+    {
+        "tail", "[-n N] [-e TYPE]... [-m GLOB]...", "follow events until Ctrl-C or pyhotd stops",
         "Subscribes to events and prints one line per event: reload, batch, started,\n"
         "stopping, watch_error, import_error, startup_error, and any other by name with\n"
-        "its members as JSON. Times are local. Results are coloured when stdout is a terminal and NO_COLOR is not set.\n"
-        "With --json each event is printed as the raw JSON line. Ends with status 0 on\n"
-        "Ctrl-C (SIGINT, SIGTERM) or when pyhotd stops, 2 when the connection is lost.\n",
-        0, 0, false, cmd_tail,
+        "its members as JSON. Times are local. Results are coloured when stdout is a\n"
+        "terminal and NO_COLOR is not set. With --json each event is printed as the raw\n"
+        "JSON line.\n"
+        "\n"
+        "  -n, --lines N       first print the last N past events (kept: the last 1000)\n"
+        "  -e, --event TYPE    only events of TYPE (reload, batch, ...); repeatable\n"
+        "  -m, --module GLOB   only events of modules matching GLOB (fnmatch(3), e.g.\n"
+        "                      'app.*'); events that name no module still show; repeatable\n"
+        "\n"
+        "Ends with status 0 on Ctrl-C (SIGINT, SIGTERM) or when pyhotd stops, 2 when the\n"
+        "connection is lost (or pyhotd dropped it for reading too slowly).\n",
+        0, 0, false, cmd_tail, CTL_OPT_COUNT | CTL_OPT_FILTER,
+    },
+    {
+        "history", "[N] [-e TYPE]... [-m GLOB]...", "the last N events (default 100)",
+        "Prints the last N events pyhotd kept (it keeps 1000), oldest first, as tail\n"
+        "does; N may also be given as -n N. -e and -m filter them as in tail (N counts\n"
+        "the events that pass).\n",
+        0, 1, false, cmd_history, CTL_OPT_COUNT | CTL_OPT_FILTER,
     },
     {
         "exec", "CODE", "run Python code in the daemon's interpreter",
@@ -1342,14 +1825,14 @@ static const struct ctl_command commands[] = {
         "its own line (nothing for statements). When the code raises, prints its output,\n"
         "then the traceback on stderr, and exits with status 1.\n"
         "Use `pyhotctl exec -- CODE` when CODE starts with '-'.\n",
-        1, 1, true, cmd_exec,
+        1, 1, true, cmd_exec, 0,
     },
     {
         "stop", "", "ask pyhotd to shut down",
         "Sends shutdown and prints \"pyhotd stopping\" once pyhotd has accepted it; pyhotd\n"
         "then sends the stopping event to subscribers and exits. It does not wait for the\n"
         "exit.\n",
-        0, 0, false, cmd_stop,
+        0, 0, false, cmd_stop, 0,
     },
 };
 
@@ -1372,11 +1855,19 @@ static void usage(FILE *out)
             "Talks to a running pyhotd over its control socket.\n"
             "\n"
             "Commands:\n");
+    int width = 0;
+
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-        char head[64];
+        int w = (int)(strlen(commands[i].name) + 1 + strlen(commands[i].args));
+
+        if (w > width)
+            width = w;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        char head[96];
 
         snprintf(head, sizeof(head), "%s %s", commands[i].name, commands[i].args);
-        fprintf(out, "  %-19s%s\n", head, commands[i].summary);
+        fprintf(out, "  %-*s  %s\n", width, head, commands[i].summary);
     }
     fprintf(out,
             "\n"
@@ -1432,8 +1923,25 @@ static const struct option long_options[] = {
     { "timeout", required_argument, NULL, 't' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, OPT_VERSION },
+    { "lines", required_argument, NULL, 'n' },
+    { "event", required_argument, NULL, 'e' },
+    { "module", required_argument, NULL, 'm' },
     { NULL, 0, NULL, 0 },
 };
+
+/* Appends arg to *list (created on first use). */
+static int append_arg(json_t **list, const char *arg, const char *what)
+{
+    json_t *v = json_string(arg);
+
+    if (*list == NULL)
+        *list = json_array();
+    if (v == NULL || *list == NULL || json_array_append_new(*list, v) < 0) {
+        fail("%s '%s' is not valid UTF-8", what, arg);
+        return -EINVAL;
+    }
+    return 0;
+}
 
 /*
  * Parses options from argv[optind] on, stopping at the first operand when stop is set.
@@ -1444,9 +1952,24 @@ static int parse_options(struct ctl *ctl, int argc, char **argv, bool stop)
     int c;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, stop ? "+:s:jt:h" : ":s:jt:h", long_options,
-                            NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, stop ? "+:s:jt:hn:e:m:" : ":s:jt:hn:e:m:",
+                            long_options, NULL)) != -1) {
         switch (c) {
+        case 'n':
+            ctl->given_options |= CTL_OPT_COUNT;
+            if (parse_count(optarg, &ctl->count) < 0)
+                return -EINVAL;
+            break;
+        case 'e':
+            ctl->given_options |= CTL_OPT_FILTER;
+            if (append_arg(&ctl->events, optarg, "event type") < 0)
+                return -EINVAL;
+            break;
+        case 'm':
+            ctl->given_options |= CTL_OPT_FILTER;
+            if (append_arg(&ctl->modules, optarg, "module glob") < 0)
+                return -EINVAL;
+            break;
         case 's':
             ctl->socket_path = optarg;
             break;
@@ -1477,7 +2000,7 @@ static int parse_options(struct ctl *ctl, int argc, char **argv, bool stop)
 
 int main(int argc, char **argv)
 {
-    struct ctl ctl = { .timeout_ms = DEFAULT_TIMEOUT_S * 1000, .fd = -1 };
+    struct ctl ctl = { .timeout_ms = DEFAULT_TIMEOUT_S * 1000, .fd = -1, .count = -1 };
     const struct ctl_command *cmd;
     struct sigaction sa = { .sa_handler = SIG_IGN };
     int r, cmd_argc;
@@ -1543,6 +2066,13 @@ int main(int argc, char **argv)
     }
     cmd_argc -= optind;
     cmd_argv += optind;
+    if (ctl.given_options & ~cmd->options) {
+        fail("%s takes no %s", cmd->name, (ctl.given_options & ~cmd->options & CTL_OPT_COUNT)
+                                              ? "-n/--lines" : "-e/--event or -m/--module");
+        command_usage(stderr, cmd);
+        r = EXIT_USAGE;
+        goto out;
+    }
     if (cmd_argc < cmd->min_args || (cmd->max_args >= 0 && cmd_argc > cmd->max_args)) {
         fail("%s: %s", cmd->name, cmd_argc < cmd->min_args ? "missing argument"
                                                             : "too many arguments");
@@ -1559,6 +2089,8 @@ int main(int argc, char **argv)
         ctl.socket_path = ctl.default_path;
     }
     ctl.color = isatty(STDOUT_FILENO) && getenv("NO_COLOR") == NULL;
+    setlocale(LC_CTYPE, "");
+    ctl.utf8 = strcmp(nl_langinfo(CODESET), "UTF-8") == 0;
 
     r = cmd->exec(&ctl, cmd_argc, cmd_argv);
 
@@ -1566,8 +2098,11 @@ int main(int argc, char **argv)
         fail("cannot write to stdout: %s", strerror(errno));
         r = EXIT_USAGE;
     }
+out:
     if (ctl.fd >= 0)
         close(ctl.fd);
     free(ctl.rd.buf);
+    json_decref(ctl.events);
+    json_decref(ctl.modules);
     return r;
 }

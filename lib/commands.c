@@ -1,15 +1,64 @@
 #include "commands.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "daemon.h"
+#include "events.h"
 #include "py_host.h"
 #include "version.h"
 
 #define ERR_LEN 512
+
+/* history without "n": the last this many events. */
+#define HISTORY_DEFAULT 100
+
+static const struct command_entry table[];
+
+static void reply_bad_argument(struct daemon *daemon, uint64_t client,
+                               const struct protocol_request *req, int r, const char *err) {
+    daemon_reply_error(daemon, client, req->id,
+                       r == -ENOMEM ? PROTOCOL_E_INTERNAL : PROTOCOL_E_BAD_ARGUMENT,
+                       r == -ENOMEM ? "out of memory" : err, NULL);
+}
+
+/* The optional count argument `name` (0..INT32_MAX) into *out; replies and returns < 0
+ * when it is there but wrong. */
+static int optional_count(struct daemon *daemon, uint64_t client, const struct protocol_request *req,
+                          const char *name, int64_t *out) {
+    char err[ERR_LEN];
+    int r = protocol_arg_int(req, name, 0, INT32_MAX, out, err, sizeof(err));
+    if (r == -ENOENT)
+        return 0;
+    if (r < 0)
+        reply_bad_argument(daemon, client, req, r, err);
+    return r;
+}
+
+/* The filter arguments "events" and "modules" into *filter; replies and returns < 0 when
+ * they are wrong. */
+static int filter_args(struct daemon *daemon, uint64_t client, const struct protocol_request *req,
+                       struct events_filter *filter) {
+    char err[ERR_LEN];
+    int r = events_filter_parse(json_object_get(req->root, "events"),
+                                json_object_get(req->root, "modules"), filter, err, sizeof(err));
+    if (r < 0)
+        reply_bad_argument(daemon, client, req, r, err);
+    return r;
+}
+
+static void cmd_hello(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
+    json_t *commands = json_array();
+    for (const struct command_entry *e = table; e->name; e++)
+        json_array_append_new(commands, json_string(e->name));
+    daemon_reply_ok(daemon, client, req->id,
+                    json_pack("{s:i, s:s, s:s, s:I, s:o}", "protocol", PROTOCOL_VERSION,
+                              "version", PYHOT_VERSION, "python", py_host_python_version(),
+                              "pid", (json_int_t)getpid(), "commands", commands));
+}
 
 static void cmd_ping(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
     daemon_reply_ok(daemon, client, req->id,
@@ -51,10 +100,88 @@ static void cmd_reload(struct daemon *daemon, uint64_t client, const struct prot
 }
 
 static void cmd_subscribe(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
-    if (daemon_subscribe(daemon, client) < 0)
+    struct events_filter filter;
+    int64_t history = 0;
+    if (optional_count(daemon, client, req, "history", &history) < 0 ||
+        filter_args(daemon, client, req, &filter) < 0)
+        return;
+    /* The replay follows the response: count it first (nothing is published in between). */
+    struct events *events = daemon_events(daemon);
+    bool truncated = false;
+    size_t replay = 0;
+    if (history > 0) {
+        json_t *past = events_history(events, (size_t)history, &filter, daemon_history_max_bytes(),
+                                      &truncated);
+        replay = json_array_size(past);
+        json_decref(past);
+    }
+    int r = daemon_subscribe(daemon, client, &filter);
+    events_filter_clear(&filter);
+    if (r == -ENOMEM)
+        daemon_reply_error(daemon, client, req->id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
+    if (r < 0)
         return;
     daemon_reply_ok(daemon, client, req->id,
-                    json_pack("{s:b, s:I}", "subscribed", 1, "seq", (json_int_t)daemon_last_seq(daemon)));
+                    json_pack("{s:b, s:I, s:I, s:b}", "subscribed", 1, "seq",
+                              (json_int_t)daemon_last_seq(daemon), "history", (json_int_t)replay,
+                              "truncated", truncated));
+    if (replay > 0)
+        events_replay(events, client, replay, daemon_history_max_bytes(), NULL);
+}
+
+static void cmd_history(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
+    struct events_filter filter;
+    int64_t n = HISTORY_DEFAULT;
+    if (optional_count(daemon, client, req, "n", &n) < 0 ||
+        filter_args(daemon, client, req, &filter) < 0)
+        return;
+    bool truncated = false;
+    json_t *past = events_history(daemon_events(daemon), (size_t)n, &filter,
+                                  daemon_history_max_bytes(), &truncated);
+    events_filter_clear(&filter);
+    if (!past) {
+        daemon_reply_error(daemon, client, req->id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    daemon_reply_ok(daemon, client, req->id,
+                    json_pack("{s:o, s:I, s:b}", "events", past, "seq",
+                              (json_int_t)daemon_last_seq(daemon), "truncated", truncated));
+}
+
+static void cmd_stats(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
+    json_t *stats = daemon_stats(daemon);
+    if (!stats)
+        daemon_reply_error(daemon, client, req->id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
+    else
+        daemon_reply_ok(daemon, client, req->id, stats);
+}
+
+/* watch and unwatch: "path", an absolute directory. */
+static void cmd_watch_or_unwatch(struct daemon *daemon, uint64_t client,
+                                 const struct protocol_request *req, bool watch) {
+    char err[ERR_LEN];
+    const char *path = NULL;
+    int r = protocol_arg_string(req, "path", &path, err, sizeof(err));
+    if (r == 0 && path[0] == '\0') {
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "argument \"path\" is empty");
+    }
+    if (r < 0) {
+        reply_bad_argument(daemon, client, req, r, err);
+        return;
+    }
+    if (watch)
+        daemon_watch(daemon, client, req->id, path);
+    else
+        daemon_unwatch(daemon, client, req->id, path);
+}
+
+static void cmd_watch(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
+    cmd_watch_or_unwatch(daemon, client, req, true);
+}
+
+static void cmd_unwatch(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
+    cmd_watch_or_unwatch(daemon, client, req, false);
 }
 
 static void cmd_exec(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
@@ -95,11 +222,17 @@ static void cmd_resume(struct daemon *daemon, uint64_t client, const struct prot
 }
 
 static const struct command_entry table[] = {
+    {"hello", "protocol version, daemon and Python versions, pid, commands", cmd_hello},
     {"ping", "check that the daemon answers", cmd_ping},
     {"status", "uptime, roots, counters, last batch, the running job", cmd_status},
     {"modules", "loaded modules (optionally matching \"pattern\", a glob)", cmd_modules},
     {"reload", "reload \"targets\": module names or file paths", cmd_reload},
-    {"subscribe", "follow events on this connection", cmd_subscribe},
+    {"watch", "watch \"path\", a directory, as a new root", cmd_watch},
+    {"unwatch", "stop watching the root \"path\"", cmd_unwatch},
+    {"subscribe", "follow events (\"events\", \"modules\" filters; \"history\": N past ones first)",
+     cmd_subscribe},
+    {"history", "the last \"n\" events (default 100), with the filters of subscribe", cmd_history},
+    {"stats", "counters, reload duration and save-to-reloaded latency histograms", cmd_stats},
     {"exec", "run \"code\" in the interpreter's __main__ namespace", cmd_exec},
     {"shutdown", "stop the daemon cleanly", cmd_shutdown},
     {"pause", "hold reloads: changes accumulate until resume", cmd_pause},

@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -21,6 +22,9 @@
 #define SETTLE_MS_MAX 60000U
 #define DEFER_VCS_MS_MAX 3600000U
 #define TIMEOUT_MS_MAX 86400000U
+#define MAX_CLIENTS_MAX 65536U
+#define MAX_OUTPUT_MIN 65536U
+#define MAX_OUTPUT_MAX 1073741824U
 #define MSG_MAX 1024
 #define SUN_PATH_MAX sizeof(((struct sockaddr_un *)NULL)->sun_path)
 
@@ -127,6 +131,7 @@ static char *path_join(const char *dir, const char *path)
 /* ---- the INI file -------------------------------------------------------------- */
 
 enum key_kind {
+    KEY_STRING,     /* char *, as written */
     KEY_PATH,       /* char *, resolved against the file's directory */
     KEY_DIRS,       /* char **, existing directories, realpath'd */
     KEY_PATHS,      /* char **, resolved against the file's directory */
@@ -155,6 +160,11 @@ struct config_key {
 static const struct config_key config_keys[] = {
     {"daemon", "socket", KEY_PATH, FIELD(socket_path), 0, 0, 0},
     {"daemon", "log_level", KEY_LOG_LEVEL, FIELD(log_level), 0, 0, 0},
+    {"daemon", "max_clients", KEY_UINT, FIELD(max_clients), 0, 1, MAX_CLIENTS_MAX},
+    {"daemon", "max_output_bytes", KEY_UINT, FIELD(max_output_bytes), 0, MAX_OUTPUT_MIN,
+     MAX_OUTPUT_MAX},
+    {"daemon", "request_timeout_ms", KEY_UINT, FIELD(request_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
+    {"daemon", "socket_group", KEY_STRING, FIELD(socket_group), 0, 0, 0},
     {"watch", "root", KEY_DIRS, LIST(watch_roots), 0, 0},
     {"watch", "settle_ms", KEY_UINT, FIELD(settle_ms), 0, 0, SETTLE_MS_MAX},
     {"watch", "import", KEY_IMPORT, FIELD(import), 0, 0, 0},
@@ -263,6 +273,7 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
     int r = 0;
 
     switch (key->kind) {
+    case KEY_STRING:
     case KEY_PATH:
     case KEY_ENTRY: {
         if (value[0] == '\0')
@@ -738,6 +749,9 @@ void config_init(struct config *cfg)
     cfg->reload_timeout_ms = 10000;
     cfg->strategy = CONFIG_STRATEGY_DEPENDENTS;
     cfg->exec_timeout_ms = 30000;
+    cfg->max_clients = 64;
+    cfg->max_output_bytes = 4194304;
+    cfg->request_timeout_ms = 10000;
 }
 
 void config_free(struct config *cfg)
@@ -746,6 +760,7 @@ void config_free(struct config *cfg)
         return;
     free(cfg->config_path);
     free(cfg->socket_path);
+    free(cfg->socket_group);
     free(cfg->entry);
     free(cfg->venv);
     strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
@@ -830,6 +845,36 @@ fail:
     return r;
 }
 
+/* socket_group: a group name (getgrnam_r(3)) or a decimal gid. */
+static int finish_group(struct config *cfg, char *err, size_t errlen)
+{
+    const char *name = cfg->socket_group;
+    cfg->has_socket_gid = false;
+    if (name == NULL)
+        return 0;
+    if (isdigit((unsigned char)name[0])) {
+        char *end;
+        errno = 0;
+        unsigned long gid = strtoul(name, &end, 10);
+        if (errno == 0 && *end == '\0' && gid < (unsigned long)UINT32_MAX) {
+            cfg->socket_gid = (gid_t)gid;
+            cfg->has_socket_gid = true;
+            return 0;
+        }
+    }
+    struct group grp, *found = NULL;
+    char buf[16384];
+    int e = getgrnam_r(name, &grp, buf, sizeof(buf), &found);
+    if (found == NULL) {
+        snprintf(err, errlen, "socket_group: no group named '%s'%s%s", name, e ? ": " : "",
+                 e ? strerror(e) : "");
+        return -EINVAL;
+    }
+    cfg->socket_gid = grp.gr_gid;
+    cfg->has_socket_gid = true;
+    return 0;
+}
+
 int config_finish(struct config *cfg, char *err, size_t errlen)
 {
     if (cfg->settle_ms > SETTLE_MS_MAX) {
@@ -847,12 +892,30 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
                  TIMEOUT_MS_MAX, cfg->exec_timeout_ms);
         return -EINVAL;
     }
+    if (cfg->max_clients < 1 || cfg->max_clients > MAX_CLIENTS_MAX) {
+        snprintf(err, errlen, "[daemon] max_clients: expected an integer from 1 to %u, got %u",
+                 MAX_CLIENTS_MAX, cfg->max_clients);
+        return -EINVAL;
+    }
+    if (cfg->max_output_bytes < MAX_OUTPUT_MIN || cfg->max_output_bytes > MAX_OUTPUT_MAX) {
+        snprintf(err, errlen, "[daemon] max_output_bytes: expected an integer from %u to %u, "
+                 "got %u", MAX_OUTPUT_MIN, MAX_OUTPUT_MAX, cfg->max_output_bytes);
+        return -EINVAL;
+    }
+    if (cfg->request_timeout_ms < 1 || cfg->request_timeout_ms > TIMEOUT_MS_MAX) {
+        snprintf(err, errlen, "[daemon] request_timeout_ms: expected an integer from 1 to %u, "
+                 "got %u", TIMEOUT_MS_MAX, cfg->request_timeout_ms);
+        return -EINVAL;
+    }
     if (cfg->entry != NULL && !entry_valid(cfg->entry)) {
         snprintf(err, errlen, "entry: expected MODULE:FUNCTION, got '%s'", cfg->entry);
         return -EINVAL;
     }
 
     int r = finish_roots(cfg, err, errlen);
+    if (r < 0)
+        return r;
+    r = finish_group(cfg, err, errlen);
     if (r < 0)
         return r;
     r = finish_venv(cfg, err, errlen);

@@ -3,6 +3,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "log.h"
 
@@ -35,6 +36,14 @@ struct config {
     /* [daemon] */
     char *socket_path;          /* NULL until config_finish() fills the default */
     enum log_level log_level;   /* default info */
+    unsigned max_clients;       /* control connections at once; default 64; 1..65536 */
+    unsigned max_output_bytes;  /* bytes waiting for one client before it is dropped as a
+                                   slow consumer; default 4194304; 65536..1073741824 */
+    unsigned request_timeout_ms; /* a partial request line must be completed within it;
+                                   default 10000; 1..86400000 */
+    char *socket_group;         /* group (name or number) also admitted to the socket, or NULL */
+    bool has_socket_gid;        /* config_finish: socket_group resolved into socket_gid */
+    gid_t socket_gid;
 
     /* [watch] */
     char **watch_roots;         /* absolute, as given after realpath(3) by config_finish() */
@@ -89,7 +98,8 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
 
 /* Validates and completes cfg after parsing: watch roots must be existing directories
  * (each replaced by its realpath), settle_ms within 0..60000, entry of the form
- * MODULE:FUNCTION, venv a virtual environment (pyvenv.cfg, PEP 405) for this Python
+ * MODULE:FUNCTION, socket_group a known group name (getgrnam(3)) or a number, resolved
+ * into socket_gid, venv a virtual environment (pyvenv.cfg, PEP 405) for this Python
  * version (lib/pythonX.Y/site-packages), and socket_path defaulted
  * (protocol_default_socket_path()).
  * Returns 0, or -EINVAL / -ENOENT / -ENOTDIR with a message in err. */

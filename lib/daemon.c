@@ -1,10 +1,12 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
@@ -13,6 +15,7 @@
 #include "control.h"
 #include "events.h"
 #include "filter.h"
+#include "histogram.h"
 #include "log.h"
 #include "protocol.h"
 #include "py_host.h"
@@ -20,6 +23,9 @@
 #include "watch.h"
 
 #define HISTORY_EVENTS 1000
+/* At most this many bytes of past events in one history response or subscribe replay:
+ * well under a client's output cap, so that asking for history never drops a client. */
+#define HISTORY_MAX_BYTES (1024 * 1024)
 #define STOP_GRACE_MS 2000
 #define STOP_DEADLINE_MS (STOP_GRACE_MS + 5000)
 
@@ -42,10 +48,24 @@ struct daemon {
     struct {
         uint64_t ok, error, rolled_back, skipped;
     } reloads;
+    struct {
+        uint64_t ok, error, rolled_back, skipped;
+    } batch_results;
+    struct histogram reload_ms;   /* duration_ms of each module reloaded ok */
+    struct histogram latency_ms;  /* latency_ms of each file batch that applied (ok) */
+    uint64_t responses, failed_responses;
     json_t *last_batch;
     bool ready;
     bool stopping;
     int exit_code;
+};
+
+/* What a job answers: a request's result, or the outcome of the watch or unwatch
+ * command (a PY_JOB_CONFIGURE job). */
+enum origin_purpose {
+    PURPOSE_REQUEST = 0,  /* answer with the job's output */
+    PURPOSE_WATCH,        /* the watch command: a root added */
+    PURPOSE_UNWATCH,      /* the unwatch command: a root removed */
 };
 
 /* Who a job answers to: a client's request, or the watcher's batch (client 0). */
@@ -55,27 +75,38 @@ struct job_origin {
     json_t *id;
     uint64_t batch_id;
     uint64_t first_event_ns; /* latency start: first file event, or the request's arrival */
+    enum origin_purpose purpose;
+    char *root;              /* PURPOSE_WATCH, PURPOSE_UNWATCH */
 };
+
+static void origin_free(struct job_origin *origin) {
+    json_decref(origin->id);
+    free(origin->root);
+    free(origin);
+}
 
 /* ---- replies ------------------------------------------------------------------------ */
 
 void daemon_reply_ok(struct daemon *daemon, uint64_t client, json_t *id, json_t *result) {
     size_t len;
     char *line = protocol_encode_ok(id, result, &len);
-    if (line) {
-        control_send(daemon->control, client, line, len);
+    daemon->responses++;
+    if (line && daemon->control)
+        control_send_owned(daemon->control, client, line, len);
+    else
         free(line);
-    }
 }
 
 void daemon_reply_error(struct daemon *daemon, uint64_t client, json_t *id, const char *code,
                         const char *message, json_t *details) {
     size_t len;
     char *line = protocol_encode_error(id, code, message, details, &len);
-    if (line) {
-        control_send(daemon->control, client, line, len);
+    daemon->responses++;
+    daemon->failed_responses++;
+    if (line && daemon->control)
+        control_send_owned(daemon->control, client, line, len);
+    else
         free(line);
-    }
 }
 
 /* Replies with a job's error object {"code", "message", ...details}. */
@@ -121,7 +152,10 @@ static json_t *publish_reload_result(struct daemon *daemon, struct py_job *job,
         json_object_set_new(reload, "batch", json_integer((json_int_t)origin->batch_id));
         ensure_array(reload, "patched");
         ensure_array(reload, "replaced");
-        count_reload(daemon, json_string_value(json_object_get(reload, "result")));
+        const char *result = json_string_value(json_object_get(reload, "result"));
+        count_reload(daemon, result);
+        if (result && strcmp(result, "ok") == 0)
+            histogram_add(&daemon->reload_ms, json_number_value(json_object_get(reload, "duration_ms")));
         events_publish(daemon->events, "reload", json_incref(reload));
     }
     if (!json_is_object(batch))
@@ -135,10 +169,36 @@ static json_t *publish_reload_result(struct daemon *daemon, struct py_job *job,
     double latency_ms = end_ns > origin->first_event_ns ? (double)(end_ns - origin->first_event_ns) / 1e6 : 0.0;
     json_object_set_new(batch, "latency_ms", json_real(latency_ms));
     daemon->batches++;
+    const char *result = json_string_value(json_object_get(batch, "result"));
+    if (result && strcmp(result, "ok") == 0) {
+        daemon->batch_results.ok++;
+        if (!origin->client) /* save -> reloaded: batches of file changes only */
+            histogram_add(&daemon->latency_ms, latency_ms);
+    } else if (result && strcmp(result, "error") == 0) {
+        daemon->batch_results.error++;
+    } else if (result && strcmp(result, "rolled_back") == 0) {
+        daemon->batch_results.rolled_back++;
+    } else if (result && strcmp(result, "skipped") == 0) {
+        daemon->batch_results.skipped++;
+    }
     events_publish(daemon->events, "batch", json_incref(batch));
     json_decref(daemon->last_batch);
     daemon->last_batch = json_incref(batch);
     return batch;
+}
+
+static void publish_import_errors(struct daemon *daemon, json_t *errors) {
+    size_t i;
+    json_t *error;
+    json_array_foreach(errors, i, error) {
+        log_warn("import of %s failed: %s: %s (%s:%lld)",
+                 json_string_value(json_object_get(error, "module")),
+                 json_string_value(json_object_get(error, "type")),
+                 json_string_value(json_object_get(error, "message")),
+                 json_string_value(json_object_get(error, "file")),
+                 json_integer_value(json_object_get(error, "line")));
+        events_publish(daemon->events, "import_error", json_incref(error));
+    }
 }
 
 static void on_startup_done(struct daemon *daemon, struct py_job *job) {
@@ -149,18 +209,7 @@ static void on_startup_done(struct daemon *daemon, struct py_job *job) {
         json_t *event = json_pack("{s:s, s:O}", "stage", "startup", "error", job->output);
         events_publish(daemon->events, "startup_error", event);
     } else {
-        json_t *errors = json_object_get(job->output, "errors");
-        size_t i;
-        json_t *error;
-        json_array_foreach(errors, i, error) {
-            log_warn("import of %s failed: %s: %s (%s:%lld)",
-                     json_string_value(json_object_get(error, "module")),
-                     json_string_value(json_object_get(error, "type")),
-                     json_string_value(json_object_get(error, "message")),
-                     json_string_value(json_object_get(error, "file")),
-                     json_integer_value(json_object_get(error, "line")));
-            events_publish(daemon->events, "import_error", json_incref(error));
-        }
+        publish_import_errors(daemon, json_object_get(job->output, "errors"));
     }
     json_t *entry = json_object_get(job->output, "entry");
     if (job->ok && json_is_false(json_object_get(entry, "ok"))) {
@@ -185,6 +234,27 @@ static void on_startup_done(struct daemon *daemon, struct py_job *job) {
     log_info("ready: %zu modules loaded, %zu directories watched, socket %s",
              py_host_modules_loaded(daemon->host), daemon->watch ? watch_dir_count(daemon->watch) : 0,
              daemon->config->socket_path);
+}
+
+/* The watch and unwatch commands' jobs: the root is on (or off) the engine's list. */
+static void on_root_job_done(struct daemon *daemon, struct py_job *job, struct job_origin *origin) {
+    if (!job->ok) {
+        reply_job_error(daemon, origin->client, origin->id, job->output);
+        return;
+    }
+    size_t dirs = daemon->watch ? watch_dir_count(daemon->watch) : 0;
+    if (origin->purpose == PURPOSE_UNWATCH) {
+        daemon_reply_ok(daemon, origin->client, origin->id,
+                        json_pack("{s:s, s:I}", "path", origin->root, "watched_dirs", (json_int_t)dirs));
+        return;
+    }
+    json_t *errors = json_object_get(job->output, "errors");
+    publish_import_errors(daemon, errors);
+    json_t *imported = json_object_get(job->output, "imported");
+    daemon_reply_ok(daemon, origin->client, origin->id,
+                    json_pack("{s:s, s:I, s:O, s:O}", "path", origin->root, "watched_dirs",
+                              (json_int_t)dirs, "imported", imported ? imported : json_array(),
+                              "errors", errors ? errors : json_array()));
 }
 
 static void on_roots_imported(struct daemon *daemon, json_t *output) {
@@ -234,6 +304,10 @@ static void on_job_done(struct py_job *job, void *data) {
         break;
     }
     case PY_JOB_CONFIGURE:
+        if (origin->purpose == PURPOSE_WATCH || origin->purpose == PURPOSE_UNWATCH) {
+            on_root_job_done(daemon, job, origin);
+            break;
+        }
         if (!job->ok)
             log_error("applying the new configuration in the interpreter failed: %s",
                       json_string_value(json_object_get(job->output, "message")));
@@ -248,8 +322,7 @@ static void on_job_done(struct py_job *job, void *data) {
             reply_job_error(daemon, origin->client, origin->id, job->output);
         break;
     }
-    json_decref(origin->id);
-    free(origin);
+    origin_free(origin);
     py_job_free(job);
 }
 
@@ -257,22 +330,24 @@ static int submit(struct daemon *daemon, enum py_job_kind kind, json_t *input, u
                   struct job_origin *origin) {
     struct py_job *job = py_job_new(kind, input, timeout_ms, on_job_done, origin);
     if (!job) {
-        json_decref(origin->id);
-        free(origin);
+        origin_free(origin);
         return -ENOMEM;
     }
-    int r = py_host_submit(daemon->host, job);
+    int r = daemon->host ? py_host_submit(daemon->host, job) : -ESHUTDOWN;
     if (r < 0) {
-        json_decref(origin->id);
-        free(origin);
+        origin_free(origin);
         py_job_free(job);
     }
     return r;
 }
 
-int daemon_submit_job(struct daemon *daemon, int kind, json_t *input, uint64_t client, json_t *id) {
+/* Submits kind for client's request; purpose and root (copied; may be NULL) say what to do
+ * with a call job's result. Replies with an error itself when it cannot. */
+static int submit_request(struct daemon *daemon, int kind, json_t *input, uint64_t client,
+                          json_t *id, enum origin_purpose purpose, const char *root) {
     struct job_origin *origin = calloc(1, sizeof(*origin));
-    if (!origin) {
+    if (!origin || (root && !(origin->root = strdup(root)))) {
+        free(origin);
         json_decref(input);
         daemon_reply_error(daemon, client, id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
         return -ENOMEM;
@@ -280,6 +355,7 @@ int daemon_submit_job(struct daemon *daemon, int kind, json_t *input, uint64_t c
     origin->daemon = daemon;
     origin->client = client;
     origin->id = json_incref(id);
+    origin->purpose = purpose;
     origin->first_event_ns = uv_hrtime();
     unsigned timeout = daemon->config->exec_timeout_ms;
     if (kind == PY_JOB_RELOAD) {
@@ -292,6 +368,10 @@ int daemon_submit_job(struct daemon *daemon, int kind, json_t *input, uint64_t c
                            r == -ESHUTDOWN ? PROTOCOL_E_SHUTTING_DOWN : PROTOCOL_E_INTERNAL,
                            r == -ESHUTDOWN ? "pyhotd is stopping" : strerror(-r), NULL);
     return r;
+}
+
+int daemon_submit_job(struct daemon *daemon, int kind, json_t *input, uint64_t client, json_t *id) {
+    return submit_request(daemon, kind, input, client, id, PURPOSE_REQUEST, NULL);
 }
 
 /* ---- watcher ------------------------------------------------------------------------ */
@@ -397,15 +477,202 @@ static void on_request(struct control *control, uint64_t client, const char *lin
     commands_dispatch(data, client, line, len);
 }
 
-static void on_event(const char *line, size_t len, json_t *event, void *data) {
+static int on_event(uint64_t subscriber, const char *line, size_t len, void *data) {
     struct daemon *daemon = data;
-    (void)event;
-    if (daemon->control)
-        control_publish(daemon->control, line, len);
+    if (!daemon->control)
+        return -ENOTCONN;
+    return control_send(daemon->control, subscriber, line, len);
 }
 
-int daemon_subscribe(struct daemon *daemon, uint64_t client) {
-    return control_set_subscriber(daemon->control, client, true);
+static void on_disconnect(struct control *control, uint64_t client, void *data) {
+    struct daemon *daemon = data;
+    (void)control;
+    events_unsubscribe(daemon->events, client);
+}
+
+int daemon_subscribe(struct daemon *daemon, uint64_t client, struct events_filter *filter) {
+    int r = control_set_subscriber(daemon->control, client, true);
+    if (r < 0)
+        return r;
+    r = events_subscribe(daemon->events, client, filter);
+    if (r < 0)
+        control_set_subscriber(daemon->control, client, false);
+    return r;
+}
+
+struct events *daemon_events(struct daemon *daemon) {
+    return daemon->events;
+}
+
+size_t daemon_history_max_bytes(void) {
+    return HISTORY_MAX_BYTES;
+}
+
+json_t *daemon_stats(struct daemon *daemon) {
+    struct control_stats cs;
+    control_get_stats(daemon->control, &cs);
+    json_t *reload_ms = histogram_to_json(&daemon->reload_ms);
+    json_t *latency_ms = histogram_to_json(&daemon->latency_ms);
+    return json_pack(
+        "{s:I, s:{s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:{s:I, s:I},"
+        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}, s:o, s:o}",
+        "uptime_ms", (json_int_t)((uv_hrtime() - daemon->started_ns) / 1000000),
+        "reloads",
+        "ok", (json_int_t)daemon->reloads.ok,
+        "error", (json_int_t)daemon->reloads.error,
+        "rolled_back", (json_int_t)daemon->reloads.rolled_back,
+        "skipped", (json_int_t)daemon->reloads.skipped,
+        "batches",
+        "total", (json_int_t)daemon->batches,
+        "ok", (json_int_t)daemon->batch_results.ok,
+        "error", (json_int_t)daemon->batch_results.error,
+        "rolled_back", (json_int_t)daemon->batch_results.rolled_back,
+        "skipped", (json_int_t)daemon->batch_results.skipped,
+        "events", (json_int_t)events_last_seq(daemon->events),
+        "responses",
+        "total", (json_int_t)daemon->responses,
+        "failed", (json_int_t)daemon->failed_responses,
+        "connections",
+        "open", (json_int_t)cs.clients,
+        "subscribers", (json_int_t)cs.subscribers,
+        "accepted", (json_int_t)cs.accepted,
+        "refused_permission", (json_int_t)cs.refused_permission,
+        "refused_too_many", (json_int_t)cs.refused_too_many,
+        "dropped_overflow", (json_int_t)cs.dropped_overflow,
+        "dropped_timeout", (json_int_t)cs.dropped_timeout,
+        "dropped_too_large", (json_int_t)cs.dropped_too_large,
+        "accept_pauses", (json_int_t)cs.accept_pauses,
+        "accept_paused", cs.accept_paused,
+        "reload_ms", reload_ms ? reload_ms : json_null(),
+        "latency_ms", latency_ms ? latency_ms : json_null());
+}
+
+/* ---- watch and unwatch -------------------------------------------------------------- */
+
+/* path without its trailing slashes, in buf. */
+static const char *trim_slashes(const char *path, char *buf, size_t len) {
+    snprintf(buf, len, "%s", path);
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/')
+        buf[--n] = '\0';
+    return buf;
+}
+
+/* Whether path is root or lies below it. */
+static bool path_under(const char *path, const char *root) {
+    size_t n = strlen(root);
+    return strncmp(path, root, n) == 0 && (path[n] == '\0' || path[n] == '/' ||
+                                           (n == 1 && root[0] == '/'));
+}
+
+int daemon_watch(struct daemon *daemon, uint64_t client, json_t *id, const char *path) {
+    char message[PATH_MAX + 200];
+    if (daemon->stopping || !daemon->watch) {
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_SHUTTING_DOWN, "pyhotd is stopping", NULL);
+        return -ESHUTDOWN;
+    }
+    if (path[0] != '/') {
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_BAD_ARGUMENT,
+                           "argument \"path\" must be an absolute path", NULL);
+        return -EINVAL;
+    }
+    char *real = realpath(path, NULL);
+    struct stat st;
+    if (!real || stat(real, &st) < 0) {
+        int e = errno;
+        snprintf(message, sizeof(message), "cannot watch %s: %s", path, strerror(e));
+        daemon_reply_error(daemon, client, id, e == ENOENT || e == ENOTDIR ? PROTOCOL_E_NOT_FOUND
+                                                                           : PROTOCOL_E_WATCH_FAILED,
+                           message, NULL);
+        free(real);
+        return -e;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(message, sizeof(message), "cannot watch %s: not a directory", path);
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_BAD_ARGUMENT, message, NULL);
+        free(real);
+        return -ENOTDIR;
+    }
+    for (size_t i = 0; i < watch_root_count(daemon->watch); i++) {
+        const char *root = watch_root_path(daemon->watch, i, NULL);
+        const char *why = NULL;
+        if (!root)
+            continue; /* a slot whose root was removed */
+        if (strcmp(real, root) == 0)
+            why = "is already a watch root";
+        else if (path_under(real, root))
+            why = "is inside the watch root";
+        else if (path_under(root, real))
+            why = "contains the watch root";
+        if (!why)
+            continue;
+        if (strcmp(real, root) == 0)
+            snprintf(message, sizeof(message), "%s %s", real, why);
+        else
+            snprintf(message, sizeof(message), "%s %s %s", real, why, root);
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_ALREADY_WATCHED, message,
+                           json_pack("{s:s}", "root", root));
+        free(real);
+        return -EEXIST;
+    }
+    char err[PATH_MAX + 300];
+    int r = watch_add_root(daemon->watch, real, err, sizeof(err));
+    if (r < 0) {
+        char ignored[64];
+        watch_remove_root(daemon->watch, real, ignored, sizeof(ignored));
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_WATCH_FAILED, err, NULL);
+        free(real);
+        return r;
+    }
+    log_info("watching %s (the watch command)", real);
+    json_t *input = json_pack("{s:[s], s:[], s:b}", "add_roots", real, "remove_roots", "import",
+                              daemon->config->import == CONFIG_IMPORT_ALL);
+    r = submit_request(daemon, PY_JOB_CONFIGURE, input, client, id, PURPOSE_WATCH, real);
+    free(real);
+    return r;
+}
+
+int daemon_unwatch(struct daemon *daemon, uint64_t client, json_t *id, const char *path) {
+    char message[PATH_MAX + 200], given[PATH_MAX];
+    if (daemon->stopping || !daemon->watch) {
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_SHUTTING_DOWN, "pyhotd is stopping", NULL);
+        return -ESHUTDOWN;
+    }
+    if (path[0] != '/') {
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_BAD_ARGUMENT,
+                           "argument \"path\" must be an absolute path", NULL);
+        return -EINVAL;
+    }
+    trim_slashes(path, given, sizeof(given));
+    char *real = realpath(path, NULL);
+    char *root = NULL;
+    const char *inside = NULL;
+    for (size_t i = 0; i < watch_root_count(daemon->watch) && !root; i++) {
+        const char *r = watch_root_path(daemon->watch, i, NULL);
+        if (!r)
+            continue; /* a slot whose root was removed */
+        if (strcmp(r, given) == 0 || (real && strcmp(r, real) == 0))
+            root = strdup(r);
+        else if (path_under(real ? real : given, r))
+            inside = r;
+    }
+    free(real);
+    if (!root) {
+        if (inside)
+            snprintf(message, sizeof(message), "%s is not a watch root (it is inside the watch "
+                     "root %s)", given, inside);
+        else
+            snprintf(message, sizeof(message), "%s is not a watch root", given);
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_NOT_FOUND, message, NULL);
+        return -ENOENT;
+    }
+    char err[PATH_MAX + 100];
+    watch_remove_root(daemon->watch, root, err, sizeof(err));
+    log_info("no longer watching %s (the unwatch command)", root);
+    json_t *input = json_pack("{s:[], s:[s], s:b}", "add_roots", "remove_roots", root, "import", 0);
+    int r = submit_request(daemon, PY_JOB_CONFIGURE, input, client, id, PURPOSE_UNWATCH, root);
+    free(root);
+    return r;
 }
 
 uint64_t daemon_last_seq(struct daemon *daemon) {
@@ -718,7 +985,13 @@ static int start(struct daemon *daemon) {
 
     struct control_options control_options = {
         .path = cfg->socket_path,
+        .max_clients = cfg->max_clients,
+        .max_output = cfg->max_output_bytes,
+        .request_timeout_ms = cfg->request_timeout_ms,
+        .has_group = cfg->has_socket_gid,
+        .group = cfg->socket_gid,
         .on_request = on_request,
+        .on_disconnect = on_disconnect,
         .data = daemon,
     };
     r = control_listen(&daemon->loop, &control_options, &daemon->control, err, sizeof(err));

@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "events.h"
 
 /*
  * The daemon: owns every component and wires them on the loop thread (DESIGN "Two
@@ -42,8 +43,30 @@ json_t *daemon_status(struct daemon *daemon);
 int daemon_submit_job(struct daemon *daemon, int kind, json_t *input, uint64_t client,
                       json_t *id);
 
-/* Marks client as an event subscriber. Returns 0 or -ENOTCONN. */
-int daemon_subscribe(struct daemon *daemon, uint64_t client);
+/* Makes client an event subscriber with filter (its lists are moved into the event bus
+ * on success; see events_subscribe). Subscribing again replaces the filter. Returns 0,
+ * -ENOTCONN (the client is gone or closing) or -ENOMEM. */
+int daemon_subscribe(struct daemon *daemon, uint64_t client, struct events_filter *filter);
+
+/* The event bus (history, replay), borrowed. */
+struct events *daemon_events(struct daemon *daemon);
+
+/* The most bytes of past events one history response or subscribe replay carries. */
+size_t daemon_history_max_bytes(void);
+
+/* The stats command's result (new reference): counters and the reload-duration and
+ * save-to-reloaded latency histograms (docs/protocol.md, "stats"). */
+json_t *daemon_stats(struct daemon *daemon);
+
+/* The watch command: watches the directory at path (absolute) as a new root and queues
+ * the job that puts it on sys.path and makes its modules reloadable (importing them when
+ * [watch] import is all); client gets the reply when that job ends. The unwatch command:
+ * stops watching the root at path (absolute; its modules stay loaded but are no longer
+ * reloaded). Both reply with an error themselves when they cannot (bad_argument,
+ * not_found, already_watched, watch_failed, shutting_down) and then return a negative
+ * errno; 0 when the job is queued. */
+int daemon_watch(struct daemon *daemon, uint64_t client, json_t *id, const char *path);
+int daemon_unwatch(struct daemon *daemon, uint64_t client, json_t *id, const char *path);
 
 /* The seq of the last event published. */
 uint64_t daemon_last_seq(struct daemon *daemon);

@@ -1,6 +1,12 @@
+/*
+ * The event bus (events.h): sequence numbers, time stamps, the log line of each event, the
+ * history ring (events and their encoded lines) and the subscribers with their filters.
+ */
 #include "events.h"
 
 #include <errno.h>
+#include <fnmatch.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,14 +14,180 @@
 #include "log.h"
 #include "protocol.h"
 
+struct kept {
+    json_t *event;
+    char *line;       /* encoded, "\n"-terminated; NULL when encoding failed */
+    size_t len;
+};
+
+struct subscriber {
+    uint64_t id;      /* 0: removed while publishing, compacted afterwards */
+    struct events_filter filter;
+};
+
 struct events {
     uint64_t seq;
-    json_t **ring;
+    struct kept *ring;
     size_t cap;
-    size_t next;     /* slot the next event goes to */
+    size_t next;      /* slot the next event goes to */
+    size_t held;      /* events kept, at most cap */
+    struct subscriber *subs;
+    size_t n_subs, subs_cap;
+    bool publishing;  /* inside the fan-out: removals only mark their slot */
+    bool dead_subs;   /* some slot was marked */
     events_sink_cb sink;
     void *sink_data;
 };
+
+/* ---- filters ------------------------------------------------------------------------ */
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    if (!err || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static void strv_free(char **v, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+static bool valid_type(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
+            return false;
+    return true;
+}
+
+/* One argument of a filter: NULL/null, a string or an array of strings, into *out. */
+static int parse_list(json_t *value, const char *name, bool types, char ***out, size_t *n_out,
+                      char *err, size_t errlen) {
+    *out = NULL;
+    *n_out = 0;
+    if (!value || json_is_null(value))
+        return 0;
+    size_t n = json_is_array(value) ? json_array_size(value) : 1;
+    if (!json_is_string(value) && !json_is_array(value)) {
+        set_err(err, errlen, "argument \"%s\" must be a string or an array of strings", name);
+        return -EINVAL;
+    }
+    if (n > EVENTS_FILTER_MAX_ITEMS) {
+        set_err(err, errlen, "argument \"%s\" has %zu items; at most %d are allowed", name, n,
+                EVENTS_FILTER_MAX_ITEMS);
+        return -EINVAL;
+    }
+    char **list = calloc(n + 1, sizeof(*list));
+    if (!list) {
+        set_err(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *item = json_is_array(value) ? json_array_get(value, i) : value;
+        const char *s = json_string_value(item);
+        if (!s) {
+            set_err(err, errlen, "argument \"%s\": item %zu must be a string", name, i);
+            goto invalid;
+        }
+        if (types && !valid_type(s)) {
+            set_err(err, errlen, "argument \"%s\": '%.64s' is not an event name (1 to 64 "
+                    "characters of a-z, 0-9 and _)", name, s);
+            goto invalid;
+        }
+        if (!types && (s[0] == '\0' || strlen(s) > EVENTS_FILTER_MAX_LEN)) {
+            set_err(err, errlen, "argument \"%s\": a glob must have 1 to %d bytes", name,
+                    EVENTS_FILTER_MAX_LEN);
+            goto invalid;
+        }
+        list[i] = strdup(s);
+        if (!list[i]) {
+            strv_free(list, i);
+            set_err(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+    }
+    *out = list;
+    *n_out = n;
+    return 0;
+invalid:
+    for (size_t i = 0; i < n && list[i]; i++)
+        free(list[i]);
+    free(list);
+    return -EINVAL;
+}
+
+int events_filter_parse(json_t *types, json_t *modules, struct events_filter *out, char *err,
+                        size_t errlen) {
+    struct events_filter f = {0};
+    int r = parse_list(types, "events", true, &f.types, &f.n_types, err, errlen);
+    if (r < 0)
+        return r;
+    r = parse_list(modules, "modules", false, &f.modules, &f.n_modules, err, errlen);
+    if (r < 0) {
+        strv_free(f.types, f.n_types);
+        return r;
+    }
+    *out = f;
+    return 0;
+}
+
+void events_filter_clear(struct events_filter *filter) {
+    if (!filter)
+        return;
+    strv_free(filter->types, filter->n_types);
+    strv_free(filter->modules, filter->n_modules);
+    memset(filter, 0, sizeof(*filter));
+}
+
+static bool module_matches(const struct events_filter *filter, json_t *name) {
+    const char *s = json_string_value(name);
+    if (!s)
+        return false;
+    for (size_t i = 0; i < filter->n_modules; i++)
+        if (fnmatch(filter->modules[i], s, 0) == 0)
+            return true;
+    return false;
+}
+
+bool events_filter_match(const struct events_filter *filter, json_t *event) {
+    if (!filter)
+        return true;
+    if (filter->n_types > 0) {
+        const char *name = json_string_value(json_object_get(event, "event"));
+        bool found = false;
+        for (size_t i = 0; name && i < filter->n_types && !found; i++)
+            found = strcmp(filter->types[i], name) == 0;
+        if (!found)
+            return false;
+    }
+    if (filter->n_modules > 0) {
+        json_t *module = json_object_get(event, "module");
+        json_t *modules = json_object_get(event, "modules");
+        if (!module && !json_is_array(modules))
+            return true; /* names no module */
+        if (module && module_matches(filter, module))
+            return true;
+        size_t i;
+        json_t *item;
+        json_array_foreach(modules, i, item) {
+            if (module_matches(filter, item))
+                return true;
+        }
+        return false;
+    }
+    return true;
+}
+
+/* ---- the bus ------------------------------------------------------------------------ */
 
 int events_new(size_t history_cap, struct events **out) {
     struct events *events = calloc(1, sizeof(*events));
@@ -84,6 +256,33 @@ static void log_event(const char *name, json_t *event) {
     }
 }
 
+static void compact_subscribers(struct events *events) {
+    size_t w = 0;
+    for (size_t i = 0; i < events->n_subs; i++) {
+        if (events->subs[i].id == 0) {
+            events_filter_clear(&events->subs[i].filter);
+            continue;
+        }
+        events->subs[w++] = events->subs[i];
+    }
+    events->n_subs = w;
+    events->dead_subs = false;
+}
+
+static struct subscriber *find_subscriber(struct events *events, uint64_t id) {
+    for (size_t i = 0; i < events->n_subs; i++)
+        if (events->subs[i].id == id)
+            return &events->subs[i];
+    return NULL;
+}
+
+/* Hands line to subscriber s; drops it when the sink says it is gone. */
+static void deliver(struct events *events, struct subscriber *s, const char *line, size_t len) {
+    uint64_t id = s->id;
+    if (events->sink(id, line, len, events->sink_data) < 0)
+        events_unsubscribe(events, id);
+}
+
 uint64_t events_publish(struct events *events, const char *name, json_t *event) {
     if (!event)
         return 0;
@@ -93,33 +292,163 @@ uint64_t events_publish(struct events *events, const char *name, json_t *event) 
     json_object_set_new(event, "seq", json_integer((json_int_t)seq));
     json_object_set_new(event, "time", json_string(protocol_format_time(time_buf, sizeof(time_buf))));
     log_event(name, event);
-    if (events->sink) {
-        size_t len = 0;
-        char *line = protocol_encode_line(event, &len);
-        if (line) {
-            events->sink(line, len, event, events->sink_data);
-            free(line);
+    size_t len = 0;
+    char *line = protocol_encode_line(event, &len);
+    if (line && events->sink && events->n_subs > 0) {
+        events->publishing = true;
+        /* Subscribers added by a sink call see the next event, not this one. */
+        size_t n = events->n_subs;
+        for (size_t i = 0; i < n; i++) {
+            struct subscriber *s = &events->subs[i];
+            if (s->id != 0 && events_filter_match(&s->filter, event))
+                deliver(events, s, line, len);
         }
+        events->publishing = false;
+        if (events->dead_subs)
+            compact_subscribers(events);
     }
     if (events->cap > 0) {
-        json_decref(events->ring[events->next]);
-        events->ring[events->next] = event;
+        struct kept *slot = &events->ring[events->next];
+        json_decref(slot->event);
+        free(slot->line);
+        slot->event = event;
+        slot->line = line;
+        slot->len = line ? len : 0;
         events->next = (events->next + 1) % events->cap;
+        if (events->held < events->cap)
+            events->held++;
     } else {
         json_decref(event);
+        free(line);
     }
     return seq;
+}
+
+int events_subscribe(struct events *events, uint64_t subscriber, struct events_filter *filter) {
+    struct subscriber *s = find_subscriber(events, subscriber);
+    if (!s) {
+        if (events->n_subs == events->subs_cap) {
+            size_t cap = events->subs_cap ? events->subs_cap * 2 : 8;
+            struct subscriber *subs = realloc(events->subs, cap * sizeof(*subs));
+            if (!subs)
+                return -ENOMEM;
+            events->subs = subs;
+            events->subs_cap = cap;
+        }
+        s = &events->subs[events->n_subs++];
+        s->id = subscriber;
+        memset(&s->filter, 0, sizeof(s->filter));
+    }
+    events_filter_clear(&s->filter);
+    if (filter) {
+        s->filter = *filter;
+        memset(filter, 0, sizeof(*filter));
+    }
+    return 0;
+}
+
+void events_unsubscribe(struct events *events, uint64_t subscriber) {
+    struct subscriber *s = find_subscriber(events, subscriber);
+    if (!s)
+        return;
+    s->id = 0;
+    events->dead_subs = true;
+    if (!events->publishing)
+        compact_subscribers(events);
+}
+
+size_t events_subscriber_count(const struct events *events) {
+    size_t n = 0;
+    for (size_t i = 0; i < events->n_subs; i++)
+        n += events->subs[i].id != 0;
+    return n;
+}
+
+/* Collects the slots of the last n kept events matching filter within max_bytes, newest
+ * first, into idx (room for n). Returns how many. */
+static size_t select_kept(const struct events *events, size_t n, const struct events_filter *filter,
+                          size_t max_bytes, bool *truncated, size_t *idx) {
+    size_t found = 0, bytes = 0;
+    if (truncated)
+        *truncated = false;
+    for (size_t k = 0; k < events->held && found < n; k++) {
+        size_t slot = (events->next + events->cap - 1 - k) % events->cap;
+        const struct kept *kept = &events->ring[slot];
+        if (!kept->line || !events_filter_match(filter, kept->event))
+            continue;
+        if (bytes + kept->len > max_bytes) {
+            if (truncated)
+                *truncated = true;
+            break;
+        }
+        bytes += kept->len;
+        idx[found++] = slot;
+    }
+    return found;
+}
+
+json_t *events_history(const struct events *events, size_t n, const struct events_filter *filter,
+                       size_t max_bytes, bool *truncated) {
+    json_t *list = json_array();
+    if (n > events->held)
+        n = events->held;
+    size_t *idx = n ? malloc(n * sizeof(*idx)) : NULL;
+    if (!list || (n && !idx)) {
+        json_decref(list);
+        free(idx);
+        return NULL;
+    }
+    size_t found = select_kept(events, n, filter, max_bytes, truncated, idx);
+    for (size_t i = found; i > 0; i--)
+        json_array_append(list, events->ring[idx[i - 1]].event);
+    free(idx);
+    return list;
+}
+
+size_t events_replay(struct events *events, uint64_t subscriber, size_t n, size_t max_bytes,
+                     bool *truncated) {
+    struct subscriber *s = find_subscriber(events, subscriber);
+    if (truncated)
+        *truncated = false;
+    if (!s || !events->sink)
+        return 0;
+    if (n > events->held)
+        n = events->held;
+    size_t *idx = n ? malloc(n * sizeof(*idx)) : NULL;
+    if (!idx)
+        return 0;
+    size_t found = select_kept(events, n, &s->filter, max_bytes, truncated, idx);
+    size_t sent = 0;
+    for (size_t i = found; i > 0; i--) {
+        const struct kept *kept = &events->ring[idx[i - 1]];
+        if (events->sink(subscriber, kept->line, kept->len, events->sink_data) < 0) {
+            events_unsubscribe(events, subscriber);
+            break;
+        }
+        sent++;
+    }
+    free(idx);
+    return sent;
 }
 
 uint64_t events_last_seq(const struct events *events) {
     return events->seq;
 }
 
+size_t events_history_count(const struct events *events) {
+    return events->held;
+}
+
 void events_free(struct events *events) {
     if (!events)
         return;
-    for (size_t i = 0; i < events->cap; i++)
-        json_decref(events->ring[i]);
+    for (size_t i = 0; i < events->cap; i++) {
+        json_decref(events->ring[i].event);
+        free(events->ring[i].line);
+    }
     free(events->ring);
+    for (size_t i = 0; i < events->n_subs; i++)
+        events_filter_clear(&events->subs[i].filter);
+    free(events->subs);
     free(events);
 }

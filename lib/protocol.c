@@ -19,7 +19,6 @@
  * every decimal of up to 15 digits survives the trip through a double, so 1.24 goes out
  * as 1.24 rather than 1.2399999999999999.
  */
-#define ENCODE_FLAGS (JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15))
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -301,26 +300,85 @@ int protocol_arg_string_list(const struct protocol_request *req, const char *nam
     return 0;
 }
 
+/*
+ * The encoder: jansson's, written in one pass. json_dumpb() measures the value, then
+ * writes it (two walks); json_dump_callback() walks once into our buffer, which grows as
+ * needed. JSON_REAL_PRECISION(15) writes durations as people read them ("12.3", not
+ * "12.300000000000001").
+ */
+#define ENCODE_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
+
+struct out {
+    char *data;
+    size_t len, cap;
+    int failed;
+};
+
+static int out_reserve(struct out *o, size_t n)
+{
+    size_t cap;
+    char *data;
+
+    if (o->failed)
+        return -1;
+    if (o->len + n <= o->cap)
+        return 0;
+    cap = o->cap ? o->cap : 256;
+    while (cap < o->len + n)
+        cap *= 2;
+    data = realloc(o->data, cap);
+    if (data == NULL) {
+        o->failed = 1;
+        return -1;
+    }
+    o->data = data;
+    o->cap = cap;
+    return 0;
+}
+
+static void out_put(struct out *o, const char *s, size_t n)
+{
+    if (out_reserve(o, n) == 0) {
+        memcpy(o->data + o->len, s, n);
+        o->len += n;
+    }
+}
+
+static int out_dump(const char *buffer, size_t size, void *data)
+{
+    struct out *o = data;
+
+    out_put(o, buffer, size);
+    return o->failed ? -1 : 0;
+}
+
+/* Appends value compactly; marks o failed on error. */
+static void out_value(struct out *o, const json_t *value)
+{
+    if (json_dump_callback(value, out_dump, o, ENCODE_FLAGS | JSON_ENCODE_ANY) < 0)
+        o->failed = 1;
+}
+
+/* Ends o with "\n" and a NUL; returns its buffer (owned by the caller) or NULL. */
+static char *out_finish(struct out *o, size_t *len)
+{
+    out_put(o, "\n", 2);
+    if (o->failed) {
+        free(o->data);
+        return NULL;
+    }
+    if (len != NULL)
+        *len = o->len - 1;
+    return o->data;
+}
+
 /* Dumps value compactly and appends "\n". */
 static char *encode(const json_t *value, size_t *len)
 {
-    size_t n = json_dumpb(value, NULL, 0, ENCODE_FLAGS);
-    char *buf;
+    struct out o = { 0 };
 
-    if (n == 0)
-        return NULL;
-    buf = malloc(n + 2);
-    if (buf == NULL)
-        return NULL;
-    if (json_dumpb(value, buf, n, ENCODE_FLAGS) != n) {
-        free(buf);
-        return NULL;
-    }
-    buf[n] = '\n';
-    buf[n + 1] = '\0';
-    if (len != NULL)
-        *len = n + 1;
-    return buf;
+    out_value(&o, value);
+    return out_finish(&o, len);
 }
 
 /* {"id": id, "ok": ok, ...}; id is not stolen. */
@@ -340,18 +398,16 @@ static json_t *response_new(json_t *id, int ok)
 
 char *protocol_encode_ok(json_t *id, json_t *result, size_t *len)
 {
-    json_t *resp = response_new(id, 1);
-    char *line = NULL;
+    /* {"id":ID,"ok":true,"result":RESULT}, written directly (no response object). */
+    struct out o = { 0 };
 
-    if (resp == NULL) {
-        json_decref(result);
-        return NULL;
-    }
-    /* set_new steals result even when it fails. */
-    if (json_object_set_new(resp, "result", result != NULL ? result : json_null()) == 0)
-        line = encode(resp, len);
-    json_decref(resp);
-    return line;
+    out_put(&o, "{\"id\":", sizeof("{\"id\":") - 1);
+    out_value(&o, id != NULL ? id : json_null());
+    out_put(&o, ",\"ok\":true,\"result\":", sizeof(",\"ok\":true,\"result\":") - 1);
+    out_value(&o, result != NULL ? result : json_null());
+    out_put(&o, "}", 1);
+    json_decref(result);
+    return out_finish(&o, len);
 }
 
 /* message as a JSON string, its invalid UTF-8 replaced (json_string() refuses it). */

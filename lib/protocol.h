@@ -37,6 +37,9 @@
 #define PROTOCOL_E_RELOAD_FAILED   "reload_failed"     /* the batch failed; details in error */
 #define PROTOCOL_E_PERMISSION      "permission_denied" /* peer uid refused (SO_PEERCRED) */
 #define PROTOCOL_E_TOO_MANY        "too_many_clients"  /* connection limit reached */
+#define PROTOCOL_E_REQUEST_TIMEOUT "request_timeout"   /* a partial line was not finished */
+#define PROTOCOL_E_ALREADY_WATCHED "already_watched"   /* watch: DIR is, is under or holds a root */
+#define PROTOCOL_E_WATCH_FAILED    "watch_failed"      /* watch: the kernel refused (limits, access) */
 
 struct protocol_request {
     json_t *root;     /* the whole request object (owned; arguments are its members) */

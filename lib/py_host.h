@@ -104,7 +104,7 @@ size_t py_host_modules_loaded(struct py_host *host);
 /* "3.11.2": the embedded interpreter's version (static string). */
 const char *py_host_python_version(void);
 
-/* Name of a job kind ("startup", "reload", "exec", "modules"). */
+/* Name of a job kind ("startup", "reload", "exec", "modules", "configure"). */
 const char *py_job_kind_name(enum py_job_kind kind);
 
 /* Stops the host: queued jobs are finished with ok=false, code "shutting_down"; the

@@ -314,6 +314,9 @@ def refresh_index():
         if module is None or _index_seen.get(name) is module:
             continue
         _index_seen[name] = module
+        indexed = _index_modules.get(name)
+        if indexed is not None and indexed[0] is module:
+            continue  # seen again after _index_seen was cleared (update_roots): indexed once
         origin = _module_origin(module)
         if origin is None:
             continue

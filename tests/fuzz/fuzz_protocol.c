@@ -1,14 +1,18 @@
 /*
  * libFuzzer target for the request decoder (lib/protocol.c): any bytes go in as one
  * request line; a decoded request is re-encoded, and the line that comes out must be one
- * "\n"-terminated line that decodes again to a request that encodes to the same line.
- * Errors must carry a code and a message, and the request must stay untouched.
+ * "\n"-terminated line, byte for byte what jansson's json_dumpb() writes, that decodes
+ * again to a request that encodes to the same line.
+ * Errors must carry a code and a message, and the request must stay untouched. A decoded
+ * request's "events", "modules" and "history" members also go through the argument
+ * parsers of subscribe and history (lib/events.c), as the daemon would read them.
  *
  * Build and run from the top of the tree (clang; jansson itself is not instrumented, so
  * coverage guidance stops at its API, which is what this target is about):
  *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Ilib \
- *       tests/fuzz/fuzz_protocol.c lib/protocol.c -ljansson -lm -o /tmp/fuzz_protocol
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Ilib \
+ *       tests/fuzz/fuzz_protocol.c lib/protocol.c lib/events.c lib/log.c \
+ *       -ljansson -lm -o /tmp/fuzz_protocol
  *   mkdir -p /tmp/corpus && /tmp/fuzz_protocol -artifact_prefix=/tmp/ -max_len=4096 \
  *       /tmp/corpus tests/fuzz/corpus/protocol
  *
@@ -21,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "events.h"
 #include "protocol.h"
 
 /*
@@ -56,6 +61,8 @@ static int has_huge_real(const json_t *v)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+#define JANSSON_FLAGS (JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15))
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static json_t poison;
@@ -88,6 +95,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     line = protocol_encode_line(req.root, &len);
     if (line == NULL || len == 0 || line[len - 1] != '\n' || memchr(line, '\n', len - 1))
         abort();
+    /* pyhotd's encoder (jansson, one pass) writes exactly what json_dumpb() writes. */
+    {
+        size_t n = json_dumpb(req.root, NULL, 0, JANSSON_FLAGS);
+        char *ref = malloc(n + 1);
+
+        if (ref == NULL || json_dumpb(req.root, ref, n, JANSSON_FLAGS) != n || n != len - 1 ||
+            memcmp(ref, line, n) != 0)
+            abort();
+        free(ref);
+    }
     /* Encoding is stable: the line decodes to the same request, which encodes to the
      * same line. (Lines, not json_equal: reals go out with 15 significant digits, so a
      * real of 17 digits changes once, then never again.) Escapes can make the line
@@ -108,9 +125,42 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     free(line);
 
+    /* The arguments of subscribe and history, as commands.c reads them. */
+    {
+        struct events_filter filter;
+        int64_t n;
+
+        if (events_filter_parse(json_object_get(req.root, "events"),
+                                json_object_get(req.root, "modules"), &filter, err,
+                                sizeof(err)) == 0) {
+            if (filter.n_types > EVENTS_FILTER_MAX_ITEMS ||
+                filter.n_modules > EVENTS_FILTER_MAX_ITEMS)
+                abort();
+            /* The request itself stands in for an event. */
+            events_filter_match(&filter, req.root);
+            events_filter_clear(&filter);
+        } else if (err[0] == '\0') {
+            abort();
+        }
+        if (protocol_arg_int(&req, "history", 0, INT32_MAX, &n, err, sizeof(err)) == 0 &&
+            (n < 0 || n > INT32_MAX))
+            abort();
+    }
+
     line = protocol_encode_ok(req.id, json_incref(req.root), &len);
     if (line == NULL || memchr(line, '\n', len - 1) != NULL)
         abort();
+    {
+        json_t *resp = json_pack("{s:O, s:b, s:O}", "id", req.id, "ok", 1, "result", req.root);
+        size_t n = json_dumpb(resp, NULL, 0, JANSSON_FLAGS);
+        char *ref = malloc(n + 1);
+
+        if (ref == NULL || json_dumpb(resp, ref, n, JANSSON_FLAGS) != n || n != len - 1 ||
+            memcmp(ref, line, n) != 0)
+            abort();
+        free(ref);
+        json_decref(resp);
+    }
     free(line);
     protocol_request_clear(&req);
     return 0;

@@ -782,6 +782,43 @@ static void test_encode_line(void **state)
     assert_null(protocol_encode_line(NULL, &len));
 }
 
+/* The encoder (jansson's json_dump_callback, one pass) writes what json_dumpb() writes,
+ * for the values pyhotd sends: escapes, UTF-8, integers at both ends, reals, nesting. */
+static void test_encode_matches_jansson(void **state)
+{
+    static const char *const values[] = {
+        "\"plain\"", "\"q\\\"b\\\\s\\/ \\b\\f\\n\\r\\t \\u0001\\u001f\\u007f\"",
+        "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 \\u2028\"", "0", "-1",
+        "9223372036854775807", "-9223372036854775808", "1.24", "0.1", "1e-7", "-2.5e+300",
+        "1e15", "123456789012345678.0", "5e-324", "1.7976931348623157e308", "[]", "{}",
+        "[1,[2,[3,{\"a\":[true,false,null]}]]]", "{\"z\":1,\"a\":2,\"\":{\"k\\n\":\"v\"}}",
+    };
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        json_error_t jerr;
+        json_t *v = json_loads(values[i], JSON_DECODE_ANY, &jerr);
+        size_t len, n;
+        char *line, *ref;
+
+        assert_non_null(v);
+        line = protocol_encode_line(v, &len);
+        assert_non_null(line);
+        n = json_dumpb(v, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+        ref = malloc(n + 1);
+        assert_non_null(ref);
+        json_dumpb(v, ref, n, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+        ref[n] = '\0';
+        assert_int_equal(len, n + 1);
+        line[len - 1] = '\0';
+        assert_string_equal(line, ref);
+        free(ref);
+        free(line);
+        json_decref(v);
+    }
+}
+
 static void test_encode_request(void **state)
 {
     json_t *args = json_pack("{s:[s,s],s:s,s:i}", "targets", "app.handlers", "/a/b.py",
@@ -1028,6 +1065,7 @@ int main(void)
         cmocka_unit_test(test_encode_error),
         cmocka_unit_test(test_encode_error_invalid_utf8),
         cmocka_unit_test(test_encode_line),
+        cmocka_unit_test(test_encode_matches_jansson),
         cmocka_unit_test(test_encode_request),
         cmocka_unit_test(test_format_time),
     };
