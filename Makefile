@@ -10,12 +10,14 @@ DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev 
                 libsystemd-dev libcmocka-dev python3-pytest inotify-tools systemd
 # Peers measured beside pyhotd by `make bench` only.
 BENCH_PACKAGES := watchman hyperfine
+# clang and its runtime (libFuzzer, ASan) for `make fuzz`.
+FUZZ_PACKAGES := clang libclang-rt-14-dev
 
 FUZZ_BUILD ?= build-fuzz
 FUZZ_TIME  ?= 60
 FUZZ_CC    ?= clang
 
-.PHONY: all deps deps-bench install-packages build test unit integration demo asan bench bench-status fuzz fuzz-build install verify-units clean
+.PHONY: all deps deps-bench deps-fuzz install-packages build test unit integration demo asan bench bench-status fuzz fuzz-build install verify-units clean
 
 all: build
 
@@ -98,7 +100,8 @@ bench-status: build
 # FUZZ_TIME seconds under ASan + UBSan from the committed seeds (tests/fuzz/corpus/NAME);
 # what they find new goes to $(FUZZ_BUILD)/corpus-NAME, crashes to $(FUZZ_BUILD)/crash-NAME/.
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-              -D_GNU_SOURCE -Ilib -Wall -Wextra -Werror -Wno-unused-parameter
+              -D_GNU_SOURCE -Ilib -Wall -Wextra -Werror -Wno-unused-parameter \
+              -DPYHOT_PYTHON_VERSION='"$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')"'
 
 $(FUZZ_BUILD)/fuzz_protocol: tests/fuzz/fuzz_protocol.c lib/protocol.c lib/protocol.h lib/events.c \
                              lib/events.h lib/log.c lib/log.h
@@ -112,7 +115,10 @@ $(FUZZ_BUILD)/fuzz_config: tests/fuzz/fuzz_config.c lib/config.c lib/config.h li
 	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c lib/config.c lib/log.c lib/protocol.c \
 	    -linih -ljansson -o $@
 
-fuzz-build: $(FUZZ_BUILD)/fuzz_protocol $(FUZZ_BUILD)/fuzz_config
+deps-fuzz: deps
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(FUZZ_PACKAGES)"
+
+fuzz-build: deps-fuzz $(FUZZ_BUILD)/fuzz_protocol $(FUZZ_BUILD)/fuzz_config
 
 fuzz: fuzz-build
 	@for t in protocol config; do \
