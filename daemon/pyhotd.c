@@ -29,28 +29,33 @@ int main(int argc, char **argv) {
     if (config_parse_args(&cfg, argc, argv, err, sizeof(err)) < 0) {
         fprintf(stderr, "pyhotd: %s\nTry 'pyhotd --help'.\n", err);
         config_free(&cfg);
+        free(original_argv);
         return 2;
     }
     if (cfg.show_help) {
         fputs(config_usage(), stdout);
         config_free(&cfg);
+        free(original_argv);
         return 0;
     }
     if (cfg.show_version) {
         printf("pyhotd %s (Python %s, protocol %d)\n", PYHOT_VERSION, py_host_python_version(),
                PROTOCOL_VERSION);
         config_free(&cfg);
+        free(original_argv);
         return 0;
     }
     if (config_finish(&cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "pyhotd: %s\n", err);
         config_free(&cfg);
+        free(original_argv);
         return 2;
     }
     if (cfg.check_config) {
         printf("pyhotd: configuration OK%s%s\n", cfg.config_path ? ": " : "",
                cfg.config_path ? cfg.config_path : "");
         config_free(&cfg);
+        free(original_argv);
         return 0;
     }
     log_init(cfg.log_level);

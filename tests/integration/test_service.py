@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -23,37 +24,55 @@ settle_ms = {settle}
 
 
 class NotifyListener:
-    """The NOTIFY_SOCKET end of sd_notify(3): a datagram socket collecting messages."""
+    """The NOTIFY_SOCKET end of sd_notify(3): a datagram socket whose messages a thread
+    collects as they come, as systemd does. (A receiver that stops reading would fill the
+    socket's queue, net.unix.max_dgram_qlen, and block the sender's next sd_notify.)"""
 
     def __init__(self, path):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
+        self.sock.settimeout(0.05)
         self.messages = []
+        self.lock = threading.Lock()
+        self.running = True
+        self.thread = threading.Thread(target=self._collect, daemon=True)
+        self.thread.start()
 
-    def drain(self, timeout=0.0):
-        self.sock.settimeout(timeout if timeout > 0 else 0.001)
-        while True:
+    def _collect(self):
+        while self.running:
             try:
                 data = self.sock.recv(4096).decode()
-            except (socket.timeout, BlockingIOError):
+            except socket.timeout:
+                continue
+            except OSError:
                 return
-            self.messages.append(data)
-            self.sock.settimeout(0.001)
+            with self.lock:
+                self.messages.append(data)
+
+    def drain(self, timeout=0.0):
+        if timeout > 0:
+            time.sleep(timeout)
+
+    def all(self):
+        with self.lock:
+            return list(self.messages)
 
     def states(self):
         """The messages other than watchdog pings, in order."""
-        return [m for m in self.messages if m != "WATCHDOG=1"]
+        return [m for m in self.all() if m != "WATCHDOG=1"]
 
     def wait_for(self, predicate, what):
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
-            self.drain(0.05)
             if predicate(self.states()):
                 return self.states()
-        raise AssertionError("timed out waiting for %s; got %r" % (what, self.messages))
+            time.sleep(0.02)
+        raise AssertionError("timed out waiting for %s; got %r" % (what, self.all()))
 
     def close(self):
+        self.running = False
+        self.thread.join(2)
         self.sock.close()
 
 
@@ -73,8 +92,7 @@ def test_notify_sequence_watchdog_and_sighup_reload(pyhotd, notify, tmp_path):
                env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(200000)})
     notify.wait_for(lambda s: s[:1] == ["READY=1"], "READY=1")
     # The watchdog is pinged from the loop thread at half the interval (100 ms).
-    wait_for(lambda: (notify.drain(0.05), notify.messages.count("WATCHDOG=1") >= 3)[1],
-             what="three watchdog pings")
+    wait_for(lambda: notify.all().count("WATCHDOG=1") >= 3, what="three watchdog pings")
     sub = d.subscriber()
 
     # SIGHUP with a changed file: the first root out, a second root in, settle changed.
@@ -127,8 +145,7 @@ def test_no_watchdog_pings_without_watchdog_usec(pyhotd, notify):
     pyhotd({"m.py": "X = 1\n"}, env={"NOTIFY_SOCKET": notify.path})
     notify.wait_for(lambda s: s[:1] == ["READY=1"], "READY=1")
     time.sleep(0.3 * SCALE)
-    notify.drain(0.05)
-    assert "WATCHDOG=1" not in notify.messages
+    assert "WATCHDOG=1" not in notify.all()
 
 
 def test_venv_packages_import_as_in_the_venv(pyhotd, tmp_path):
