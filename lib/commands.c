@@ -67,7 +67,7 @@ static void cmd_ping(struct daemon *daemon, uint64_t client, const struct protoc
 }
 
 static void cmd_status(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
-    daemon_reply_ok(daemon, client, req->id, daemon_status(daemon));
+    daemon_reply_status(daemon, client, req->id);
 }
 
 static void cmd_modules(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
@@ -262,6 +262,9 @@ void commands_dispatch(struct daemon *daemon, uint64_t client, const char *line,
         return;
     }
     const struct command_entry *entry = commands_find(req.cmd);
+    if (entry && strcmp(entry->name, "status") != 0 && strcmp(entry->name, "ping") != 0 &&
+        strcmp(entry->name, "hello") != 0)
+        daemon_status_changed(daemon);
     if (!entry) {
         char message[ERR_LEN];
         snprintf(message, sizeof(message), "unknown command '%.200s'", req.cmd);

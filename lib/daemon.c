@@ -55,6 +55,10 @@ struct daemon {
     struct histogram latency_ms;  /* latency_ms of each file batch that applied (ok) */
     uint64_t responses, failed_responses;
     json_t *last_batch;
+    char *status_cache;         /* the status result as encoded, see daemon_reply_status */
+    size_t status_cache_len;
+    uint64_t status_cache_key[7]; /* what it was encoded from, see daemon_reply_status */
+    uint64_t status_generation;   /* bumped by every command but the read-only ones */
     bool ready;
     bool stopping;
     int exit_code;
@@ -90,6 +94,43 @@ static void origin_free(struct job_origin *origin) {
 void daemon_reply_ok(struct daemon *daemon, uint64_t client, json_t *id, json_t *result) {
     size_t len;
     char *line = protocol_encode_ok(id, result, &len);
+    daemon->responses++;
+    if (line && daemon->control)
+        control_send_owned(daemon->control, client, line, len);
+    else
+        free(line);
+}
+
+void daemon_status_changed(struct daemon *daemon) {
+    daemon->status_generation++;
+}
+
+void daemon_reply_status(struct daemon *daemon, uint64_t client, json_t *id) {
+    /* What status shows that can change without an event: the running job and the queue,
+     * modules, subscribers, and whatever a command changed (status_generation). */
+    uint64_t key[7] = {
+        uv_now(&daemon->loop), events_last_seq(daemon->events),
+        py_host_running(daemon->host, NULL, NULL), py_host_queued(daemon->host),
+        py_host_modules_loaded(daemon->host),
+        daemon->control ? control_subscriber_count(daemon->control) : 0,
+        daemon->status_generation,
+    };
+    if (!daemon->status_cache || memcmp(key, daemon->status_cache_key, sizeof(key)) != 0) {
+        json_t *status = daemon_status(daemon);
+        size_t n = 0;
+        char *encoded = protocol_encode_value(status, &n);
+        json_decref(status);
+        if (!encoded) {
+            daemon_reply_error(daemon, client, id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
+            return;
+        }
+        free(daemon->status_cache);
+        daemon->status_cache = encoded;
+        daemon->status_cache_len = n;
+        memcpy(daemon->status_cache_key, key, sizeof(key));
+    }
+    size_t len;
+    char *line = protocol_encode_ok_encoded(id, daemon->status_cache, daemon->status_cache_len, &len);
     daemon->responses++;
     if (line && daemon->control)
         control_send_owned(daemon->control, client, line, len);
@@ -1094,6 +1135,7 @@ int daemon_run(struct config *cfg, int argc, char **argv) {
     events_free(daemon->events);
     filter_free(daemon->filter);
     json_decref(daemon->last_batch);
+    free(daemon->status_cache);
     free(daemon);
     log_info("stopped");
     return code;

@@ -37,6 +37,16 @@ void daemon_reply_error(struct daemon *daemon, uint64_t client, json_t *id, cons
 /* The status object of the status command (new reference). */
 json_t *daemon_status(struct daemon *daemon);
 
+/* Answers a status request with the status encoded (by jansson) afresh only when the
+ * millisecond (uv_now), the last event, the running job, the queue, the module count, the
+ * subscribers or a command (daemon_status_changed) changed since the last encoding: many
+ * clients polling status share one encoding instead of paying one each. */
+void daemon_reply_status(struct daemon *daemon, uint64_t client, json_t *id);
+
+/* Something status shows changed without an event (a command ran): the next status is
+ * encoded afresh. */
+void daemon_status_changed(struct daemon *daemon);
+
 /* Runs kind (py_host.h) with input (stolen) on the python thread and replies to client
  * with the job's output when it finishes. Returns 0, or a negative errno after replying
  * with an error itself. */

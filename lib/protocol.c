@@ -410,6 +410,33 @@ char *protocol_encode_ok(json_t *id, json_t *result, size_t *len)
     return out_finish(&o, len);
 }
 
+char *protocol_encode_ok_encoded(json_t *id, const char *result, size_t result_len, size_t *len)
+{
+    struct out o = { 0 };
+
+    out_put(&o, "{\"id\":", sizeof("{\"id\":") - 1);
+    out_value(&o, id != NULL ? id : json_null());
+    out_put(&o, ",\"ok\":true,\"result\":", sizeof(",\"ok\":true,\"result\":") - 1);
+    out_put(&o, result, result_len);
+    out_put(&o, "}", 1);
+    return out_finish(&o, len);
+}
+
+char *protocol_encode_value(json_t *value, size_t *len)
+{
+    struct out o = { 0 };
+
+    out_value(&o, value);
+    out_put(&o, "", 1);
+    if (o.failed) {
+        free(o.data);
+        return NULL;
+    }
+    if (len != NULL)
+        *len = o.len - 1;
+    return o.data;
+}
+
 /* message as a JSON string, its invalid UTF-8 replaced (json_string() refuses it). */
 static json_t *message_string(const char *message)
 {

@@ -73,6 +73,11 @@ int protocol_arg_string_list(const struct protocol_request *req, const char *nam
  * *len (may be NULL), or NULL on allocation failure. id may be NULL (encoded as null);
  * it is not stolen. result is stolen (NULL encodes as null). */
 char *protocol_encode_ok(json_t *id, json_t *result, size_t *len);
+/* The same with result already encoded (a compact JSON value of result_len bytes, e.g.
+ * from protocol_encode_value): the response is id's encoding spliced around it. */
+char *protocol_encode_ok_encoded(json_t *id, const char *result, size_t result_len, size_t *len);
+/* Encodes value compactly, without "\n"; caller frees; NULL on allocation failure. */
+char *protocol_encode_value(json_t *value, size_t *len);
 /* error members beyond code and message come from `details` (an object, stolen; may be
  * NULL), e.g. type, traceback. */
 char *protocol_encode_error(json_t *id, const char *code, const char *message,
