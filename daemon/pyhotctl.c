@@ -29,7 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <editline/readline.h>
+#include <dlfcn.h>
 #include <jansson.h>
 
 #include "protocol.h"
@@ -1986,8 +1986,63 @@ static char *history_path(void)
     return path;
 }
 
+/*
+ * libedit, loaded by repl only (dlopen): linking it costs every pyhotctl invocation ~0.4 ms
+ * of dynamic linking (measured with hyperfine), which `run` cannot afford
+ * (docs/benchmarks.md). Without it, repl reads plain lines.
+ */
+#ifndef PYHOT_LIBEDIT_SONAME
+#define PYHOT_LIBEDIT_SONAME "libedit.so.2"
+#endif
+
+struct editline {
+    char *(*readline)(const char *prompt);
+    int (*add_history)(const char *line);
+    int (*read_history)(const char *path);
+    int (*write_history)(const char *path);
+    void (*using_history)(void);
+};
+
+static bool editline_load(struct editline *el)
+{
+    void *h = dlopen(PYHOT_LIBEDIT_SONAME, RTLD_NOW | RTLD_LOCAL);
+
+    if (h == NULL)
+        return false;
+    *(void **)&el->readline = dlsym(h, "readline");
+    *(void **)&el->add_history = dlsym(h, "add_history");
+    *(void **)&el->read_history = dlsym(h, "read_history");
+    *(void **)&el->write_history = dlsym(h, "write_history");
+    *(void **)&el->using_history = dlsym(h, "using_history");
+    return el->readline != NULL && el->add_history != NULL && el->read_history != NULL &&
+           el->write_history != NULL && el->using_history != NULL;
+}
+
+/* A line without its newline (malloc'd), or NULL at end of input: libedit's, or a plain
+ * read when libedit is missing. */
+static char *repl_read(const struct editline *el, const char *prompt)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+
+    if (el != NULL)
+        return el->readline(prompt);
+    fputs(prompt, stdout);
+    fflush(stdout);
+    n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        free(line);
+        return NULL;
+    }
+    if (n > 0 && line[n - 1] == '\n')
+        line[n - 1] = '\0';
+    return line;
+}
+
 static int cmd_repl(struct ctl *ctl, int argc, char **argv)
 {
+    struct editline editline_api, *el = editline_load(&editline_api) ? &editline_api : NULL;
     char *source = NULL, *hist = history_path();
     size_t source_len = 0;
     int r;
@@ -1998,13 +2053,18 @@ static int cmd_repl(struct ctl *ctl, int argc, char **argv)
         free(hist);
         return EXIT_USAGE;
     }
-    using_history();
-    if (hist != NULL)
-        read_history(hist);
+    if (el == NULL) {
+        free(hist);
+        hist = NULL;
+    } else {
+        el->using_history();
+        if (hist != NULL)
+            el->read_history(hist);
+    }
     if (isatty(STDIN_FILENO))
         printf("pyhotd's interpreter; Ctrl-D leaves.\n");
     for (;;) {
-        char *line = readline(source == NULL ? ">>> " : "... ");
+        char *line = repl_read(el, source == NULL ? ">>> " : "... ");
         json_t *args, *resp, *result;
         char *grown;
         size_t n;
@@ -2014,8 +2074,8 @@ static int cmd_repl(struct ctl *ctl, int argc, char **argv)
             r = EXIT_OK;
             break;
         }
-        if (line[0] != '\0')
-            add_history(line);
+        if (line[0] != '\0' && el != NULL)
+            el->add_history(line);
         n = strlen(line);
         grown = realloc(source, source_len + n + 2);
         if (grown == NULL) {
@@ -2065,7 +2125,7 @@ static int cmd_repl(struct ctl *ctl, int argc, char **argv)
         source_len = 0;
     }
     if (hist != NULL) {
-        write_history(hist);
+        el->write_history(hist);
         free(hist);
     }
     free(source);

@@ -885,7 +885,7 @@ json_t *daemon_status(struct daemon *daemon) {
     json_t *job = job_id ? json_pack("{s:I, s:s, s:I}", "id", (json_int_t)job_id, "kind", kind,
                                      "age_ms", (json_int_t)age_ms)
                          : json_null();
-    return json_pack(
+    json_t *status = json_pack(
         "{s:s, s:I, s:I, s:s, s:s, s:I, s:o, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:O, s:o, s:I, s:I, s:b, s:o}",
         "version", PYHOT_VERSION,
         "pid", (json_int_t)getpid(),
@@ -908,6 +908,9 @@ json_t *daemon_status(struct daemon *daemon) {
         "subscribers", (json_int_t)control_subscriber_count(daemon->control),
         "ready", daemon->ready,
         "watch", watch);
+    if (status)
+        json_object_set_new(status, "runs", json_integer((json_int_t)daemon_runs_active(daemon)));
+    return status;
 }
 
 /* ---- stop --------------------------------------------------------------------------- */
