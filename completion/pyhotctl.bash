@@ -5,7 +5,7 @@
 # tail -m) are asked of the running daemon (`pyhotctl modules`, one second at most), on the
 # socket given on the command line if any.
 
-_pyhotctl_commands="hello ping status stats modules reload watch unwatch pause resume tail history exec stop help"
+_pyhotctl_commands="hello ping status stats modules reload watch unwatch pause resume tail history exec run repl stop help"
 _pyhotctl_events="reload batch started stopping watch_error import_error startup_error"
 
 # Module names loaded in the daemon whose socket is $1 (may be empty).

@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dlfcn.h>
 #include <jansson.h>
 
 #include "protocol.h"
@@ -37,6 +38,7 @@
 #define EXIT_OK     0
 #define EXIT_FAILED 1
 #define EXIT_USAGE  2
+#define EXIT_TIMEOUT 124  /* run --timeout passed, as timeout(1) exits */
 
 /* ctl_wait_response: a stop signal came during tail (not an exit status). */
 #define WAIT_INTERRUPTED 100
@@ -63,6 +65,7 @@
 /* Options that only some commands take (struct ctl_command.options). */
 #define CTL_OPT_COUNT  1u   /* -n, --lines N */
 #define CTL_OPT_FILTER 2u   /* -e, --event TYPE; -m, --module GLOB */
+#define CTL_OPT_RAW    4u   /* the command parses every argument after its name itself (run) */
 
 /* stats: histogram bars at most this many rows and columns. */
 #define BAR_ROWS  12
@@ -1709,6 +1712,426 @@ static int cmd_exec(struct ctl *ctl, int argc, char **argv)
     return r;
 }
 
+/* ---- run ---- */
+
+static int append_arg(json_t **list, const char *arg, const char *what);
+
+/* "NAME=JSON" of --set into globals. */
+static int add_global(json_t *globals, const char *arg)
+{
+    const char *eq = strchr(arg, '=');
+    json_error_t jerr;
+    json_t *value;
+    char *name;
+
+    if (eq == NULL || eq == arg) {
+        fail("--set: expected NAME=JSON, got '%s'", arg);
+        return -EINVAL;
+    }
+    value = json_loads(eq + 1, JSON_DECODE_ANY, &jerr);
+    if (value == NULL) {
+        fail("--set %.*s: the value is not JSON (%s); a string needs quotes: NAME='\"text\"'",
+             (int)(eq - arg), arg, jerr.text);
+        return -EINVAL;
+    }
+    name = strndup(arg, (size_t)(eq - arg));
+    if (name == NULL || json_object_set_new(globals, name, value) < 0) {
+        free(name);
+        fail("--set: the name is not valid UTF-8");
+        return -EINVAL;
+    }
+    free(name);
+    return 0;
+}
+
+/* A non-negative number of seconds in ms (0 = none). */
+static int parse_seconds(const char *opt, const char *arg, long long *ms)
+{
+    char *end;
+    double s;
+
+    errno = 0;
+    s = strtod(arg, &end);
+    if (errno != 0 || end == arg || *end != '\0' || !isfinite(s) || s < 0 || s > TIMEOUT_MAX_S) {
+        fail("%s: '%s' is not a number of seconds between 0 and %d", opt, arg, TIMEOUT_MAX_S);
+        return -EINVAL;
+    }
+    *ms = (long long)(s * 1000);
+    if (s > 0 && *ms == 0)
+        *ms = 1;
+    return 0;
+}
+
+static int parse_whole(const char *opt, const char *arg, long long max, long long *out)
+{
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(arg, &end, 10);
+    if (errno != 0 || end == arg || *end != '\0' || v < 0 || v > max) {
+        fail("%s: '%s' is not a whole number from 0 to %lld", opt, arg, max);
+        return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The value of option opt at argv[*i] ("--opt VALUE" or "--opt=VALUE"); NULL after a
+ * message when it is missing. */
+static const char *option_value(int argc, char **argv, int *i, const char *opt)
+{
+    size_t n = strlen(opt);
+
+    if (argv[*i][n] == '=')
+        return argv[*i] + n + 1;
+    if (*i + 1 >= argc) {
+        fail("option %s needs an argument", opt);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+static bool is_option(const char *arg, const char *opt)
+{
+    size_t n = strlen(opt);
+
+    return strncmp(arg, opt, n) == 0 && (arg[n] == '\0' || arg[n] == '=');
+}
+
+/* The exit status of a run's result: its exit code, 124 when it timed out, 128 + N when
+ * signal N ended it (as a shell reports it). */
+static int run_status(json_t *result)
+{
+    long long v;
+
+    if (json_is_true(json_object_get(result, "timed_out")))
+        return EXIT_TIMEOUT;
+    if (jint(result, "signal", &v) && v > 0)
+        return 128 + (int)v;
+    if (jint(result, "exit_code", &v))
+        return (int)(v & 0xff);
+    return EXIT_FAILED;
+}
+
+static int cmd_run(struct ctl *ctl, int argc, char **argv)
+{
+    json_t *args = json_object(), *globals = json_object(), *list = json_array();
+    const char *module = NULL, *script = NULL, *cwd = NULL, *v;
+    bool isolate = false;
+    long long timeout_ms = 0, memory_mb = 0, cpu_s = 0;
+    int i, r = EXIT_USAGE;
+
+    for (i = 0; i < argc && script == NULL && module == NULL; i++) {
+        const char *a = argv[i];
+
+        if (strcmp(a, "--") == 0) {
+            if (i + 1 < argc)
+                script = argv[++i];
+            break;
+        } else if (strcmp(a, "--isolate") == 0) {
+            isolate = true;
+        } else if (is_option(a, "--timeout")) {
+            if ((v = option_value(argc, argv, &i, "--timeout")) == NULL ||
+                parse_seconds("--timeout", v, &timeout_ms) < 0)
+                goto out;
+        } else if (is_option(a, "--memory")) {
+            if ((v = option_value(argc, argv, &i, "--memory")) == NULL ||
+                parse_whole("--memory", v, 1 << 24, &memory_mb) < 0)
+                goto out;
+        } else if (is_option(a, "--cpu")) {
+            if ((v = option_value(argc, argv, &i, "--cpu")) == NULL ||
+                parse_whole("--cpu", v, INT32_MAX, &cpu_s) < 0)
+                goto out;
+        } else if (is_option(a, "--cwd")) {
+            if ((cwd = option_value(argc, argv, &i, "--cwd")) == NULL)
+                goto out;
+        } else if (is_option(a, "--set")) {
+            if ((v = option_value(argc, argv, &i, "--set")) == NULL || add_global(globals, v) < 0)
+                goto out;
+        } else if (strcmp(a, "-m") == 0) {
+            if (i + 1 >= argc) {
+                fail("-m needs a module name");
+                goto out;
+            }
+            module = argv[++i];
+        } else if (strncmp(a, "-m", 2) == 0) {
+            module = a + 2;
+        } else if (a[0] == '-' && a[1] != '\0') {
+            fail("run: unknown option %s", a);
+            goto out;
+        } else {
+            script = a;
+        }
+    }
+    if (script == NULL && module == NULL) {
+        fail("run: missing SCRIPT or -m MODULE");
+        goto out;
+    }
+    for (; i < argc; i++) {
+        if (append_arg(&list, argv[i], "argument") < 0)
+            goto out;
+    }
+    if (script != NULL) {
+        char *real = realpath(script, NULL);
+        char buf[PATH_MAX];
+
+        if (real == NULL && script[0] != '/' && getcwd(buf, sizeof(buf)) != NULL) {
+            /* Not there: the daemon says so, about the path the user meant. */
+            size_t n = strlen(buf);
+
+            real = malloc(n + strlen(script) + 2);
+            if (real != NULL)
+                sprintf(real, "%s/%s", buf, script);
+        }
+        json_object_set_new(args, "path", json_string(real != NULL ? real : script));
+        free(real);
+    } else {
+        json_object_set_new(args, "module", json_string(module));
+    }
+    if (isolate && cwd == NULL) {
+        /* An isolated run starts where pyhotctl runs, as python3 would. */
+        char buf[PATH_MAX];
+
+        if (getcwd(buf, sizeof(buf)) != NULL)
+            json_object_set_new(args, "cwd", json_string(buf));
+    } else if (cwd != NULL) {
+        char *real = realpath(cwd, NULL);
+
+        json_object_set_new(args, "cwd", json_string(real != NULL ? real : cwd));
+        free(real);
+    }
+    json_object_set(args, "argv", list);
+    if (json_object_size(globals) > 0)
+        json_object_set(args, "globals", globals);
+    if (timeout_ms > 0)
+        json_object_set_new(args, "timeout_ms", json_integer(timeout_ms));
+    if (isolate)
+        json_object_set_new(args, "isolate", json_true());
+    if (memory_mb > 0)
+        json_object_set_new(args, "memory_mb", json_integer(memory_mb));
+    if (cpu_s > 0)
+        json_object_set_new(args, "cpu_s", json_integer(cpu_s / 1));
+
+    if (ctl_connect(ctl) < 0)
+        goto out;
+    r = ctl_send(ctl, "run", args);
+    if (r != EXIT_OK)
+        goto out;
+    for (;;) {
+        char *line;
+        size_t len;
+        json_t *msg, *id;
+        const char *stream;
+
+        r = read_line(ctl, -1, &line, &len);
+        if (r <= 0) {
+            r = read_failed(ctl, r, "the run ended");
+            goto out;
+        }
+        if (len == 0)
+            continue;
+        msg = parse_line(line, len);
+        if (msg == NULL) {
+            r = EXIT_USAGE;
+            goto out;
+        }
+        id = json_object_get(msg, "id");
+        if (ctl->json && (json_object_get(msg, "stream") != NULL || is_our_response(msg))) {
+            fwrite(line, 1, len, stdout);
+            fputc('\n', stdout);
+            fflush(stdout);
+        }
+        stream = jstr(msg, "stream");
+        if (stream != NULL && json_is_integer(id) && json_integer_value(id) == REQUEST_ID) {
+            json_t *data = json_object_get(msg, "data");
+            FILE *out = strcmp(stream, "stderr") == 0 ? stderr : stdout;
+
+            if (!ctl->json && json_is_string(data)) {
+                fwrite(json_string_value(data), 1, json_string_length(data), out);
+                fflush(out);
+            }
+        } else if (!is_event(msg) && is_our_response(msg)) {
+            if (json_is_true(json_object_get(msg, "ok"))) {
+                r = run_status(json_object_get(msg, "result"));
+            } else {
+                if (!ctl->json)
+                    report_error(msg);
+                r = EXIT_FAILED;
+            }
+            json_decref(msg);
+            goto out;
+        }
+        json_decref(msg);
+    }
+out:
+    json_decref(args);
+    json_decref(globals);
+    json_decref(list);
+    return r;
+}
+
+/* ---- repl ---- */
+
+static char *history_path(void)
+{
+    const char *home = getenv("HOME");
+    char *path;
+
+    if (home == NULL || home[0] == '\0')
+        return NULL;
+    path = malloc(strlen(home) + sizeof("/.pyhot_history"));
+    if (path != NULL)
+        sprintf(path, "%s/.pyhot_history", home);
+    return path;
+}
+
+/*
+ * libedit, loaded by repl only (dlopen): linking it costs every pyhotctl invocation ~0.4 ms
+ * of dynamic linking (measured with hyperfine), which `run` cannot afford
+ * (docs/benchmarks.md). Without it, repl reads plain lines.
+ */
+#ifndef PYHOT_LIBEDIT_SONAME
+#define PYHOT_LIBEDIT_SONAME "libedit.so.2"
+#endif
+
+struct editline {
+    char *(*readline)(const char *prompt);
+    int (*add_history)(const char *line);
+    int (*read_history)(const char *path);
+    int (*write_history)(const char *path);
+    void (*using_history)(void);
+};
+
+static bool editline_load(struct editline *el)
+{
+    void *h = dlopen(PYHOT_LIBEDIT_SONAME, RTLD_NOW | RTLD_LOCAL);
+
+    if (h == NULL)
+        return false;
+    *(void **)&el->readline = dlsym(h, "readline");
+    *(void **)&el->add_history = dlsym(h, "add_history");
+    *(void **)&el->read_history = dlsym(h, "read_history");
+    *(void **)&el->write_history = dlsym(h, "write_history");
+    *(void **)&el->using_history = dlsym(h, "using_history");
+    return el->readline != NULL && el->add_history != NULL && el->read_history != NULL &&
+           el->write_history != NULL && el->using_history != NULL;
+}
+
+/* A line without its newline (malloc'd), or NULL at end of input: libedit's, or a plain
+ * read when libedit is missing. */
+static char *repl_read(const struct editline *el, const char *prompt)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+
+    if (el != NULL)
+        return el->readline(prompt);
+    fputs(prompt, stdout);
+    fflush(stdout);
+    n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        free(line);
+        return NULL;
+    }
+    if (n > 0 && line[n - 1] == '\n')
+        line[n - 1] = '\0';
+    return line;
+}
+
+static int cmd_repl(struct ctl *ctl, int argc, char **argv)
+{
+    struct editline editline_api, *el = editline_load(&editline_api) ? &editline_api : NULL;
+    char *source = NULL, *hist = history_path();
+    size_t source_len = 0;
+    int r;
+
+    (void)argc;
+    (void)argv;
+    if (ctl_connect(ctl) < 0) {
+        free(hist);
+        return EXIT_USAGE;
+    }
+    if (el == NULL) {
+        free(hist);
+        hist = NULL;
+    } else {
+        el->using_history();
+        if (hist != NULL)
+            el->read_history(hist);
+    }
+    if (isatty(STDIN_FILENO))
+        printf("pyhotd's interpreter; Ctrl-D leaves.\n");
+    for (;;) {
+        char *line = repl_read(el, source == NULL ? ">>> " : "... ");
+        json_t *args, *resp, *result;
+        char *grown;
+        size_t n;
+
+        if (line == NULL) {
+            fputc('\n', stdout);
+            r = EXIT_OK;
+            break;
+        }
+        if (line[0] != '\0' && el != NULL)
+            el->add_history(line);
+        n = strlen(line);
+        grown = realloc(source, source_len + n + 2);
+        if (grown == NULL) {
+            free(line);
+            fail("out of memory");
+            r = EXIT_USAGE;
+            break;
+        }
+        source = grown;
+        if (source_len > 0)
+            source[source_len++] = '\n';
+        memcpy(source + source_len, line, n + 1);
+        source_len += n;
+        free(line);
+
+        args = json_pack("{s:s%}", "source", source, source_len);
+        if (args == NULL) {
+            fail("the input is not valid UTF-8");
+            free(source);
+            source = NULL;
+            source_len = 0;
+            continue;
+        }
+        r = ctl_send(ctl, "repl", args);
+        json_decref(args);
+        if (r != EXIT_OK)
+            break;
+        r = ctl_wait_response(ctl, &resp, NULL);
+        if (r != EXIT_OK)
+            break;
+        if (!json_is_true(json_object_get(resp, "ok"))) {
+            report_error(resp);
+        } else {
+            result = json_object_get(resp, "result");
+            if (json_is_true(json_object_get(result, "incomplete"))) {
+                json_decref(resp);
+                continue;
+            }
+            put_exact(stdout, json_object_get(result, "stdout"));
+            fflush(stdout);
+            put_exact(stderr, json_object_get(result, "stderr"));
+            fflush(stderr);
+        }
+        json_decref(resp);
+        free(source);
+        source = NULL;
+        source_len = 0;
+    }
+    if (hist != NULL) {
+        el->write_history(hist);
+        free(hist);
+    }
+    free(source);
+    return r;
+}
+
 static int cmd_stop(struct ctl *ctl, int argc, char **argv)
 {
     json_t *resp;
@@ -1826,6 +2249,29 @@ static const struct ctl_command commands[] = {
         "then the traceback on stderr, and exits with status 1.\n"
         "Use `pyhotctl exec -- CODE` when CODE starts with '-'.\n",
         1, 1, true, cmd_exec, 0,
+    },
+    {
+        "run", "[--isolate] [--timeout S] [--memory MB] [--cpu S] [--cwd DIR] [--set NAME=JSON]... SCRIPT|-m MODULE [ARGS...]",
+        "run a script in the warm interpreter, as python3 would",
+        "Runs SCRIPT (a file, a directory with __main__.py, or a zip app) or -m MODULE as\n"
+        "__main__ in pyhotd's warm interpreter, with sys.argv = [SCRIPT, ARGS...]. Its stdout\n"
+        "and stderr stream here as it writes them; pyhotctl exits with its exit code.\n"
+        "  --set NAME=JSON  a global of the script (runpy's init_globals)\n"
+        "  --timeout S      interrupt it with TimeoutError after S seconds; exit status 124\n"
+        "  --isolate        run in a child forked from the warm interpreter\n"
+        "  --memory MB      (--isolate) address space the child may add (RLIMIT_AS)\n"
+        "  --cpu S          (--isolate) CPU seconds (RLIMIT_CPU)\n"
+        "  --cwd DIR        (--isolate) working directory (default: the current one)\n"
+        "A run ended by signal N exits 128+N. See docs/run.md.\n",
+        1, -1, true, cmd_run, CTL_OPT_RAW,
+    },
+    {
+        "repl", "", "an interactive console into the daemon's interpreter",
+        "Reads Python lines (with line editing and history in ~/.pyhot_history) and runs\n"
+        "each complete input in the daemon's __main__ namespace, as the interactive\n"
+        "interpreter does: \"... \" asks for more lines, expression values are echoed,\n"
+        "tracebacks are shown. Ctrl-D leaves.\n",
+        0, 0, false, cmd_repl, 0,
     },
     {
         "stop", "", "ask pyhotd to shut down",
@@ -2051,7 +2497,17 @@ int main(int argc, char **argv)
     cmd_argc = argc - optind;
     cmd_argv = argv + optind;
     optind = 0; /* glibc: reinitialise getopt for the new argv */
-    r = parse_options(&ctl, cmd_argc, cmd_argv, cmd->stop_at_operand);
+    if (cmd->options & CTL_OPT_RAW) {
+        /* run: its options (--timeout among them) are its own, parsed by the command. */
+        if (cmd_argc > 1 && (strcmp(cmd_argv[1], "--help") == 0 || strcmp(cmd_argv[1], "-h") == 0)) {
+            command_usage(stdout, cmd);
+            return EXIT_OK;
+        }
+        optind = 1;
+        r = 0;
+    } else {
+        r = parse_options(&ctl, cmd_argc, cmd_argv, cmd->stop_at_operand);
+    }
     if (r == 1) {
         command_usage(stdout, cmd);
         return EXIT_OK;
@@ -2066,7 +2522,7 @@ int main(int argc, char **argv)
     }
     cmd_argc -= optind;
     cmd_argv += optind;
-    if (ctl.given_options & ~cmd->options) {
+    if (ctl.given_options & ~cmd->options & ~CTL_OPT_RAW) {
         fail("%s takes no %s", cmd->name, (ctl.given_options & ~cmd->options & CTL_OPT_COUNT)
                                               ? "-n/--lines" : "-e/--event or -m/--module");
         command_usage(stderr, cmd);

@@ -196,6 +196,99 @@ static void cmd_exec(struct daemon *daemon, uint64_t client, const struct protoc
     daemon_submit_job(daemon, PY_JOB_EXEC, json_pack("{s:s}", "code", code), client, req->id);
 }
 
+/* run: "path" or "module", "argv", "globals", "cwd", "timeout_ms", "isolate", "memory_mb",
+ * "cpu_s" (docs/protocol.md, docs/run.md). */
+static void cmd_run(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
+    char err[ERR_LEN];
+    const char *path = NULL, *module = NULL, *cwd = NULL;
+    json_t *argv = NULL;
+    int64_t timeout_ms = 0, memory_mb = 0, cpu_s = 0;
+    int r = protocol_arg_string(req, "path", &path, err, sizeof(err));
+    if (r == -ENOENT)
+        r = protocol_arg_string(req, "module", &module, err, sizeof(err));
+    else if (r == 0 && json_object_get(req->root, "module")) {
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "run takes \"path\" or \"module\", not both");
+    }
+    if (r == -ENOENT) {
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "run needs \"path\" (a script, directory or zip) or \"module\"");
+    }
+    if (r == 0 && ((path && !path[0]) || (module && !module[0]))) {
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "run: empty \"%s\"", path ? "path" : "module");
+    }
+    if (r == 0) {
+        r = protocol_arg_string_list(req, "argv", &argv, err, sizeof(err));
+        if (r == -ENOENT) {
+            argv = json_array();
+            r = 0;
+        }
+    }
+    if (r == 0) {
+        r = protocol_arg_string(req, "cwd", &cwd, err, sizeof(err));
+        r = r == -ENOENT ? 0 : r;
+    }
+    if (r == 0) {
+        r = protocol_arg_int(req, "timeout_ms", 0, INT32_MAX, &timeout_ms, err, sizeof(err));
+        r = r == -ENOENT ? 0 : r;
+    }
+    if (r == 0) {
+        r = protocol_arg_int(req, "memory_mb", 0, 1 << 24, &memory_mb, err, sizeof(err));
+        r = r == -ENOENT ? 0 : r;
+    }
+    if (r == 0) {
+        r = protocol_arg_int(req, "cpu_s", 0, INT32_MAX, &cpu_s, err, sizeof(err));
+        r = r == -ENOENT ? 0 : r;
+    }
+    json_t *globals = json_object_get(req->root, "globals");
+    if (r == 0 && globals && !json_is_object(globals) && !json_is_null(globals)) {
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "argument \"globals\" must be an object of names to values");
+    }
+    json_t *isolate = json_object_get(req->root, "isolate");
+    if (r == 0 && isolate && !json_is_boolean(isolate)) {
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "argument \"isolate\" must be true or false");
+    }
+    bool isolated = json_is_true(isolate);
+    if (r == 0 && !isolated && (cwd || memory_mb || cpu_s)) {
+        /* The working directory and rlimits are process-wide: only a child can have its own. */
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "\"%s\" needs \"isolate\": true (the daemon's working directory "
+                 "and limits are shared by every run and the app)", cwd ? "cwd" : memory_mb ? "memory_mb" : "cpu_s");
+    }
+    if (r < 0) {
+        json_decref(argv);
+        reply_bad_argument(daemon, client, req, r, err);
+        return;
+    }
+    json_t *input = json_pack("{s:o, s:o, s:I, s:b, s:I, s:I}", "argv", argv, "globals",
+                              json_is_object(globals) ? json_incref(globals) : json_object(), "timeout_ms",
+                              (json_int_t)timeout_ms, "isolate", isolated, "memory_mb",
+                              (json_int_t)memory_mb, "cpu_s", (json_int_t)cpu_s);
+    if (path)
+        json_object_set_new(input, "path", json_string(path));
+    if (module)
+        json_object_set_new(input, "module", json_string(module));
+    if (cwd)
+        json_object_set_new(input, "cwd", json_string(cwd));
+    daemon_run_script(daemon, input, client, req->id);
+}
+
+/* repl: one input of the console, "source" (docs/protocol.md). */
+static void cmd_repl(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
+    char err[ERR_LEN];
+    const char *source = NULL;
+    int r = protocol_arg_string(req, "source", &source, err, sizeof(err));
+    if (r < 0) {
+        daemon_reply_error(daemon, client, req->id, PROTOCOL_E_BAD_ARGUMENT,
+                           r == -ENOENT ? "repl needs \"source\": the lines typed so far" : err, NULL);
+        return;
+    }
+    daemon_submit_job(daemon, PY_JOB_REPL, json_pack("{s:s}", "source", source), client, req->id);
+}
+
 static void cmd_shutdown(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
     daemon_reply_ok(daemon, client, req->id, json_pack("{s:b}", "stopping", 1));
     daemon_stop(daemon, "shutdown requested over the control socket");
@@ -234,6 +327,9 @@ static const struct command_entry table[] = {
     {"history", "the last \"n\" events (default 100), with the filters of subscribe", cmd_history},
     {"stats", "counters, reload duration and save-to-reloaded latency histograms", cmd_stats},
     {"exec", "run \"code\" in the interpreter's __main__ namespace", cmd_exec},
+    {"run", "run a script (\"path\") or \"module\" as __main__; output streams, then its exit code",
+     cmd_run},
+    {"repl", "one console input (\"source\"): incomplete, or run with its output", cmd_repl},
     {"shutdown", "stop the daemon cleanly", cmd_shutdown},
     {"pause", "hold reloads: changes accumulate until resume", cmd_pause},
     {"resume", "end a pause: everything changed meanwhile reloads as one batch", cmd_resume},

@@ -176,6 +176,7 @@ static const struct config_key config_keys[] = {
     {"python", "path", KEY_PATHS, LIST(python_paths), 0, 0},
     {"python", "entry", KEY_ENTRY, FIELD(entry), 0, 0, 0},
     {"python", "venv", KEY_PATH, FIELD(venv), 0, 0, 0},
+    {"python", "preload", KEY_GLOBS, LIST(preload), 0, 0},
     {"reload", "timeout_ms", KEY_UINT, FIELD(reload_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
     {"reload", "strategy", KEY_STRATEGY, FIELD(strategy), 0, 0, 0},
     {"run", "timeout_ms", KEY_UINT, FIELD(exec_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
@@ -767,6 +768,7 @@ void config_free(struct config *cfg)
     strv_free(&cfg->include, &cfg->n_include);
     strv_free(&cfg->exclude, &cfg->n_exclude);
     strv_free(&cfg->python_paths, &cfg->n_python_paths);
+    strv_free(&cfg->preload, &cfg->n_preload);
     config_init(cfg);
 }
 

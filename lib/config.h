@@ -62,6 +62,9 @@ struct config {
     /* [python] */
     char **python_paths;        /* extra sys.path entries, after the watch roots */
     size_t n_python_paths;
+    char **preload;             /* [python] preload: modules imported at start, so runs
+                                   (docs/run.md) pay no import cost; failures are logged */
+    size_t n_preload;
     char *entry;                /* "MODULE:FUNCTION" or NULL */
     char *venv;                 /* a virtual environment whose site-packages are importable
                                    as its own interpreter would have them; realpath'd */

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "protocol.h"
 #include "py_host.h"
+#include "py_run.h"
 #include "version.h"
 #include "watch.h"
 
@@ -57,8 +58,10 @@ struct daemon {
     json_t *last_batch;
     char *status_cache;         /* the status result as encoded, see daemon_reply_status */
     size_t status_cache_len;
-    uint64_t status_cache_key[7]; /* what it was encoded from, see daemon_reply_status */
+    uint64_t status_cache_key[8]; /* what it was encoded from, see daemon_reply_status */
     uint64_t status_generation;   /* bumped by every command but the read-only ones */
+    struct run_entry *runs;       /* runs started and not ended */
+    uint64_t next_run_id;
     bool ready;
     bool stopping;
     int exit_code;
@@ -82,6 +85,33 @@ struct job_origin {
     enum origin_purpose purpose;
     char *root;              /* PURPOSE_WATCH, PURPOSE_UNWATCH */
 };
+
+/* A run (the run command) until its end message: who gets its stream and its end. */
+struct run_entry {
+    uint64_t run_id;
+    uint64_t client;   /* 0 once the client disconnected: output is dropped */
+    json_t *id;
+    bool isolate;
+    unsigned timeout_ms;
+    struct run_entry *next;
+};
+
+static struct run_entry *run_find(struct daemon *daemon, uint64_t run_id, bool unlink) {
+    for (struct run_entry **p = &daemon->runs; *p; p = &(*p)->next) {
+        if ((*p)->run_id == run_id) {
+            struct run_entry *e = *p;
+            if (unlink)
+                *p = e->next;
+            return e;
+        }
+    }
+    return NULL;
+}
+
+static void run_entry_free(struct run_entry *e) {
+    json_decref(e->id);
+    free(e);
+}
 
 static void origin_free(struct job_origin *origin) {
     json_decref(origin->id);
@@ -108,12 +138,12 @@ void daemon_status_changed(struct daemon *daemon) {
 void daemon_reply_status(struct daemon *daemon, uint64_t client, json_t *id) {
     /* What status shows that can change without an event: the running job and the queue,
      * modules, subscribers, and whatever a command changed (status_generation). */
-    uint64_t key[7] = {
+    uint64_t key[8] = {
         uv_now(&daemon->loop), events_last_seq(daemon->events),
         py_host_running(daemon->host, NULL, NULL), py_host_queued(daemon->host),
         py_host_modules_loaded(daemon->host),
         daemon->control ? control_subscriber_count(daemon->control) : 0,
-        daemon->status_generation,
+        daemon->status_generation, daemon_runs_active(daemon),
     };
     if (!daemon->status_cache || memcmp(key, daemon->status_cache_key, sizeof(key)) != 0) {
         json_t *status = daemon_status(daemon);
@@ -355,6 +385,50 @@ static void on_job_done(struct py_job *job, void *data) {
         else
             on_roots_imported(daemon, job->output);
         break;
+    case PY_JOB_RUN: {
+        uint64_t run_id = (uint64_t)json_integer_value(json_object_get(job->input, "run_id"));
+        struct run_entry *entry = run_find(daemon, run_id, false);
+        if (!job->ok) {
+            if (entry) {
+                run_find(daemon, run_id, true);
+                if (entry->client)
+                    reply_job_error(daemon, entry->client, entry->id, job->output);
+                run_entry_free(entry);
+            }
+            break;
+        }
+        if (json_is_true(json_object_get(job->output, "isolated"))) {
+            char err[256];
+            int pid = (int)json_integer_value(json_object_get(job->output, "pid"));
+            int out_fd = (int)json_integer_value(json_object_get(job->output, "stdout_fd"));
+            int err_fd = (int)json_integer_value(json_object_get(job->output, "stderr_fd"));
+            if (py_run_watch_child(run_id, pid, out_fd, err_fd, entry ? entry->timeout_ms : 0, err,
+                                   sizeof(err)) < 0) {
+                log_warn("%s", err);
+                if (entry) {
+                    run_find(daemon, run_id, true);
+                    if (entry->client)
+                        daemon_reply_error(daemon, entry->client, entry->id, PROTOCOL_E_INTERNAL, err,
+                                           NULL);
+                    run_entry_free(entry);
+                }
+            } else if (entry && !entry->client) {
+                py_run_kill_child(run_id); /* its client left before the child started */
+            }
+        }
+        break;
+    }
+    case PY_JOB_PRELOAD:
+        if (!job->ok) {
+            log_warn("preload failed: %s", json_string_value(json_object_get(job->output, "message")));
+        } else {
+            publish_import_errors(daemon, json_object_get(job->output, "errors"));
+            json_t *imported = json_object_get(job->output, "imported");
+            if (json_array_size(imported) > 0)
+                log_info("preloaded %zu modules", json_array_size(imported));
+        }
+        break;
+    case PY_JOB_REPL:
     case PY_JOB_EXEC:
     case PY_JOB_MODULES:
         if (job->ok)
@@ -529,6 +603,94 @@ static void on_disconnect(struct control *control, uint64_t client, void *data) 
     struct daemon *daemon = data;
     (void)control;
     events_unsubscribe(daemon->events, client);
+    /* Its runs: an isolated one is killed; an in-process one runs on, its output dropped
+     * (docs/run.md). */
+    for (struct run_entry *e = daemon->runs; e; e = e->next) {
+        if (e->client != client)
+            continue;
+        e->client = 0;
+        if (e->isolate)
+            py_run_kill_child(e->run_id);
+    }
+}
+
+/* ---- runs --------------------------------------------------------------------------- */
+
+static void on_run_message(uint64_t run_id, json_t *msg, void *data) {
+    struct daemon *daemon = data;
+    bool end = json_is_true(json_object_get(msg, "end"));
+    struct run_entry *entry = run_find(daemon, run_id, end);
+    if (entry && entry->client && daemon->control) {
+        if (end) {
+            daemon_reply_ok(daemon, entry->client, entry->id, json_incref(json_object_get(msg, "result")));
+        } else {
+            json_t *line_obj = json_pack("{s:O, s:O, s:O}", "id", entry->id, "stream",
+                                         json_object_get(msg, "stream"), "data", json_object_get(msg, "data"));
+            size_t len;
+            char *line = line_obj ? json_dumps(line_obj, JSON_COMPACT) : NULL;
+            json_decref(line_obj);
+            if (line) {
+                len = strlen(line);
+                char *framed = realloc(line, len + 2);
+                if (framed) {
+                    framed[len] = '\n';
+                    framed[len + 1] = '\0';
+                    control_send_owned(daemon->control, entry->client, framed, len + 1);
+                } else {
+                    free(line);
+                }
+            }
+        }
+    }
+    if (end && entry)
+        run_entry_free(entry);
+    json_decref(msg);
+}
+
+int daemon_run_script(struct daemon *daemon, json_t *input, uint64_t client, json_t *id) {
+    struct run_entry *entry = calloc(1, sizeof(*entry));
+    if (!entry) {
+        json_decref(input);
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
+        return -ENOMEM;
+    }
+    entry->run_id = ++daemon->next_run_id;
+    entry->client = client;
+    entry->id = json_incref(id);
+    entry->isolate = json_is_true(json_object_get(input, "isolate"));
+    entry->timeout_ms = (unsigned)json_integer_value(json_object_get(input, "timeout_ms"));
+    json_object_set_new(input, "run_id", json_integer((json_int_t)entry->run_id));
+    entry->next = daemon->runs;
+    daemon->runs = entry;
+    struct job_origin *origin = calloc(1, sizeof(*origin));
+    if (!origin) {
+        json_decref(input);
+        run_find(daemon, entry->run_id, true);
+        run_entry_free(entry);
+        daemon_reply_error(daemon, client, id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
+        return -ENOMEM;
+    }
+    origin->daemon = daemon;
+    origin->client = client;
+    origin->id = json_incref(id);
+    uint64_t run_id = entry->run_id;
+    /* The job itself only starts the run: it gets the exec deadline. */
+    int r = submit(daemon, PY_JOB_RUN, input, daemon->config->exec_timeout_ms, origin);
+    if (r < 0) {
+        entry = run_find(daemon, run_id, true);
+        run_entry_free(entry);
+        daemon_reply_error(daemon, client, id,
+                           r == -ESHUTDOWN ? PROTOCOL_E_SHUTTING_DOWN : PROTOCOL_E_INTERNAL,
+                           r == -ESHUTDOWN ? "pyhotd is stopping" : strerror(-r), NULL);
+    }
+    return r;
+}
+
+size_t daemon_runs_active(struct daemon *daemon) {
+    size_t n = 0;
+    for (struct run_entry *e = daemon->runs; e; e = e->next)
+        n++;
+    return n;
 }
 
 int daemon_subscribe(struct daemon *daemon, uint64_t client, struct events_filter *filter) {
@@ -764,7 +926,7 @@ json_t *daemon_status(struct daemon *daemon) {
     json_t *job = job_id ? json_pack("{s:I, s:s, s:I}", "id", (json_int_t)job_id, "kind", kind,
                                      "age_ms", (json_int_t)age_ms)
                          : json_null();
-    return json_pack(
+    json_t *status = json_pack(
         "{s:s, s:I, s:I, s:s, s:s, s:I, s:o, s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:O, s:o, s:I, s:I, s:b, s:o}",
         "version", PYHOT_VERSION,
         "pid", (json_int_t)getpid(),
@@ -787,6 +949,9 @@ json_t *daemon_status(struct daemon *daemon) {
         "subscribers", (json_int_t)control_subscriber_count(daemon->control),
         "ready", daemon->ready,
         "watch", watch);
+    if (status)
+        json_object_set_new(status, "runs", json_integer((json_int_t)daemon_runs_active(daemon)));
+    return status;
 }
 
 /* ---- stop --------------------------------------------------------------------------- */
@@ -806,6 +971,15 @@ static void on_control_closed(void *data) {
 static void on_host_stopped(void *data) {
     struct daemon *daemon = data;
     daemon->host = NULL;
+    py_run_channel_close();
+    while (daemon->runs) {
+        struct run_entry *e = daemon->runs;
+        daemon->runs = e->next;
+        if (e->client && daemon->control)
+            daemon_reply_error(daemon, e->client, e->id, PROTOCOL_E_SHUTTING_DOWN, "pyhotd stopped",
+                               NULL);
+        run_entry_free(e);
+    }
     /* Last: replies to jobs that finished while stopping still went out. */
     if (daemon->control)
         control_close(daemon->control, on_control_closed, daemon);
@@ -1023,6 +1197,11 @@ static int start(struct daemon *daemon) {
         log_error("%s", err);
         return r;
     }
+    r = py_run_channel_open(&daemon->loop, on_run_message, daemon, err, sizeof(err));
+    if (r < 0) {
+        log_error("%s", err);
+        return r;
+    }
 
     struct control_options control_options = {
         .path = cfg->socket_path,
@@ -1079,6 +1258,21 @@ static int start(struct daemon *daemon) {
     json_t *input = json_pack("{s:b, s:o, s:s}", "import", cfg->import == CONFIG_IMPORT_ALL, "entry",
                               cfg->entry ? json_string(cfg->entry) : json_null(), "strategy",
                               cfg->strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents");
+    if (cfg->n_preload > 0) {
+        /* [python] preload: before the roots' imports and the app, so runs find them warm. */
+        struct job_origin *pre = calloc(1, sizeof(*pre));
+        json_t *modules = json_array();
+        for (size_t i = 0; i < cfg->n_preload; i++)
+            json_array_append_new(modules, json_string(cfg->preload[i]));
+        if (pre) {
+            pre->daemon = daemon;
+            if (submit(daemon, PY_JOB_PRELOAD, json_pack("{s:o}", "modules", modules),
+                       cfg->exec_timeout_ms, pre) < 0)
+                log_warn("could not queue the preload");
+        } else {
+            json_decref(modules);
+        }
+    }
     /* The first imports run an app's top level: they get the exec deadline, not reload's. */
     return submit(daemon, PY_JOB_STARTUP, input, cfg->exec_timeout_ms, origin);
 }

@@ -53,6 +53,15 @@ void daemon_status_changed(struct daemon *daemon);
 int daemon_submit_job(struct daemon *daemon, int kind, json_t *input, uint64_t client,
                       json_t *id);
 
+/* The run command (docs/run.md): input (stolen) is the validated request {"path" |
+ * "module", "argv", "globals", "cwd", "timeout_ms", "isolate", "memory_mb", "cpu_s"}.
+ * Streams {"id", "stream", "data"} lines to client as the run writes and replies with the
+ * run's result at its end. Returns 0, or a negative errno after replying with an error. */
+int daemon_run_script(struct daemon *daemon, json_t *input, uint64_t client, json_t *id);
+
+/* Runs started and not ended. */
+size_t daemon_runs_active(struct daemon *daemon);
+
 /* Makes client an event subscriber with filter (its lists are moved into the event bus
  * on success; see events_subscribe). Subscribing again replaces the filter. Returns 0,
  * -ENOTCONN (the client is gone or closing) or -ENOMEM. */

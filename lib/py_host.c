@@ -68,6 +68,9 @@ static const char *const job_kind_names[] = {
     [PY_JOB_EXEC] = "exec",
     [PY_JOB_MODULES] = "modules",
     [PY_JOB_CONFIGURE] = "configure",
+    [PY_JOB_RUN] = "run",
+    [PY_JOB_PRELOAD] = "preload",
+    [PY_JOB_REPL] = "repl",
 };
 
 const char *py_job_kind_name(enum py_job_kind kind) {
@@ -382,6 +385,8 @@ static int interpreter_init(struct py_host *host) {
 
     if (py_reload_init() < 0)
         return fail_init(host, "loading the reload engine");
+    if (py_run_init() < 0)
+        return fail_init(host, "loading the run support");
 
     atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
     return 0;
@@ -509,6 +514,28 @@ static void run_job(struct py_host *host, struct py_job *job) {
     case PY_JOB_CONFIGURE:
         run_configure(job);
         break;
+    case PY_JOB_RUN: {
+        json_t *error = NULL;
+        json_t *result = py_run_start(job->input, &error);
+        job_set(job, result, error);
+        break;
+    }
+    case PY_JOB_PRELOAD: {
+        json_t *error = NULL;
+        json_t *args = json_pack("[O]", json_object_get(job->input, "modules"));
+        json_t *result = py_support_call("preload", args, &error);
+        json_decref(args);
+        job_set(job, result, error);
+        break;
+    }
+    case PY_JOB_REPL: {
+        json_t *error = NULL;
+        json_t *args = json_pack("[O]", json_object_get(job->input, "source"));
+        json_t *result = py_support_call("repl_input", args, &error);
+        json_decref(args);
+        job_set(job, result, error);
+        break;
+    }
     }
     /* A TimeoutError raised while our mark was on this job is the deadline's doing. */
     if (atomic_load(&host->interrupt_job_id) == job->id) {
@@ -583,6 +610,7 @@ static void *python_thread_main(void *arg) {
     }
 
     PyEval_RestoreThread(state);
+    py_run_fini();
     Py_CLEAR(support_module);
     if (Py_FinalizeEx() < 0)
         log_warn("python: flushing buffered output failed at exit");

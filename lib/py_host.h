@@ -37,6 +37,10 @@ enum py_job_kind {
     PY_JOB_MODULES,  /* input {"pattern": str|null} -> {"modules": [...]} */
     PY_JOB_CONFIGURE, /* input {"add_roots", "remove_roots", "import", "strategy"} ->
                          {"imported", "errors"}: a configuration reload's interpreter side */
+    PY_JOB_RUN,      /* input: the run request (docs/run.md) + "run_id" -> started, or for
+                        --isolate {"pid", "stdout_fd", "stderr_fd"} (py_run.h) */
+    PY_JOB_PRELOAD,  /* input {"modules": [..]} -> {"imported": [..], "errors": [..]} */
+    PY_JOB_REPL,     /* input {"source": str} -> {"incomplete": bool, "stdout", "stderr"} */
 };
 
 struct py_job;
@@ -104,7 +108,8 @@ size_t py_host_modules_loaded(struct py_host *host);
 /* "3.11.2": the embedded interpreter's version (static string). */
 const char *py_host_python_version(void);
 
-/* Name of a job kind ("startup", "reload", "exec", "modules", "configure"). */
+/* Name of a job kind ("startup", "reload", "exec", "modules", "configure", "run",
+ * "preload", "repl"). */
 const char *py_job_kind_name(enum py_job_kind kind);
 
 /* Stops the host: queued jobs are finished with ok=false, code "shutting_down"; the

@@ -40,4 +40,18 @@ int py_reload_init(void);
  * to a new protocol error object. */
 int py_reload_set_strategy(const char *strategy, json_t **error);
 
+/* Creates the _pyhot_run module (lib/py_run.c: emit, finish, register, unregister,
+ * cancel, sleep) in sys.modules and keeps the original time.sleep. Returns 0, or -1 with
+ * a Python exception set. */
+int py_run_init(void);
+
+/* Drops py_run's references before Py_FinalizeEx. */
+void py_run_fini(void);
+
+/* A PY_JOB_RUN job's work (docs/run.md): starts an in-process run on a thread of its own
+ * (-> {"started": true, "thread": name}) or forks an isolated one (-> {"pid", "stdout_fd",
+ * "stderr_fd", "isolated": true}; the loop thread owns the fds from then on). Returns at
+ * once; NULL with *error set (a new protocol error object) when the run cannot start. */
+json_t *py_run_start(json_t *input, json_t **error);
+
 #endif

@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+"""Cold python3 against `pyhotctl run` in the warm interpreter (issue 6).
+
+Two scripts, each timed three ways side by side in one hyperfine invocation (or, without
+hyperfine, this file's own timer: N runs after 3 warm-up runs, mean and median):
+
+  (a) hello.py: prints one line;
+  (b) heavy.py: imports email, asyncio, json, decimal, http.server, xml.etree, argparse,
+      logging, unittest, then prints one line. The daemon preloads those modules
+      ([python] preload), so a warm run pays no import cost.
+
+Commands: `/usr/bin/python3 SCRIPT`, `pyhotctl run SCRIPT`, `pyhotctl run --isolate
+SCRIPT` (a child forked from the warm interpreter). It prints the mean times, the ratios
+cold / warm against the goals ((a) >= 7x, (b) >= 50x), the isolated-run overhead, the
+machine and the commands. It never fails on time; it exits 1 only when something broke.
+
+    PYHOT_BIN=build/bin /usr/bin/python3 tests/bench/run.py [--runs 50] [--own-timer]
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
+PYTHON = "/usr/bin/python3"
+HEAVY = ["email", "email.mime.text", "asyncio", "json", "decimal", "http.server",
+         "xml.etree.ElementTree", "argparse", "logging", "unittest"]
+GOALS = {"hello": 7.0, "heavy": 50.0}
+
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return "%s, %d CPUs, %s %s, Python %s" % (model, os.cpu_count(), platform.system(),
+                                             platform.release(), platform.python_version())
+
+
+def own_timer(commands, runs):
+    means = []
+    for cmd in commands:
+        argv = cmd.split()
+        for _ in range(3):
+            subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+            times.append(time.perf_counter() - t0)
+        means.append((statistics.mean(times), statistics.median(times), statistics.stdev(times)))
+    return means
+
+
+def hyperfine(commands, runs, tmp):
+    out = os.path.join(tmp, "hf.json")
+    subprocess.run(["hyperfine", "--warmup", "3", "-N", "--runs", str(runs), "--export-json", out,
+                    "--style", "basic"] + commands, check=True, stdout=sys.stderr)
+    with open(out) as f:
+        results = json.load(f)["results"]
+    return [(r["mean"], r["median"], r["stddev"]) for r in results]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--own-timer", action="store_true", help="do not use hyperfine")
+    args = ap.parse_args()
+    use_hf = not args.own_timer and shutil.which("hyperfine")
+    tmp = tempfile.mkdtemp(prefix="pyhot-bench-run-")
+    sockdir = os.path.join(tmp, "s")
+    os.mkdir(sockdir, 0o700)
+    sock = os.path.join(sockdir, "pyhotd.sock")
+    hello = os.path.join(tmp, "hello.py")
+    heavy = os.path.join(tmp, "heavy.py")
+    with open(hello, "w") as f:
+        f.write("print('hello')\n")
+    with open(heavy, "w") as f:
+        f.write("".join("import %s\n" % m for m in HEAVY) + "print('heavy')\n")
+    conf = os.path.join(tmp, "pyhotd.conf")
+    with open(conf, "w") as f:
+        f.write("[daemon]\nsocket = %s\nlog_level = warn\n[python]\npreload = %s\n"
+                % (sock, ", ".join(HEAVY)))
+    daemon = subprocess.Popen([os.path.join(BIN, "pyhotd"), "--config", conf],
+                              stderr=open(os.path.join(tmp, "pyhotd.log"), "w"))
+    ctl = os.path.join(BIN, "pyhotctl")
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run([ctl, "--socket", sock, "exec", "import decimal, unittest"],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                print("pyhotd did not start", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+        rows = []
+        for name, script in (("hello", hello), ("heavy", heavy)):
+            commands = ["%s %s" % (PYTHON, script), "%s --socket %s run %s" % (ctl, sock, script),
+                        "%s --socket %s run --isolate %s" % (ctl, sock, script)]
+            means = hyperfine(commands, args.runs, tmp) if use_hf else own_timer(commands, args.runs)
+            rows.append((name, commands, means))
+        print("\nrun bench: %s, %d runs each, timer: %s" % (machine(), args.runs,
+                                                           "hyperfine --warmup 3 -N" if use_hf else "own"))
+        print("%-6s %12s %12s %12s %10s %6s %10s" % ("script", "cold ms", "run ms", "isolate ms",
+                                                    "ratio", "goal", "isolate+ms"))
+        for name, commands, means in rows:
+            cold, warm, iso = (m[0] * 1000 for m in means)
+            ratio = cold / warm
+            print("%-6s %12.2f %12.2f %12.2f %9.1fx %5.0fx %10.2f  %s" % (
+                name, cold, warm, iso, ratio, GOALS[name], iso - warm,
+                "met" if ratio >= GOALS[name] else "MISSED"))
+        print("\ncommands (script paths under %s):" % tmp)
+        for name, commands, _ in rows:
+            for c in commands:
+                print("  " + c)
+    finally:
+        subprocess.run([ctl, "--socket", sock, "stop"], capture_output=True)
+        daemon.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
