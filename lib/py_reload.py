@@ -738,15 +738,19 @@ def reload_batch(paths, module_names):
         batch["duration_ms"] = _elapsed_ms(started)
         return {"reloads": reloads, "batch": batch}
 
-    path_of = {name: _pyhot._index_modules[name][1] for name in _pyhot._index_modules}
+    watched = _pyhot._index_modules
+
+    def path_of(name):
+        entry = watched.get(name)
+        return entry[1] if entry is not None else None
     graph_before = {name: _imports.get(name) for name in changed_modules}
 
     def fail_precheck(failed_path, error, plan):
         _restore_imports(graph_before)
         for name in plan:
-            entry = {"module": name, "path": path_of.get(name), "duration_ms": 0.0,
+            entry = {"module": name, "path": path_of(name), "duration_ms": 0.0,
                      "patched": [], "replaced": []}
-            if path_of.get(name) == failed_path:
+            if path_of(name) == failed_path:
                 entry["result"] = "error"
                 entry["error"] = error
             else:
@@ -781,7 +785,7 @@ def reload_batch(paths, module_names):
     # too: never a cached .pyc.
     dependents_read = {}  # realpath -> digest of what ran
     for name in plan:
-        path = path_of.get(name)
+        path = path_of(name)
         if path is None or path in codes:
             continue
         try:
@@ -805,7 +809,7 @@ def reload_batch(paths, module_names):
             try:
                 report = _reload_one(module, snapshots[name][1], undo)
             except BaseException as exc:
-                failure = (name, _pyhot.describe_exception(exc, prefer_file=path_of.get(name)),
+                failure = (name, _pyhot.describe_exception(exc, prefer_file=path_of(name)),
                            _elapsed_ms(module_started))
                 break
             done.append((name, _elapsed_ms(module_started), report))
@@ -825,14 +829,14 @@ def reload_batch(paths, module_names):
                 sys.modules[module.__name__] = module
         failed_name, error, failed_ms = failure
         for name, ms, _report in done:
-            reloads.append({"module": name, "path": path_of.get(name), "result": "rolled_back",
+            reloads.append({"module": name, "path": path_of(name), "result": "rolled_back",
                             "duration_ms": ms, "reason": "%s failed" % failed_name,
                             "error": error, "patched": [], "replaced": []})
-        reloads.append({"module": failed_name, "path": path_of.get(failed_name),
+        reloads.append({"module": failed_name, "path": path_of(failed_name),
                         "result": "rolled_back", "duration_ms": failed_ms, "error": error,
                         "patched": [], "replaced": []})
         for name in plan[len(done) + 1:]:
-            reloads.append({"module": name, "path": path_of.get(name), "result": "skipped",
+            reloads.append({"module": name, "path": path_of(name), "result": "skipped",
                             "reason": "the batch rolled back before it ran", "duration_ms": 0.0,
                             "patched": [], "replaced": []})
         batch["modules"] = [name for name, _ms, _r in done] + [failed_name]
@@ -846,11 +850,11 @@ def reload_batch(paths, module_names):
             _pyhot._pending.remove(path)
     applied.update(dependents_read)
     for name in plan:
-        path = path_of.get(name)
+        path = path_of(name)
         if path in codes and (name not in changed_modules or len(changed) == 1):
             _record_imports(name, path, code=codes[path])
     for name, ms, report in done:
-        entry = {"module": name, "path": path_of.get(name), "result": "ok", "duration_ms": ms,
+        entry = {"module": name, "path": path_of(name), "result": "ok", "duration_ms": ms,
                  "patched": report.patched, "replaced": report.replaced}
         if name not in changed_modules:
             entry["reason"] = "imports a changed module"
