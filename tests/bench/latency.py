@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import cpu_model, percentile
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE = "bench_target"
 
@@ -105,15 +107,7 @@ class BenchError(Exception):
 # ---- machine -------------------------------------------------------------------------
 
 def machine_lines(pyhotd):
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model()
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -143,11 +137,7 @@ def machine_lines(pyhotd):
 
 def percentiles(values):
     """p50, p90, p99 by linear interpolation between closest ranks."""
-    s = sorted(values)
-    if len(s) == 1:
-        return s[0], s[0], s[0]
-    q = statistics.quantiles(s, n=100, method="inclusive")
-    return q[49], q[89], q[98]
+    return tuple(percentile(values, p) for p in (50, 90, 99))
 
 
 def describe(values):

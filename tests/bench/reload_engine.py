@@ -26,20 +26,14 @@ import sys
 import tempfile
 import time
 
+from benchlib import cpu_model, percentile
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PYHOT_BIN", os.path.join(REPO, "build", "bin"))
 
 
 def machine():
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model("unknown")
     return "%s, %d cores, Linux %s, Python %s" % (model, os.cpu_count(), platform.release(),
                                                   platform.python_version())
 
@@ -76,14 +70,6 @@ class Client:
             message = json.loads(self.file.readline())
             if "event" in message and predicate(message):
                 return message
-
-
-def pct(values, p):
-    values = sorted(values)
-    k = (len(values) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 def start_daemon(root, sock, settle):
@@ -249,8 +235,8 @@ def bench_chain(length, runs):
 
 
 def row(name, values):
-    return "%-44s %8.3f %8.3f %8.3f %8.3f" % (name, statistics.median(values), pct(values, 90),
-                                              pct(values, 99), statistics.mean(values))
+    return "%-44s %8.3f %8.3f %8.3f %8.3f" % (name, statistics.median(values), percentile(values, 90),
+                                              percentile(values, 99), statistics.mean(values))
 
 
 def main():

@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import cpu_model
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
 PYTHON = "/usr/bin/python3"
@@ -37,12 +39,7 @@ GOALS = {"hello": 7.0, "heavy": 50.0}
 
 
 def machine():
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     return "%s, %d CPUs, %s %s, Python %s" % (model, os.cpu_count(), platform.system(),
                                              platform.release(), platform.python_version())
 

@@ -36,21 +36,15 @@ import tempfile
 import threading
 import time
 
+from benchlib import cpu_model
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
 JOB = "import time; time.sleep(2)"
 
 
 def machine():
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model()
     return "%s, %d cores, %s %s %s, Python %s" % (
         model, os.cpu_count(), platform.system(), platform.release(), platform.machine(),
         platform.python_version())

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from benchlib import cpu_model
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
 PYHOTD = os.path.join(BIN, "pyhotd")
@@ -19,15 +21,7 @@ DEFAULT_TREE = "/tmp/pyhot-bench-tree"
 
 
 def machine():
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = os.getloadavg()[0]
     return ("%s, %d cores, kernel %s %s, Python %s, load average %.2f at start"
             % (cpu, os.cpu_count(), platform.release(), platform.machine(),
@@ -194,15 +188,6 @@ class Pyhotd:
         if self.sock:
             self.sock.close()
         self.log.close()
-
-
-def percentile(values, p):
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    k = (len(values) - 1) * p / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 def command_line():

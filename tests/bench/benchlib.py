@@ -1,0 +1,26 @@
+"""Shared by the benchmarks: what every bench prints about the machine, and percentiles.
+
+Standard library only; the benches import it from their own directory.
+"""
+
+
+def cpu_model(default="?"):
+    """The CPU's model name from /proc/cpuinfo, or default."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default
+
+
+def percentile(values, p):
+    """The p-th percentile (0..100) of values, interpolated linearly; NaN when empty."""
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * p / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
