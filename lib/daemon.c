@@ -526,9 +526,11 @@ static void on_watch_error(struct watch *watch, const char *root, const char *me
     struct daemon *daemon = data;
     log_error("%s", message);
     bool lost = false;
-    for (size_t i = 0; watch && i < watch_root_count(watch); i++)
-        if (strcmp(watch_root_path(watch, i, NULL), root) == 0)
+    for (size_t i = 0; watch && i < watch_root_count(watch); i++) {
+        const char *path = watch_root_path(watch, i, NULL);
+        if (path && strcmp(path, root) == 0) /* NULL: a slot whose root was removed */
             lost = watch_root_state(watch, i, NULL) == WATCH_ROOT_LOST;
+    }
     events_publish(daemon->events, "watch_error",
                    json_pack("{s:s, s:s, s:s, s:b}", "root", root, "message", message, "state",
                              "failed", "lost", lost));

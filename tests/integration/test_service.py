@@ -199,3 +199,24 @@ def test_install_into_a_prefix_and_verify_units(tmp_path):
              str(prefix / "lib/systemd/system/pyhotd.service"),
              str(prefix / "lib/systemd/user/pyhotd-user.service"), str(instance)], timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_watch_error_after_a_root_was_removed(pyhotd, tmp_path):
+    """A root removed by unwatch leaves an empty slot; a later watch_error of another root
+    must still be reported (it once compared against the removed slot's NULL path)."""
+    extra = tmp_path / "extra_root"
+    extra.mkdir()
+    d = pyhotd({"m.py": "X = 1\n"})
+    d.conn.call("watch", path=str(extra))
+    d.conn.call("unwatch", path=str(extra))
+    sub = d.subscriber()
+    missing = str(tmp_path / "not_there")
+    reply = d.conn.request("watch", path=missing)
+    assert reply["ok"] is False, reply
+    gone = tmp_path / "gone_root"
+    gone.mkdir()
+    d.conn.call("watch", path=str(gone))
+    gone.rmdir()
+    event = sub.next_event("watch_error")
+    assert event["root"] == str(gone) and event["lost"] is True, event
+    assert d.alive()
