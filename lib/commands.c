@@ -315,25 +315,25 @@ static void cmd_resume(struct daemon *daemon, uint64_t client, const struct prot
 }
 
 static const struct command_entry table[] = {
-    {"hello", "protocol version, daemon and Python versions, pid, commands", cmd_hello},
-    {"ping", "check that the daemon answers", cmd_ping},
-    {"status", "uptime, roots, counters, last batch, the running job", cmd_status},
-    {"modules", "loaded modules (optionally matching \"pattern\", a glob)", cmd_modules},
-    {"reload", "reload \"targets\": module names or file paths", cmd_reload},
-    {"watch", "watch \"path\", a directory, as a new root", cmd_watch},
-    {"unwatch", "stop watching the root \"path\"", cmd_unwatch},
+    {"hello", "protocol version, daemon and Python versions, pid, commands", cmd_hello, true},
+    {"ping", "check that the daemon answers", cmd_ping, true},
+    {"status", "uptime, roots, counters, last batch, the running job", cmd_status, true},
+    {"modules", "loaded modules (optionally matching \"pattern\", a glob)", cmd_modules, false},
+    {"reload", "reload \"targets\": module names or file paths", cmd_reload, false},
+    {"watch", "watch \"path\", a directory, as a new root", cmd_watch, false},
+    {"unwatch", "stop watching the root \"path\"", cmd_unwatch, false},
     {"subscribe", "follow events (\"events\", \"modules\" filters; \"history\": N past ones first)",
-     cmd_subscribe},
-    {"history", "the last \"n\" events (default 100), with the filters of subscribe", cmd_history},
-    {"stats", "counters, reload duration and save-to-reloaded latency histograms", cmd_stats},
-    {"exec", "run \"code\" in the interpreter's __main__ namespace", cmd_exec},
+     cmd_subscribe, false},
+    {"history", "the last \"n\" events (default 100), with the filters of subscribe", cmd_history, true},
+    {"stats", "counters, reload duration and save-to-reloaded latency histograms", cmd_stats, true},
+    {"exec", "run \"code\" in the interpreter's __main__ namespace", cmd_exec, false},
     {"run", "run a script (\"path\") or \"module\" as __main__; output streams, then its exit code",
-     cmd_run},
-    {"repl", "one console input (\"source\"): incomplete, or run with its output", cmd_repl},
-    {"shutdown", "stop the daemon cleanly", cmd_shutdown},
-    {"pause", "hold reloads: changes accumulate until resume", cmd_pause},
-    {"resume", "end a pause: everything changed meanwhile reloads as one batch", cmd_resume},
-    {NULL, NULL, NULL},
+     cmd_run, false},
+    {"repl", "one console input (\"source\"): incomplete, or run with its output", cmd_repl, false},
+    {"shutdown", "stop the daemon cleanly", cmd_shutdown, false},
+    {"pause", "hold reloads: changes accumulate until resume", cmd_pause, false},
+    {"resume", "end a pause: everything changed meanwhile reloads as one batch", cmd_resume, false},
+    {NULL, NULL, NULL, false},
 };
 
 const struct command_entry *commands_table(void) {
@@ -358,8 +358,7 @@ void commands_dispatch(struct daemon *daemon, uint64_t client, const char *line,
         return;
     }
     const struct command_entry *entry = commands_find(req.cmd);
-    if (entry && strcmp(entry->name, "status") != 0 && strcmp(entry->name, "ping") != 0 &&
-        strcmp(entry->name, "hello") != 0)
+    if (entry && !entry->read_only)
         daemon_status_changed(daemon);
     if (!entry) {
         char message[ERR_LEN];

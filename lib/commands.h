@@ -1,6 +1,7 @@
 #ifndef PYHOT_COMMANDS_H
 #define PYHOT_COMMANDS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,6 +18,7 @@ struct command_entry {
     const char *name;
     const char *summary;   /* one line, for docs and errors */
     void (*exec)(struct daemon *daemon, uint64_t client, const struct protocol_request *req);
+    bool read_only;        /* changes nothing status shows (its cached answer stays valid) */
 };
 
 /* The entry named name, or NULL. */

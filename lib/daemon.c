@@ -328,17 +328,6 @@ static void on_root_job_done(struct daemon *daemon, struct py_job *job, struct j
                               "errors", errors ? errors : json_array()));
 }
 
-static void on_roots_imported(struct daemon *daemon, json_t *output) {
-    size_t i;
-    json_t *error;
-    json_array_foreach(json_object_get(output, "errors"), i, error) {
-        log_warn("import of %s failed: %s: %s", json_string_value(json_object_get(error, "module")),
-                 json_string_value(json_object_get(error, "type")),
-                 json_string_value(json_object_get(error, "message")));
-        events_publish(daemon->events, "import_error", json_incref(error));
-    }
-}
-
 static void on_job_done(struct py_job *job, void *data) {
     struct job_origin *origin = data;
     struct daemon *daemon = origin->daemon;
@@ -383,7 +372,7 @@ static void on_job_done(struct py_job *job, void *data) {
             log_error("applying the new configuration in the interpreter failed: %s",
                       json_string_value(json_object_get(job->output, "message")));
         else
-            on_roots_imported(daemon, job->output);
+            publish_import_errors(daemon, json_object_get(job->output, "errors"));
         break;
     case PY_JOB_RUN: {
         uint64_t run_id = (uint64_t)json_integer_value(json_object_get(job->input, "run_id"));
@@ -527,7 +516,7 @@ static void on_watch_error(struct watch *watch, const char *root, const char *me
     log_error("%s", message);
     bool lost = false;
     for (size_t i = 0; watch && i < watch_root_count(watch); i++) {
-        const char *path = watch_root_path(watch, i, NULL);
+        const char *path = watch_root_path(watch, i);
         if (path && strcmp(path, root) == 0) /* NULL: a slot whose root was removed */
             lost = watch_root_state(watch, i, NULL) == WATCH_ROOT_LOST;
     }
@@ -770,8 +759,9 @@ static bool path_under(const char *path, const char *root) {
                                            (n == 1 && root[0] == '/'));
 }
 
-int daemon_watch(struct daemon *daemon, uint64_t client, json_t *id, const char *path) {
-    char message[PATH_MAX + 200];
+/* What watch and unwatch check first; replies with the error itself. Returns 0 or the
+ * negative errno of the reply. */
+static int check_root_request(struct daemon *daemon, uint64_t client, json_t *id, const char *path) {
     if (daemon->stopping || !daemon->watch) {
         daemon_reply_error(daemon, client, id, PROTOCOL_E_SHUTTING_DOWN, "pyhotd is stopping", NULL);
         return -ESHUTDOWN;
@@ -781,6 +771,14 @@ int daemon_watch(struct daemon *daemon, uint64_t client, json_t *id, const char 
                            "argument \"path\" must be an absolute path", NULL);
         return -EINVAL;
     }
+    return 0;
+}
+
+int daemon_watch(struct daemon *daemon, uint64_t client, json_t *id, const char *path) {
+    char message[PATH_MAX + 200];
+    int checked = check_root_request(daemon, client, id, path);
+    if (checked < 0)
+        return checked;
     char *real = realpath(path, NULL);
     struct stat st;
     if (!real || stat(real, &st) < 0) {
@@ -799,7 +797,7 @@ int daemon_watch(struct daemon *daemon, uint64_t client, json_t *id, const char 
         return -ENOTDIR;
     }
     for (size_t i = 0; i < watch_root_count(daemon->watch); i++) {
-        const char *root = watch_root_path(daemon->watch, i, NULL);
+        const char *root = watch_root_path(daemon->watch, i);
         const char *why = NULL;
         if (!root)
             continue; /* a slot whose root was removed */
@@ -839,21 +837,15 @@ int daemon_watch(struct daemon *daemon, uint64_t client, json_t *id, const char 
 
 int daemon_unwatch(struct daemon *daemon, uint64_t client, json_t *id, const char *path) {
     char message[PATH_MAX + 200], given[PATH_MAX];
-    if (daemon->stopping || !daemon->watch) {
-        daemon_reply_error(daemon, client, id, PROTOCOL_E_SHUTTING_DOWN, "pyhotd is stopping", NULL);
-        return -ESHUTDOWN;
-    }
-    if (path[0] != '/') {
-        daemon_reply_error(daemon, client, id, PROTOCOL_E_BAD_ARGUMENT,
-                           "argument \"path\" must be an absolute path", NULL);
-        return -EINVAL;
-    }
+    int checked = check_root_request(daemon, client, id, path);
+    if (checked < 0)
+        return checked;
     trim_slashes(path, given, sizeof(given));
     char *real = realpath(path, NULL);
     char *root = NULL;
     const char *inside = NULL;
     for (size_t i = 0; i < watch_root_count(daemon->watch) && !root; i++) {
-        const char *r = watch_root_path(daemon->watch, i, NULL);
+        const char *r = watch_root_path(daemon->watch, i);
         if (!r)
             continue; /* a slot whose root was removed */
         if (strcmp(r, given) == 0 || (real && strcmp(r, real) == 0))
@@ -890,7 +882,7 @@ json_t *daemon_status(struct daemon *daemon) {
     if (daemon->watch) {
         for (size_t i = 0; i < watch_root_count(daemon->watch); i++) {
             const char *message = NULL;
-            const char *path = watch_root_path(daemon->watch, i, NULL);
+            const char *path = watch_root_path(daemon->watch, i);
             if (!path)
                 continue; /* removed by a configuration reload */
             enum watch_root_state state = watch_root_state(daemon->watch, i, &message);

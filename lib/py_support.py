@@ -344,9 +344,6 @@ def note_reordered(count):
         _index_signature[0] = (count, next(reversed(sys.modules), None))
 
 
-def modules_for_path(path):
-    refresh_index()
-    return list(_index.get(os.path.realpath(path), ()))
 
 
 def list_modules(pattern=None):
@@ -503,8 +500,6 @@ def resolve_targets(targets):
     return {"names": names, "unknown": unknown}
 
 
-def loaded_count():
-    return len(sys.modules)
 
 
 # ---------------------------------------------------------------------------------------

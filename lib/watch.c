@@ -410,6 +410,22 @@ enum watch_root_state watch_root_state_of(const struct watch *watch, size_t root
     return watch->roots[root].state;
 }
 
+int watch_nearest_dir(const char *path, char *dir, size_t len) {
+    snprintf(dir, len, "%s", path);
+    struct stat st;
+    while (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        char *slash = strrchr(dir, '/');
+        if (!slash)
+            return -ENOENT;
+        if (slash == dir) {
+            dir[1] = '\0';
+            break;
+        }
+        *slash = '\0';
+    }
+    return 0;
+}
+
 int watch_describe_error(int e, const char *path, char *err, size_t errlen) {
     if (e == ENOSPC)
         snprintf(err, errlen,
@@ -607,11 +623,9 @@ size_t watch_root_count(const struct watch *watch) {
     return watch->n_roots;
 }
 
-const char *watch_root_path(const struct watch *watch, size_t i, bool *watching) {
+const char *watch_root_path(const struct watch *watch, size_t i) {
     if (i >= watch->n_roots || watch->roots[i].removed)
         return NULL;
-    if (watching)
-        *watching = watch->roots[i].state == WATCH_ROOT_WATCHING;
     return watch->roots[i].path;
 }
 

@@ -151,10 +151,10 @@ void watch_get_stats(const struct watch *watch, struct watch_stats *out);
 /* Number of directories currently watched. */
 size_t watch_dir_count(const struct watch *watch);
 
-/* Number of root slots; the path of root i (borrowed) and whether it is watched, or NULL
- * for a slot whose root was removed. */
+/* Number of root slots; the path of root i (borrowed), or NULL for a slot whose root was
+ * removed (watch_root_state tells whether it is watched). */
 size_t watch_root_count(const struct watch *watch);
-const char *watch_root_path(const struct watch *watch, size_t i, bool *watching);
+const char *watch_root_path(const struct watch *watch, size_t i);
 
 /* Root i's state and, when not watching, the message that says why (borrowed, or NULL). */
 enum watch_root_state watch_root_state(const struct watch *watch, size_t i,

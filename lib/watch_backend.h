@@ -99,4 +99,8 @@ extern const struct watch_backend_ops watch_uv_ops;
  * fs.inotify.max_user_watches, EMFILE fs.inotify.max_user_instances. Returns -e. */
 int watch_describe_error(int e, const char *path, char *err, size_t errlen);
 
+/* The nearest existing directory at or above path (absolute), written into dir (len
+ * bytes): where a lost root is waited for. Returns 0, or -ENOENT for a relative path. */
+int watch_nearest_dir(const char *path, char *dir, size_t len);
+
 #endif

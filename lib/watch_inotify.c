@@ -604,18 +604,8 @@ static void sentinel_install(struct watch_backend *b, size_t root) {
     struct root_info *ri = &b->roots[root];
     char dir[PATH_MAX];
     for (int tries = 0; tries < 64; tries++) {
-        snprintf(dir, sizeof(dir), "%s", path);
-        struct stat st;
-        while (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-            char *slash = strrchr(dir, '/');
-            if (!slash)
-                return;
-            if (slash == dir) {
-                dir[1] = '\0';
-                break;
-            }
-            *slash = '\0';
-        }
+        if (watch_nearest_dir(path, dir, sizeof(dir)) < 0)
+            return;
         if (strcmp(dir, path) == 0) {
             char err[PATH_MAX + 256];
             size_t n_changed = 0;
@@ -664,6 +654,7 @@ static void sentinel_install(struct watch_backend *b, size_t root) {
         const char *rest = path + dlen + (dlen > 1 ? 1 : 0);
         size_t clen = strcspn(rest, "/");
         snprintf(next, sizeof(next), "%.*s", (int)(rest - path + clen), path);
+        struct stat st;
         if (stat(next, &st) < 0)
             return;
     }

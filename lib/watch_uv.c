@@ -323,18 +323,8 @@ static void sentinel_install(struct watch_backend *b, size_t root) {
     const char *path = watch_root(b->watch, root);
     char dir[PATH_MAX];
     for (int tries = 0; tries < 64; tries++) {
-        snprintf(dir, sizeof(dir), "%s", path);
-        struct stat st;
-        while (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-            char *slash = strrchr(dir, '/');
-            if (!slash)
-                return;
-            if (slash == dir) {
-                dir[1] = '\0';
-                break;
-            }
-            *slash = '\0';
-        }
+        if (watch_nearest_dir(path, dir, sizeof(dir)) < 0)
+            return;
         struct uvdir *s = sentinel_of(b, root);
         if (strcmp(dir, path) == 0) {
             char err[PATH_MAX + 256];
@@ -368,6 +358,7 @@ static void sentinel_install(struct watch_backend *b, size_t root) {
         const char *rest = path + dlen + (dlen > 1 ? 1 : 0);
         char next[PATH_MAX];
         snprintf(next, sizeof(next), "%.*s", (int)(rest - path + strcspn(rest, "/")), path);
+        struct stat st;
         if (stat(next, &st) < 0)
             return;
     }
