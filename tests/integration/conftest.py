@@ -500,3 +500,26 @@ def pytest_sessionstart(session):
     if not os.access(PYHOTD, os.X_OK):
         raise pytest.UsageError("pyhotd not found at %s: build first (cmake --build build) "
                                 "or set PYHOT_BIN" % PYHOTD)
+
+
+def read_lines_until(proc, predicate, timeout=TIMEOUT):
+    """Reads lines of a running binary's stdout (a pipe) until predicate(line) holds;
+    returns every line read. Raises AssertionError after timeout seconds."""
+    lines = []
+    deadline = time.monotonic() + timeout
+    buf = b""
+    fd = proc.stdout.fileno()
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n" in buf:
+            line, _, buf = buf.partition(b"\n")
+            lines.append(line.decode())
+            if predicate(lines[-1]):
+                return lines
+    raise AssertionError("no matching line on stdout within %.1f s: %r" % (timeout, lines))

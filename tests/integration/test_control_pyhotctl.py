@@ -10,11 +10,10 @@ import select
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
-from conftest import PYHOTCTL, REPO, TIMEOUT, clean_env, wait_for
+from conftest import PYHOTCTL, REPO, TIMEOUT, clean_env, read_lines_until, wait_for
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 COMMANDS = ["hello", "ping", "status", "stats", "modules", "reload", "watch", "unwatch",
@@ -121,25 +120,6 @@ def test_history(pyhotd, pyhotctl):
     assert r.returncode == 1 and "bad_argument" in r.stderr, r
 
 
-def _read_lines_until(proc, predicate):
-    lines, buf = [], b""
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if not ready:
-            continue
-        chunk = os.read(proc.stdout.fileno(), 65536)
-        if not chunk:
-            break
-        buf += chunk
-        while b"\n" in buf:
-            line, _, buf = buf.partition(b"\n")
-            lines.append(line.decode())
-            if predicate(lines[-1]):
-                return lines
-    raise AssertionError("no matching line: %r" % lines)
-
-
 def test_tail_shows_history_then_follows_with_filters(pyhotd):
     d = pyhotd({"app/__init__.py": "", "app/views.py": COUNTING.format(value=1),
                 "other.py": COUNTING.format(value=1)})
@@ -149,13 +129,13 @@ def test_tail_shows_history_then_follows_with_filters(pyhotd):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
     try:
         # The last 3 events that pass the filter: started (names no module), then app's.
-        lines = _read_lines_until(proc, lambda l: " batch 2 " in l)
+        lines = read_lines_until(proc, lambda l: " batch 2 " in l)
         assert len(lines) == 3, lines
         assert " started pyhotd " in lines[0] and " reload app.views ok " in lines[1], lines
         wait_for(lambda: d.status()["subscribers"] == 1, what="tail to subscribe")
         d.write("other.py", COUNTING.format(value=2))
         d.write("app/views.py", COUNTING.format(value=2))
-        lines = _read_lines_until(proc, lambda l: " batch " in l)
+        lines = read_lines_until(proc, lambda l: " batch " in l)
         # other's reload line is filtered out (the batch, holding app.views, is not).
         assert all(" reload other " not in l for l in lines), lines
         assert lines[0].split()[1:4] == ["reload", "app.views", "ok"], lines

@@ -2,12 +2,10 @@
 
 import json
 import os
-import select
 import signal
 import subprocess
-import time
 
-from conftest import PYHOTCTL, TIMEOUT, clean_env, wait_for
+from conftest import PYHOTCTL, TIMEOUT, clean_env, read_lines_until, wait_for
 
 
 def test_ping_status_modules(pyhotd, pyhotctl):
@@ -102,27 +100,6 @@ def test_reload(pyhotd, pyhotctl):
     assert r.returncode == 2, r
 
 
-def _read_lines_until(proc, predicate, timeout=TIMEOUT):
-    lines = []
-    deadline = time.monotonic() + timeout
-    buf = b""
-    fd = proc.stdout.fileno()
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if not ready:
-            continue
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        buf += chunk
-        while b"\n" in buf:
-            line, _, buf = buf.partition(b"\n")
-            lines.append(line.decode())
-            if predicate(lines[-1]):
-                return lines
-    raise AssertionError("tail printed no matching line within %.1f s: %r" % (timeout, lines))
-
-
 def _start_tail(d, *extra):
     proc = subprocess.Popen([PYHOTCTL, "--socket", d.socket] + list(extra) + ["tail"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
@@ -140,9 +117,9 @@ def test_tail(pyhotd):
     try:
         wait_for(lambda: d.status()["subscribers"] == 2, what="both tails to subscribe")
         d.write("m.py", "VALUE = 2\n")
-        lines = _read_lines_until(text, lambda l: " batch " in l)
+        lines = read_lines_until(text, lambda l: " batch " in l)
         assert any("reload m ok" in l for l in lines), lines
-        events = [json.loads(l) for l in _read_lines_until(raw, lambda l: '"batch"' in l
+        events = [json.loads(l) for l in read_lines_until(raw, lambda l: '"batch"' in l
                                                            and json.loads(l)["event"] == "batch")]
         assert [e["event"] for e in events] == ["reload", "batch"], events
         assert events[0]["module"] == "m" and events[0]["result"] == "ok"
