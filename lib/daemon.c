@@ -62,6 +62,7 @@ struct daemon {
     uint64_t status_generation;   /* bumped by every command but the read-only ones */
     struct run_entry *runs;       /* runs started and not ended */
     uint64_t next_run_id;
+    uint64_t loaded_generation;   /* of the loaded-files list the watcher has */
     bool ready;
     bool stopping;
     int exit_code;
@@ -328,9 +329,25 @@ static void on_root_job_done(struct daemon *daemon, struct py_job *job, struct j
                               "errors", errors ? errors : json_array()));
 }
 
+/* Polled roots compare the loaded modules' files every interval: after a job, the
+ * watcher gets the list when the index changed. */
+static void update_loaded_files(struct daemon *daemon) {
+    char **paths = NULL;
+    size_t n = 0;
+    if (!daemon->watch ||
+        py_host_loaded_files(daemon->host, &daemon->loaded_generation, &paths, &n) <= 0)
+        return;
+    if (watch_set_loaded(daemon->watch, (const char *const *)paths, n) < 0)
+        daemon->loaded_generation = 0;  /* out of memory: try again after the next job */
+    for (size_t i = 0; i < n; i++)
+        free(paths[i]);
+    free(paths);
+}
+
 static void on_job_done(struct py_job *job, void *data) {
     struct job_origin *origin = data;
     struct daemon *daemon = origin->daemon;
+    update_loaded_files(daemon);
 
     switch (job->kind) {
     case PY_JOB_STARTUP:
@@ -505,6 +522,16 @@ static void on_batch(struct watch *watch, struct watch_batch *batch, void *data)
     /* One watcher batch at a time: changes made while it reloads wait and go as one. */
     if (r == 0)
         watch_hold(watch, WATCH_HOLD_BUSY);
+}
+
+/* "inotify (local ext4 file system)" for the root added last: how it is watched, why. */
+static const char *describe_method(struct daemon *daemon) {
+    static char text[PATH_MAX + 256];
+    const char *why = NULL;
+    size_t i = watch_root_count(daemon->watch) - 1;
+    const char *method = watch_root_method(daemon->watch, i, &why);
+    snprintf(text, sizeof(text), "%s (%s)", method ? method : "?", why ? why : "");
+    return text;
 }
 
 static const char *root_state_name(enum watch_root_state state) {
@@ -827,7 +854,7 @@ int daemon_watch(struct daemon *daemon, uint64_t client, json_t *id, const char 
         free(real);
         return r;
     }
-    log_info("watching %s (the watch command)", real);
+    log_info("watching %s (the watch command) with %s", real, describe_method(daemon));
     json_t *input = json_pack("{s:[s], s:[], s:b}", "add_roots", real, "remove_roots", "import",
                               daemon->config->import == CONFIG_IMPORT_ALL);
     r = submit_request(daemon, PY_JOB_CONFIGURE, input, client, id, PURPOSE_WATCH, real);
@@ -886,7 +913,21 @@ json_t *daemon_status(struct daemon *daemon) {
             if (!path)
                 continue; /* removed by a configuration reload */
             enum watch_root_state state = watch_root_state(daemon->watch, i, &message);
-            json_t *root = json_pack("{s:s, s:s}", "path", path, "state", root_state_name(state));
+            const char *why = NULL;
+            const char *method = watch_root_method(daemon->watch, i, &why);
+            json_t *root = json_pack("{s:s, s:s, s:s, s:s}", "path", path, "state",
+                                     root_state_name(state), "watched_by", method,
+                                     "why", why ? why : "");
+            json_t *polled = json_array();
+            for (size_t k = 0; k < watch_root_polled_count(daemon->watch, i); k++) {
+                const char *tree_why = NULL, *problem = NULL;
+                const char *top = watch_root_polled(daemon->watch, i, k, &tree_why, &problem);
+                json_t *tree = json_pack("{s:s, s:s}", "path", top, "why", tree_why);
+                if (problem)
+                    json_object_set_new(tree, "error", json_string(problem));
+                json_array_append_new(polled, tree);
+            }
+            json_object_set_new(root, "polled", polled);
             if (state != WATCH_ROOT_WATCHING) {
                 json_object_set_new(root, "error", json_string(message ? message : "not watched"));
                 json_object_set_new(root, "lost", json_boolean(state == WATCH_ROOT_LOST));
@@ -913,6 +954,14 @@ json_t *daemon_status(struct daemon *daemon) {
                           "follow_symlinks", daemon->config->follow_symlinks,
                           "defer_vcs_ms", (json_int_t)daemon->config->defer_vcs_ms,
                           "setup_ms", (double)stats.setup_ns / 1e6);
+        json_t *poll = json_pack("{s:I, s:I, s:I, s:I, s:I}",
+                                 "interval_ms", (json_int_t)stats.poll_interval_ms,
+                                 "dirs", (json_int_t)stats.polled_dirs,
+                                 "files", (json_int_t)stats.polled_files,
+                                 "loaded_files", (json_int_t)stats.polled_loaded,
+                                 "cycles", (json_int_t)stats.poll_cycles);
+        json_object_set_new(watch, "poll", poll);
+        json_object_set_new(watch, "fast_batches", json_integer((json_int_t)stats.fast_batches));
     }
     const char *kind = NULL;
     uint64_t age_ms = 0;
@@ -1124,6 +1173,9 @@ static void reload_config(struct daemon *daemon) {
     if (!lists_equal(fresh.include, fresh.n_include, old->include, old->n_include) ||
         !lists_equal(fresh.exclude, fresh.n_exclude, old->exclude, old->n_exclude))
         json_array_append_new(restart, json_string("include/exclude"));
+    if (fresh.backend != old->backend || fresh.poll_interval_ms != old->poll_interval_ms ||
+        !lists_equal(fresh.poll_dirs, fresh.n_poll_dirs, old->poll_dirs, old->n_poll_dirs))
+        json_array_append_new(restart, json_string("backend/poll/poll_interval_ms"));
     json_array_foreach(restart, i, root)
         log_warn("configuration reload: %s changed; it takes effect at the next restart",
                  json_string_value(root));
@@ -1217,9 +1269,14 @@ static int start(struct daemon *daemon) {
     struct watch_options watch_options = {
         .settle_ms = cfg->settle_ms,
         .filter = daemon->filter,
-        .backend = cfg->backend == CONFIG_BACKEND_UV ? WATCH_BACKEND_UV : WATCH_BACKEND_INOTIFY,
+        .backend = cfg->backend == CONFIG_BACKEND_UV     ? WATCH_BACKEND_UV
+                   : cfg->backend == CONFIG_BACKEND_POLL ? WATCH_BACKEND_POLL
+                                                         : WATCH_BACKEND_INOTIFY,
         .follow_symlinks = cfg->follow_symlinks,
         .defer_vcs_ms = cfg->defer_vcs_ms,
+        .poll_interval_ms = cfg->poll_interval_ms,
+        .poll_dirs = (const char *const *)cfg->poll_dirs,
+        .n_poll_dirs = cfg->n_poll_dirs,
         .on_batch = on_batch,
         .on_error = on_watch_error,
         .on_notice = on_watch_notice,
@@ -1238,9 +1295,9 @@ static int start(struct daemon *daemon) {
         if (r < 0)
             on_watch_error(daemon->watch, cfg->watch_roots[i], err, daemon);
         else
-            log_info("watching %s (%zu directories in %.1f ms)", cfg->watch_roots[i],
+            log_info("watching %s (%zu directories in %.1f ms) with %s", cfg->watch_roots[i],
                      watch_dir_count(daemon->watch) - dirs_before,
-                     (double)(uv_hrtime() - began) / 1e6);
+                     (double)(uv_hrtime() - began) / 1e6, describe_method(daemon));
     }
     if (cfg->n_watch_roots == 0)
         log_warn("no watch roots: nothing will be reloaded on change (use --watch DIR)");

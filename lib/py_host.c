@@ -36,6 +36,9 @@ struct py_host {
     bool stopping;
     bool exited;
     uint64_t armed_at_submit;  /* id of the job whose deadline the loop armed at submission */
+    char **loaded;             /* the index's files after the last job that changed it */
+    size_t n_loaded;
+    uint64_t loaded_generation; /* bumped with each new list */
 
     /* loop thread only */
     uint64_t next_job_id;
@@ -55,6 +58,9 @@ struct py_host {
     atomic_uint_fast64_t current_job_id;   /* job running Python code now, 0 = none */
     atomic_uint_fast64_t interrupt_job_id; /* job whose deadline passed */
     atomic_size_t modules_loaded;
+
+    /* python thread only */
+    long index_generation;     /* _pyhot._index_generation the last list was taken at */
 };
 
 /* One interpreter per process: the SIGUSR1 handler, a plain C function called by the
@@ -494,6 +500,8 @@ static void run_configure(struct py_job *job) {
     job_set(job, result, error);
 }
 
+static void publish_loaded(struct py_host *host);
+
 static void run_job(struct py_host *host, struct py_job *job) {
     switch (job->kind) {
     case PY_JOB_STARTUP:
@@ -546,6 +554,50 @@ static void run_job(struct py_host *host, struct py_job *job) {
     if (PyErr_Occurred())
         PyErr_Clear();
     atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
+    if (host->init_status == 0)
+        publish_loaded(host);
+}
+
+/* Hands the loop thread the files of the loaded modules under the roots (the keys of
+ * _pyhot._index, after refresh_index) when the index changed since the last time: plain
+ * C strings under the mutex, so no PyObject leaves this thread. Python thread, GIL held. */
+static void publish_loaded(struct py_host *host) {
+    PyObject *r = PyObject_CallMethod(support_module, "refresh_index", NULL);
+    Py_XDECREF(r);
+    PyObject *gen = r ? PyObject_GetAttrString(support_module, "_index_generation") : NULL;
+    long generation = gen ? PyLong_AsLong(gen) : -1;
+    Py_XDECREF(gen);
+    PyObject *index = generation >= 0 && generation != host->index_generation
+                          ? PyObject_GetAttrString(support_module, "_index") : NULL;
+    if (!index || !PyDict_Check(index)) {
+        Py_XDECREF(index);
+        PyErr_Clear();
+        return;
+    }
+    Py_ssize_t n = PyDict_Size(index);
+    char **paths = calloc((size_t)n + 1, sizeof(*paths));
+    Py_ssize_t pos = 0, k = 0;
+    PyObject *key, *value;
+    while (paths && PyDict_Next(index, &pos, &key, &value)) {
+        const char *path = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        if (path && !(paths[k++] = strdup(path)))
+            break;
+    }
+    Py_DECREF(index);
+    PyErr_Clear();
+    if (!paths)
+        return;
+    host->index_generation = generation;
+    pthread_mutex_lock(&host->mutex);
+    char **old = host->loaded;
+    size_t n_old = host->n_loaded;
+    host->loaded = paths;
+    host->n_loaded = (size_t)k;
+    host->loaded_generation++;
+    pthread_mutex_unlock(&host->mutex);
+    for (size_t i = 0; i < n_old; i++)
+        free(old[i]);
+    free(old);
 }
 
 static void *python_thread_main(void *arg) {
@@ -671,6 +723,9 @@ static void on_handle_closed(uv_handle_t *handle) {
     free(host->roots);
     free(host->paths);
     free(host->venv);
+    for (size_t i = 0; i < host->n_loaded; i++)
+        free(host->loaded[i]);
+    free(host->loaded);
     pthread_mutex_destroy(&host->mutex);
     pthread_cond_destroy(&host->cond);
     the_host = NULL;
@@ -848,6 +903,32 @@ size_t py_host_queued(struct py_host *host) {
     size_t n = host->queued;
     pthread_mutex_unlock(&host->mutex);
     return n;
+}
+
+int py_host_loaded_files(struct py_host *host, uint64_t *generation, char ***paths, size_t *n) {
+    pthread_mutex_lock(&host->mutex);
+    if (host->loaded_generation == *generation) {
+        pthread_mutex_unlock(&host->mutex);
+        return 0;
+    }
+    char **copy = calloc(host->n_loaded + 1, sizeof(*copy));
+    size_t k = 0;
+    for (; copy && k < host->n_loaded; k++)
+        if (!(copy[k] = strdup(host->loaded[k])))
+            break;
+    bool complete = copy && k == host->n_loaded;
+    if (complete)
+        *generation = host->loaded_generation;
+    pthread_mutex_unlock(&host->mutex);
+    if (!complete) {
+        for (size_t i = 0; copy && i < k; i++)
+            free(copy[i]);
+        free(copy);
+        return -ENOMEM;
+    }
+    *paths = copy;
+    *n = k;
+    return 1;
 }
 
 size_t py_host_modules_loaded(struct py_host *host) {

@@ -534,6 +534,7 @@ static void uv_remove_root(struct watch_backend *b, size_t root) {
 
 const struct watch_backend_ops watch_uv_ops = {
     .name = "uv",
+    .reports_completion = false,
     .create = uv_create,
     .add_root = uv_add_root,
     .add_vcs = uv_add_vcs,
