@@ -113,6 +113,9 @@ struct watch_poll {
     struct tree **trees;
     size_t n_trees;
     struct entry_map entries;
+    struct entry_map orphans;    /* sent in a batch before the poll knew their directory
+                                  * (a new one): path and sent_hash only; cleared after
+                                  * every directory cycle */
     struct strset loaded_paths;
     struct entry **loaded;       /* entries with loaded set, rebuilt when loaded_dirty */
     size_t n_loaded;
@@ -511,7 +514,13 @@ static int dir_list(struct watch_poll *p, struct entry *d, bool report, struct e
         } else if (report) {
             if (hash_file(e->path, &e->hash) == 0)
                 e->hashed = true;
-            watch_note_change(p->watch, e->path);
+            struct entry *sent = map_get(&p->orphans, e->path);
+            if (sent && e->hashed && sent->sent_hash == e->hash) {
+                e->sent = true;  /* inotify saw it and it went out already */
+                e->sent_hash = e->hash;
+            } else {
+                watch_note_change(p->watch, e->path);
+            }
         } else if (e->racy && hash_file(e->path, &e->hash) == 0) {
             e->hashed = true;
         }
@@ -676,6 +685,8 @@ static void tree_scan(struct watch_poll *p, struct tree *tree, bool full) {
     free(stack);
 }
 
+static void forget_orphans(struct watch_poll *p);
+
 static void on_tick(uv_timer_t *timer) {
     struct watch_poll *p = timer->data;
     p->ticks++;
@@ -702,6 +713,7 @@ static void on_tick(uv_timer_t *timer) {
         for (size_t i = 0; i < p->n_trees; i++)
             if (!p->trees[i]->problem)
                 tree_scan(p, p->trees[i], full);
+        forget_orphans(p);
     }
     for (size_t i = 0; i < p->n_locks; i++) {
         bool present = access(p->locks[i].lock, F_OK) == 0;
@@ -853,6 +865,39 @@ void watch_poll_set_loaded(struct watch_poll *p, const char *const *paths, size_
     rebuild_loaded(p);
 }
 
+/* Records that a batch carried path with content h, for the directory cycle that finds
+ * its new directory. Only paths under a polled tree; at most 65536 are kept. */
+static void remember_orphan(struct watch_poll *p, const char *path, uint64_t h) {
+    bool polled = false;
+    for (size_t i = 0; i < p->n_trees && !polled; i++) {
+        size_t len = strlen(p->trees[i]->top);
+        polled = strncmp(path, p->trees[i]->top, len) == 0 && path[len] == '/';
+    }
+    if (!polled || p->orphans.len >= 65536)
+        return;
+    struct entry *o = map_get(&p->orphans, path);
+    if (!o) {
+        size_t len = strlen(path);
+        o = calloc(1, sizeof(*o) + len + 1);
+        if (!o)
+            return;
+        memcpy(o->path, path, len + 1);
+        o->key = path_key(path);
+        if (map_put(&p->orphans, o) < 0) {
+            free(o);
+            return;
+        }
+    }
+    o->sent_hash = h;
+}
+
+static void forget_orphans(struct watch_poll *p) {
+    for (size_t i = 0; i < p->orphans.n_slots; i++)
+        free(p->orphans.slots[i]);
+    free(p->orphans.slots);
+    memset(&p->orphans, 0, sizeof(p->orphans));
+}
+
 bool watch_poll_is_repeat(struct watch_poll *p, const char *path) {
     struct entry *e = map_get(&p->entries, path);
     if (e && e->is_dir)
@@ -880,7 +925,11 @@ bool watch_poll_is_repeat(struct watch_poll *p, const char *path) {
             return false;
         *slash = '\0';
         struct entry *d = map_get(&p->entries, dir);
-        if (!d || !d->is_dir || !(e = entry_new(p, d->tree, d, path, false, &st, read_ns)))
+        if (!d || !d->is_dir) {
+            remember_orphan(p, path, h);
+            return false;
+        }
+        if (!(e = entry_new(p, d->tree, d, path, false, &st, read_ns)))
             return false;
     }
     e->sent_gone = false;
@@ -932,6 +981,7 @@ static void on_timer_closed(uv_handle_t *handle) {
     for (size_t i = 0; i < p->entries.n_slots; i++)
         free(p->entries.slots[i]);
     free(p->entries.slots);
+    forget_orphans(p);
     for (size_t i = 0; i < p->n_trees; i++)
         tree_free(p->trees[i]);
     free(p->trees);

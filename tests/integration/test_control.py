@@ -296,7 +296,10 @@ def test_status(pyhotd):
     assert st["python"].startswith("3.")
     assert st["socket"] == d.socket
     assert st["settle_ms"] == 10
-    assert st["roots"] == [{"path": d.root, "state": "watching"}]
+    assert len(st["roots"]) == 1 and {k: st["roots"][0][k] for k in ("path", "state", "watched_by",
+                                                                     "polled")} == \
+        {"path": d.root, "state": "watching", "watched_by": "inotify", "polled": []}, st["roots"]
+    assert st["roots"][0]["why"].startswith("local "), st["roots"]
     assert st["watched_dirs"] == 2
     assert st["modules_loaded"] > 10
     assert st["reloads"] == {"ok": 0, "error": 0, "rolled_back": 0, "skipped": 0}

@@ -133,13 +133,16 @@ def test_exception_at_top_level_rolls_back(pyhotd):
 
 
 def test_failed_batch_rolls_back_every_module_and_stays_pending(pyhotd):
-    """Two files in one batch (a long settle window makes one batch of them): b raises, so
-    a's good edit is rolled back too; fixing b alone then applies both."""
-    d = pyhotd({"a.py": "VALUE = 'a1'\n", "b.py": "VALUE = 'b1'\n"}, args=["--settle-ms", "300"])
+    """Two files in one batch (written while paused: resume sends them as one): b raises,
+    so a's good edit is rolled back too; fixing b alone then applies both."""
+    d = pyhotd({"a.py": "VALUE = 'a1'\n", "b.py": "VALUE = 'b1'\n"})
     sub = d.subscriber()
 
+    d.conn.call("pause")
     pa = d.write("a.py", "VALUE = 'a2'\n")
     pb = d.write("b.py", "VALUE = 'b2'\nraise ValueError('b is broken')\n")
+    wait_for(lambda: d.status()["watch"]["pending"] == 2, what="both paths pending")
+    d.conn.call("resume")
     batch, reloads = sub.wait_batch(pb)
     assert sorted(batch["paths"]) == sorted([pa, pb]), batch
     assert batch["result"] == "rolled_back", batch
@@ -163,12 +166,14 @@ def test_failed_batch_rolls_back_every_module_and_stays_pending(pyhotd):
 def test_failed_batch_reports_every_module(pyhotd):
     """Every module of a failed batch gets a reload event (rolled_back or skipped), not only
     those that ran before the failing one."""
-    d = pyhotd({"a.py": "VALUE = 1\n", "b.py": "VALUE = 1\n", "c.py": "VALUE = 1\n"},
-               args=["--settle-ms", "300"])
+    d = pyhotd({"a.py": "VALUE = 1\n", "b.py": "VALUE = 1\n", "c.py": "VALUE = 1\n"})
     sub = d.subscriber()
+    d.conn.call("pause")
     paths = [d.write("a.py", "VALUE = 2\n"),
              d.write("b.py", "VALUE = 2\nraise KeyError('b')\n"),
              d.write("c.py", "VALUE = 2\n")]
+    wait_for(lambda: d.status()["watch"]["pending"] == 3, what="the three paths pending")
+    d.conn.call("resume")
     batch, reloads = sub.wait_batch(paths[1])
     assert sorted(batch["paths"]) == sorted(paths)
     assert batch["result"] == "rolled_back"
@@ -181,10 +186,13 @@ def test_failed_batch_reports_every_module(pyhotd):
 
 
 def test_syntax_error_in_one_file_skips_the_others(pyhotd):
-    d = pyhotd({"a.py": "VALUE = 1\n", "b.py": "VALUE = 1\n"}, args=["--settle-ms", "300"])
+    d = pyhotd({"a.py": "VALUE = 1\n", "b.py": "VALUE = 1\n"})
     sub = d.subscriber()
+    d.conn.call("pause")
     pa = d.write("a.py", "VALUE = 2\n")
     pb = d.write("b.py", "VALUE = 2\nif True\n    pass\n")
+    wait_for(lambda: d.status()["watch"]["pending"] == 2, what="both paths pending")
+    d.conn.call("resume")
     batch, reloads = sub.wait_batch(pb)
     assert batch["result"] == "error"
     results = {r["module"]: r for r in reloads}
@@ -207,14 +215,14 @@ def test_same_size_edit_in_same_second_runs_new_source(pyhotd):
     """The stale .pyc trap: a cached .pyc records the source's mtime in whole seconds and
     its size; an edit of the same size with the same mtime must still run the new source."""
     # The .pyc is written before the daemon starts, as a previous run would have left it
-    # (the daemon writes one too unless PYTHONDONTWRITEBYTECODE is set). A long settle
-    # window: the mtime is put back before the batch is taken.
+    # (the daemon writes one too unless PYTHONDONTWRITEBYTECODE is set). Paused while the
+    # edit is made: the mtime is put back before the batch is taken.
     def compile_pyc(root):
         src = os.path.join(root, "m.py")
         py_compile.compile(src, cfile=importlib.util.cache_from_source(src), doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
 
-    d = pyhotd({"m.py": "VALUE = 1\n"}, args=["--settle-ms", "200"], prepare=compile_pyc,
+    d = pyhotd({"m.py": "VALUE = 1\n"}, prepare=compile_pyc,
                env={"PYTHONDONTWRITEBYTECODE": None})
     assert d.module_value("m", "VALUE") == 1
     path = d.path("m.py")
@@ -224,11 +232,14 @@ def test_same_size_edit_in_same_second_runs_new_source(pyhotd):
         "the start-up import did not leave a timestamp .pyc of m.py"
     sub = d.subscriber()
 
+    d.conn.call("pause")
     d.write("m.py", "VALUE = 2\n")
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     after = os.stat(path)
     # The trap is armed: same size, same mtime as the .pyc records.
     assert (after.st_size, int(after.st_mtime)) == (pyc_size, pyc_mtime)
+    wait_for(lambda: d.status()["watch"]["pending"] == 1, what="the edit pending")
+    d.conn.call("resume")
 
     batch, reloads = sub.wait_batch(path)
     assert batch["result"] == "ok", batch

@@ -414,6 +414,17 @@ static void test_poll_beside_inotify_reports_once(void **state) {
         run_for(&f, 400);   /* 20 poll intervals, and 5 directory cycles */
         assert_int_equal(f.n_batches, (size_t)round + 1);
     }
+    /* A new directory: inotify reports its file before the poll knows the directory. */
+    char sub[128], subm[160];
+    snprintf(sub, sizeof(sub), "%s/sub", f.root);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    write_file(sub, "n.py", "N = 1\n");
+    snprintf(subm, sizeof(subm), "%s/n.py", sub);
+    run_for(&f, 400);
+    size_t seen = 0;
+    for (size_t i = 0; i < f.n_batches; i++)
+        seen += batch_has(f.batches[i], subm);
+    assert_int_equal(seen, 1);
     teardown(&f);
 }
 
