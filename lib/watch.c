@@ -845,6 +845,15 @@ int watch_add_root(struct watch *watch, const char *path, char *err, size_t errl
         } else {
             r = watch->ops->add_root(watch->backend, i, err, errlen);
         }
+        if ((r == -ENOSPC || r == -EMFILE || r == -ENFILE) && roots[i].method == METHOD_BOTH) {
+            /* Polled anyway: polling alone beats not watching it at all. */
+            log_warn("watch: %s; %s is polled alone", err, copy);
+            roots[i].method = METHOD_POLL;
+            snprintf(why + strlen(why), sizeof(why) - strlen(why), "; inotify limit reached");
+            free(roots[i].why);
+            roots[i].why = strdup(why);
+            r = 0;
+        }
     }
     if (r == 0 && roots[i].method != METHOD_EVENTS)
         r = poll_tree(watch, i, copy, why, err, errlen);
