@@ -33,25 +33,40 @@ class Bindfs:
         self.mount = os.path.join(base, "mnt")
         os.makedirs(self.backing, exist_ok=True)
         os.makedirs(self.mount, exist_ok=True)
-        self.mounted = False
+        self.proc = None
 
     def up(self):
         assert BINDFS, "bindfs is not installed (make deps installs it)"
-        subprocess.run([BINDFS, self.backing, self.mount], check=True, timeout=10)
-        wait_for(lambda: is_mounted(self.mount), what="the bindfs mount")
-        self.mounted = True
+        # In the foreground (-f): the test owns the server's process.
+        self.proc = subprocess.Popen([BINDFS, "-f", self.backing, self.mount],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: is_mounted(self.mount) or self.proc.poll() is not None,
+                 what="the bindfs mount")
+        assert is_mounted(self.mount), "bindfs exited with %s" % self.proc.returncode
+
+    def kill_server(self):
+        """The FUSE server dies; the mount stays, answering ENOTCONN."""
+        self.proc.kill()
+        self.proc.wait(10)
 
     def down(self):
-        if not self.mounted:
+        if self.proc is None:
             return
         for _ in range(50):
+            if not is_mounted(self.mount):
+                break
             if subprocess.run([FUSERMOUNT, "-u", self.mount], capture_output=True).returncode == 0:
                 break
             time.sleep(0.1)
         else:
             subprocess.run([FUSERMOUNT, "-u", "-z", self.mount], capture_output=True)
         wait_for(lambda: not is_mounted(self.mount), what="the unmount")
-        self.mounted = False
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
 
 @pytest.fixture
@@ -157,7 +172,7 @@ def test_fuse_mount_inside_a_root(bindfs, pyhotd):
         os.makedirs(os.path.join(root, "shared"))
         write(os.path.join(m.backing, "__init__.py"), "")
         write(os.path.join(m.backing, "conf.py"), "VALUE = 1\n")
-        subprocess.run([FUSERMOUNT, "-u", m.mount], check=True)
+        m.down()
         m.mount = os.path.join(root, "shared")
         m.up()
 
@@ -260,3 +275,20 @@ def test_bad_poll_settings_are_config_errors(tmp_path):
     cfg.write_text("[watch]\npoll_interval_ms = 5\n")
     r = run([PYHOTD, "--config", str(cfg), "--check-config"])
     assert r.returncode == 2 and "poll_interval_ms" in r.stderr, r.stderr
+
+
+@needs_fuse
+def test_dead_fuse_server_is_reported(bindfs, pyhotd):
+    fuse = bindfs()
+    write(os.path.join(fuse.backing, "remote.py"), "VALUE = 1\n")
+    d = pyhotd({"local.py": "VALUE = 1\n"}, args=["--watch", fuse.mount])
+    sub = d.subscriber()
+    fuse.kill_server()
+    error = sub.next_event(lambda e: e["event"] == "watch_error" and e["root"] == fuse.mount
+                           and "cannot poll" in e["message"])
+    assert "does not answer" in error["message"], error
+    assert root_status(d, fuse.mount)["state"] != "watching"
+    local = write(d.path("local.py"), "VALUE = 2\n")
+    _, reloads = sub.wait_batch(local)
+    assert [r["result"] for r in reloads] == ["ok"], reloads
+    assert d.alive()
