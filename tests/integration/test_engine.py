@@ -27,8 +27,9 @@ def test_syntax_error_in_a_batch_touches_nothing(pyhotd):
     sub = d.subscriber()
     d.exec("import a, b")
     # One batch: a good edit of a and a broken edit of b.
-    d.write("a.py", "A = 2\n")
-    path_b = d.write("b.py", "B = 2\nif B:\n    x = (\n")
+    with d.one_batch(2):
+        d.write("a.py", "A = 2\n")
+        path_b = d.write("b.py", "B = 2\nif B:\n    x = (\n")
     batch, reloads = sub.wait_batch(path_b)
     assert batch["result"] == "error", batch
     error = batch["error"]
@@ -106,8 +107,9 @@ def test_dependents_run_once_each_in_dependency_order(pyhotd):
     d = pyhotd(modules)
     sub = d.subscriber()
     d.exec("import trace_log; trace_log.ORDER.clear()")
-    d.write("c.py", COUNTED.format(imports="import b\nY = 2"))
-    path = d.write("a.py", COUNTED.format(imports="X = 2"))
+    with d.one_batch(2):
+        d.write("c.py", COUNTED.format(imports="import b\nY = 2"))
+        path = d.write("a.py", COUNTED.format(imports="X = 2"))
     batch, reloads = sub.wait_batch(path)
     assert batch["result"] == "ok", batch
     assert batch["modules"] == ["a", "b", "c", "d"], batch

@@ -138,11 +138,9 @@ def test_failed_batch_rolls_back_every_module_and_stays_pending(pyhotd):
     d = pyhotd({"a.py": "VALUE = 'a1'\n", "b.py": "VALUE = 'b1'\n"})
     sub = d.subscriber()
 
-    d.conn.call("pause")
-    pa = d.write("a.py", "VALUE = 'a2'\n")
-    pb = d.write("b.py", "VALUE = 'b2'\nraise ValueError('b is broken')\n")
-    wait_for(lambda: d.status()["watch"]["pending"] == 2, what="both paths pending")
-    d.conn.call("resume")
+    with d.one_batch(2):
+        pa = d.write("a.py", "VALUE = 'a2'\n")
+        pb = d.write("b.py", "VALUE = 'b2'\nraise ValueError('b is broken')\n")
     batch, reloads = sub.wait_batch(pb)
     assert sorted(batch["paths"]) == sorted([pa, pb]), batch
     assert batch["result"] == "rolled_back", batch
@@ -168,12 +166,10 @@ def test_failed_batch_reports_every_module(pyhotd):
     those that ran before the failing one."""
     d = pyhotd({"a.py": "VALUE = 1\n", "b.py": "VALUE = 1\n", "c.py": "VALUE = 1\n"})
     sub = d.subscriber()
-    d.conn.call("pause")
-    paths = [d.write("a.py", "VALUE = 2\n"),
-             d.write("b.py", "VALUE = 2\nraise KeyError('b')\n"),
-             d.write("c.py", "VALUE = 2\n")]
-    wait_for(lambda: d.status()["watch"]["pending"] == 3, what="the three paths pending")
-    d.conn.call("resume")
+    with d.one_batch(3):
+        paths = [d.write("a.py", "VALUE = 2\n"),
+                 d.write("b.py", "VALUE = 2\nraise KeyError('b')\n"),
+                 d.write("c.py", "VALUE = 2\n")]
     batch, reloads = sub.wait_batch(paths[1])
     assert sorted(batch["paths"]) == sorted(paths)
     assert batch["result"] == "rolled_back"
@@ -188,11 +184,9 @@ def test_failed_batch_reports_every_module(pyhotd):
 def test_syntax_error_in_one_file_skips_the_others(pyhotd):
     d = pyhotd({"a.py": "VALUE = 1\n", "b.py": "VALUE = 1\n"})
     sub = d.subscriber()
-    d.conn.call("pause")
-    pa = d.write("a.py", "VALUE = 2\n")
-    pb = d.write("b.py", "VALUE = 2\nif True\n    pass\n")
-    wait_for(lambda: d.status()["watch"]["pending"] == 2, what="both paths pending")
-    d.conn.call("resume")
+    with d.one_batch(2):
+        pa = d.write("a.py", "VALUE = 2\n")
+        pb = d.write("b.py", "VALUE = 2\nif True\n    pass\n")
     batch, reloads = sub.wait_batch(pb)
     assert batch["result"] == "error"
     results = {r["module"]: r for r in reloads}
@@ -232,14 +226,12 @@ def test_same_size_edit_in_same_second_runs_new_source(pyhotd):
         "the start-up import did not leave a timestamp .pyc of m.py"
     sub = d.subscriber()
 
-    d.conn.call("pause")
-    d.write("m.py", "VALUE = 2\n")
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    after = os.stat(path)
-    # The trap is armed: same size, same mtime as the .pyc records.
-    assert (after.st_size, int(after.st_mtime)) == (pyc_size, pyc_mtime)
-    wait_for(lambda: d.status()["watch"]["pending"] == 1, what="the edit pending")
-    d.conn.call("resume")
+    with d.one_batch(1):
+        d.write("m.py", "VALUE = 2\n")
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = os.stat(path)
+        # The trap is armed: same size, same mtime as the .pyc records.
+        assert (after.st_size, int(after.st_mtime)) == (pyc_size, pyc_mtime)
 
     batch, reloads = sub.wait_batch(path)
     assert batch["result"] == "ok", batch
