@@ -420,6 +420,25 @@ static void file_compare(struct watch_poll *p, struct entry *e, const struct sta
         watch_note_change(p->watch, e->path);
 }
 
+/* Whether the directory with stat st is d or one above it (a symlink or a bind mount that
+ * loops back): walking into it would not end. */
+static bool is_ancestor(const struct entry *d, const struct stat *st) {
+    for (const struct entry *a = d; a; a = a->parent)
+        if (a->stamp.ino == st->st_ino && a->stamp.dev == st->st_dev)
+            return true;
+    return false;
+}
+
+/* The polled tree path lies in, or NULL. */
+static struct tree *tree_of(const struct watch_poll *p, const char *path) {
+    for (size_t i = 0; i < p->n_trees; i++) {
+        size_t len = strlen(p->trees[i]->top);
+        if (strncmp(path, p->trees[i]->top, len) == 0 && path[len] == '/')
+            return p->trees[i];
+    }
+    return NULL;
+}
+
 /* The relative path of path within its root, for the filter. */
 static const char *relative(const struct tree *tree, const char *path) {
     return strlen(path) <= tree->root_len ? "" : path + tree->root_len + 1;
@@ -491,6 +510,10 @@ static int dir_list(struct watch_poll *p, struct entry *d, bool report, struct e
             e->gen = gen;
             if (!is_dir && report)
                 file_compare(p, e, &st, read_ns, true);
+            continue;
+        }
+        if (is_dir && is_ancestor(d, &st)) {
+            log_debug("watch: %s leads back to a directory above it; not descending", path);
             continue;
         }
         e = entry_new(p, d->tree, d, path, is_dir, &st, read_ns);
@@ -868,12 +891,7 @@ void watch_poll_set_loaded(struct watch_poll *p, const char *const *paths, size_
 /* Records that a batch carried path with content h, for the directory cycle that finds
  * its new directory. Only paths under a polled tree; at most 65536 are kept. */
 static void remember_orphan(struct watch_poll *p, const char *path, uint64_t h) {
-    bool polled = false;
-    for (size_t i = 0; i < p->n_trees && !polled; i++) {
-        size_t len = strlen(p->trees[i]->top);
-        polled = strncmp(path, p->trees[i]->top, len) == 0 && path[len] == '/';
-    }
-    if (!polled || p->orphans.len >= 65536)
+    if (p->orphans.len >= 65536)
         return;
     struct entry *o = map_get(&p->orphans, path);
     if (!o) {
@@ -900,8 +918,8 @@ static void forget_orphans(struct watch_poll *p) {
 
 bool watch_poll_is_repeat(struct watch_poll *p, const char *path) {
     struct entry *e = map_get(&p->entries, path);
-    if (e && e->is_dir)
-        return false;
+    if (e ? e->is_dir : !tree_of(p, path))
+        return false;  /* not a polled file: nothing to compare (and nothing to read) */
     int64_t read_ns = realtime_ns();
     struct stat st;
     uint64_t h;

@@ -97,7 +97,7 @@ static void write_file(const char *dir, const char *name, const char *text) {
 }
 
 static void setup_with(struct fixture *f, enum watch_backend_kind backend, unsigned settle_ms,
-                       const char *poll_dir) {
+                       const char *poll_dir, bool follow_symlinks) {
     memset(f, 0, sizeof(*f));
     assert_int_equal(uv_loop_init(&f->loop), 0);
     uv_timer_init(&f->loop, &f->guard);
@@ -108,6 +108,7 @@ static void setup_with(struct fixture *f, enum watch_backend_kind backend, unsig
     const char *poll_dirs[] = {f->root};
     struct watch_options o = {
         .settle_ms = settle_ms, .filter = f->filter, .backend = backend, .defer_vcs_ms = 1000,
+        .follow_symlinks = follow_symlinks,
         .poll_interval_ms = 20, .poll_dirs = poll_dir ? poll_dirs : NULL,
         .n_poll_dirs = poll_dir ? 1 : 0,
         .on_batch = on_batch, .on_error = on_error, .on_notice = on_notice, .data = f,
@@ -116,7 +117,7 @@ static void setup_with(struct fixture *f, enum watch_backend_kind backend, unsig
 }
 
 static void setup(struct fixture *f, enum watch_backend_kind backend) {
-    setup_with(f, backend, 5, NULL);
+    setup_with(f, backend, 5, NULL, false);
 }
 
 static void on_closed(void *data) {
@@ -247,7 +248,7 @@ static size_t paths_in_batches(struct fixture *f) {
 static void test_adaptive_settle_complete_write(void **state) {
     (void)state;
     struct fixture f;
-    setup_with(&f, WATCH_BACKEND_INOTIFY, 3000, NULL);
+    setup_with(&f, WATCH_BACKEND_INOTIFY, 3000, NULL, false);
     char err[256];
     assert_int_equal(watch_add_root(f.watch, f.root, err, sizeof(err)), 0);
     write_file(f.root, "m.py", "X = 1\n");
@@ -272,7 +273,7 @@ static void test_adaptive_settle_complete_write(void **state) {
 static void test_adaptive_settle_waits_for_open_write(void **state) {
     (void)state;
     struct fixture f;
-    setup_with(&f, WATCH_BACKEND_INOTIFY, 1500, NULL);
+    setup_with(&f, WATCH_BACKEND_INOTIFY, 1500, NULL, false);
     char err[256], path[128];
     assert_int_equal(watch_add_root(f.watch, f.root, err, sizeof(err)), 0);
     snprintf(path, sizeof(path), "%s/slow.py", f.root);
@@ -294,7 +295,7 @@ static void test_adaptive_settle_waits_for_open_write(void **state) {
 static void test_adaptive_settle_storm_waits(void **state) {
     (void)state;
     struct fixture f;
-    setup_with(&f, WATCH_BACKEND_INOTIFY, 300, NULL);
+    setup_with(&f, WATCH_BACKEND_INOTIFY, 300, NULL, false);
     char err[256];
     assert_int_equal(watch_add_root(f.watch, f.root, err, sizeof(err)), 0);
     for (int i = 0; i < 40; i++) {
@@ -312,7 +313,7 @@ static void test_adaptive_settle_storm_waits(void **state) {
 static void test_adaptive_settle_not_for_uv(void **state) {
     (void)state;
     struct fixture f;
-    setup_with(&f, WATCH_BACKEND_UV, 1500, NULL);
+    setup_with(&f, WATCH_BACKEND_UV, 1500, NULL, false);
     char err[256];
     assert_int_equal(watch_add_root(f.watch, f.root, err, sizeof(err)), 0);
     write_file(f.root, "m.py", "X = 1\n");
@@ -340,7 +341,7 @@ static bool batch_has(struct watch_batch *b, const char *path) {
 static void test_poll_backend(void **state) {
     (void)state;
     struct fixture f;
-    setup_with(&f, WATCH_BACKEND_POLL, 5, NULL);
+    setup_with(&f, WATCH_BACKEND_POLL, 5, NULL, false);
     char err[256], pkg[128], mod[160], sub[160], subm[192];
     snprintf(pkg, sizeof(pkg), "%s/pkg", f.root);
     assert_int_equal(mkdir(pkg, 0755), 0);
@@ -399,7 +400,7 @@ static void test_poll_backend(void **state) {
 static void test_poll_beside_inotify_reports_once(void **state) {
     (void)state;
     struct fixture f;
-    setup_with(&f, WATCH_BACKEND_INOTIFY, 5, "root");
+    setup_with(&f, WATCH_BACKEND_INOTIFY, 5, "root", false);
     char err[256], mod[128];
     write_file(f.root, "m.py", "X = 1\n");
     snprintf(mod, sizeof(mod), "%s/m.py", f.root);
@@ -432,7 +433,7 @@ static void test_poll_beside_inotify_reports_once(void **state) {
 static void test_poll_root_lost_and_restored(void **state) {
     (void)state;
     struct fixture f;
-    setup_with(&f, WATCH_BACKEND_POLL, 5, NULL);
+    setup_with(&f, WATCH_BACKEND_POLL, 5, NULL, false);
     char root[128], err[256];
     snprintf(root, sizeof(root), "%s/r", f.root);
     assert_int_equal(mkdir(root, 0755), 0);
@@ -451,6 +452,25 @@ static void test_poll_root_lost_and_restored(void **state) {
     assert_true(run_until(&f, has_restored));
     assert_int_equal(watch_root_state(f.watch, 0, NULL), WATCH_ROOT_WATCHING);
     assert_true(run_until(&f, has_batch));   /* the file found when it came back */
+    teardown(&f);
+}
+
+/* A symlink back up the tree (followed) is walked once, not until PATH_MAX. */
+static void test_poll_symlink_loop(void **state) {
+    (void)state;
+    struct fixture f;
+    setup_with(&f, WATCH_BACKEND_POLL, 5, NULL, true);
+    char err[256], dir[128], link[160];
+    snprintf(dir, sizeof(dir), "%s/a", f.root);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    snprintf(link, sizeof(link), "%s/loop", dir);
+    assert_int_equal(symlink(f.root, link), 0);
+    write_file(dir, "m.py", "X = 1\n");
+    assert_int_equal(watch_add_root(f.watch, f.root, err, sizeof(err)), 0);
+    struct watch_stats st;
+    watch_get_stats(f.watch, &st);
+    assert_int_equal(st.polled_dirs, 2);
+    assert_int_equal(st.polled_files, 1);
     teardown(&f);
 }
 
@@ -489,6 +509,7 @@ int main(void) {
         cmocka_unit_test(test_poll_backend),
         cmocka_unit_test(test_poll_beside_inotify_reports_once),
         cmocka_unit_test(test_poll_root_lost_and_restored),
+        cmocka_unit_test(test_poll_symlink_loop),
         cmocka_unit_test(test_fs_types),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
