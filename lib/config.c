@@ -923,7 +923,8 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
         return -EINVAL;
     }
 
-    if (cfg->poll_interval_ms < POLL_INTERVAL_MS_MIN || cfg->poll_interval_ms > POLL_INTERVAL_MS_MAX) {
+    if (cfg->poll_interval_ms < POLL_INTERVAL_MS_MIN ||
+        cfg->poll_interval_ms > POLL_INTERVAL_MS_MAX) {
         snprintf(err, errlen, "poll_interval_ms: expected an integer from %u to %u, got %u",
                  POLL_INTERVAL_MS_MIN, POLL_INTERVAL_MS_MAX, cfg->poll_interval_ms);
         return -EINVAL;

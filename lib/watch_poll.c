@@ -51,6 +51,10 @@
  * same tick leaves it unchanged, ns. */
 #define RACY_NS (50 * 1000000LL)
 
+/* The most files and directories all polled trees hold together (about 200 bytes each):
+ * beyond it, what a walk finds is not polled, and the log says so once. */
+#define MAX_ENTRIES 2000000
+
 /* Files larger than this are compared by stat alone, bytes. */
 #define MAX_HASH_BYTES (16u << 20)
 
@@ -125,6 +129,7 @@ struct watch_poll {
     size_t n_dirs, n_files;
     uint32_t gen;
     uint64_t ticks;
+    bool full_warned;            /* MAX_ENTRIES was reached and logged */
     void (*close_cb)(void *data);
     void *close_data;
 };
@@ -330,6 +335,14 @@ static int hash_file(const char *path, uint64_t *out) {
 static struct entry *entry_new(struct watch_poll *p, struct tree *tree, struct entry *parent,
                                const char *path, bool is_dir, const struct stat *st,
                                int64_t read_ns) {
+    if (p->entries.len >= MAX_ENTRIES) {
+        if (!p->full_warned)
+            log_warn("watch: the polled trees hold %d files and directories, the most pyhotd "
+                     "polls; %s and what else is new is not polled (exclude what need not be "
+                     "watched)", MAX_ENTRIES, path);
+        p->full_warned = true;
+        return NULL;
+    }
     size_t len = strlen(path);
     struct entry *e = calloc(1, sizeof(*e) + len + 1);
     if (!e)
@@ -518,7 +531,8 @@ static int dir_list(struct watch_poll *p, struct entry *d, bool report, struct e
         }
         e = entry_new(p, d->tree, d, path, is_dir, &st, read_ns);
         if (!e) {
-            log_error("watch: out of memory polling %s", d->path);
+            if (!p->full_warned)
+                log_error("watch: out of memory polling %s", d->path);
             break;
         }
         e->gen = gen;

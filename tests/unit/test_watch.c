@@ -455,6 +455,34 @@ static void test_poll_root_lost_and_restored(void **state) {
     teardown(&f);
 }
 
+/* backend = poll: git's index.lock is polled too; batches wait while it exists. */
+static void test_poll_defers_while_git_works(void **state) {
+    (void)state;
+    struct fixture f;
+    setup_with(&f, WATCH_BACKEND_POLL, 5, NULL, false);
+    char err[256], git[128], lock[160];
+    snprintf(git, sizeof(git), "%s/.git", f.root);
+    assert_int_equal(mkdir(git, 0755), 0);
+    write_file(f.root, "m.py", "X = 1\n");
+    assert_int_equal(watch_add_root(f.watch, f.root, err, sizeof(err)), 0);
+    snprintf(lock, sizeof(lock), "%s/index.lock", git);
+    write_file(git, "index.lock", "");
+    run_for(&f, 100);
+    struct watch_stats st;
+    watch_get_stats(f.watch, &st);
+    assert_int_equal(st.holds, WATCH_HOLD_VCS);
+    write_file(f.root, "m.py", "X = 2\n");
+    write_file(f.root, "n.py", "N = 1\n");
+    run_for(&f, 300);
+    assert_int_equal(f.n_batches, 0);
+    assert_int_equal(unlink(lock), 0);
+    assert_true(run_until(&f, has_batch));
+    run_for(&f, 100);
+    assert_int_equal(f.n_batches, 1);
+    assert_int_equal(f.batches[0]->n_paths, 2);
+    teardown(&f);
+}
+
 /* A symlink back up the tree (followed) is walked once, not until PATH_MAX. */
 static void test_poll_symlink_loop(void **state) {
     (void)state;
@@ -509,6 +537,7 @@ int main(void) {
         cmocka_unit_test(test_poll_backend),
         cmocka_unit_test(test_poll_beside_inotify_reports_once),
         cmocka_unit_test(test_poll_root_lost_and_restored),
+        cmocka_unit_test(test_poll_defers_while_git_works),
         cmocka_unit_test(test_poll_symlink_loop),
         cmocka_unit_test(test_fs_types),
     };
