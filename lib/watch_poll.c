@@ -488,8 +488,11 @@ static int dir_list(struct watch_poll *p, struct entry *d, bool report, struct e
     size_t plen = strlen(d->path);
     char path[PATH_MAX];
     struct dirent *de;
-    errno = 0;
-    while ((de = readdir(dir)) != NULL) {
+    bool complete = true;  /* every entry was seen: the unseen children are gone */
+    for (;;) {
+        errno = 0;
+        if (!(de = readdir(dir)))
+            break;
         const char *name = de->d_name;
         if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
             continue;
@@ -533,6 +536,7 @@ static int dir_list(struct watch_poll *p, struct entry *d, bool report, struct e
         if (!e) {
             if (!p->full_warned)
                 log_error("watch: out of memory polling %s", d->path);
+            complete = false;
             break;
         }
         e->gen = gen;
@@ -542,6 +546,7 @@ static int dir_list(struct watch_poll *p, struct entry *d, bool report, struct e
                 struct entry **grown = realloc(*stack, cap * sizeof(*grown));
                 if (!grown) {
                     entry_remove(p, e, false);
+                    complete = false;
                     break;
                 }
                 *stack = grown;
@@ -562,8 +567,12 @@ static int dir_list(struct watch_poll *p, struct entry *d, bool report, struct e
             e->hashed = true;
         }
     }
+    if (complete && de == NULL && errno != 0) {
+        complete = false;  /* readdir(3) failed midway (EIO from a server) */
+        log_warn("watch: cannot list %s: %s", d->path, strerror(errno));
+    }
     closedir(dir);
-    for (struct entry *c = d->first_child, *next; c; c = next) {
+    for (struct entry *c = d->first_child, *next; complete && c; c = next) {
         next = c->next_sibling;
         if (c->gen != gen)
             entry_remove(p, c, report);
