@@ -162,7 +162,19 @@ def test_local_root_stays_event_driven(bindfs, pyhotd, tmp_path):
 
 
 @needs_fuse
-def test_fuse_mount_inside_a_root(bindfs, pyhotd):
+def test_pyhotctl_status_says_how_each_root_is_watched(bindfs, pyhotd, pyhotctl):
+    fuse = bindfs()
+    d = pyhotd({"local.py": "X = 1\n"}, args=["--watch", fuse.mount])
+    r = pyhotctl("status", socket=d.socket)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(d.root in line and "(watching, inotify: local " in line for line in lines), lines
+    assert any(fuse.mount in line and "(watching, inotify+poll: fuse file system)" in line
+               for line in lines), lines
+
+
+@needs_fuse
+def test_fuse_mount_inside_a_root(bindfs, pyhotd, pyhotctl):
     fuse_holder = []
 
     def prepare(root):
@@ -182,6 +194,8 @@ def test_fuse_mount_inside_a_root(bindfs, pyhotd):
     assert root["watched_by"] == "inotify", root
     assert [p["path"] for p in root["polled"]] == [fuse.mount], root
     assert "fuse" in root["polled"][0]["why"], root
+    out = pyhotctl("status", socket=d.socket).stdout
+    assert "  polled: %s (fuse file system mounted there)" % fuse.mount in out, out
     d.exec("import shared.conf")
     sub = d.subscriber()
     write(os.path.join(fuse.backing, "conf.py"), "VALUE = 2\n")
