@@ -265,6 +265,12 @@ def test_forced_poll_backend(pyhotd):
     _, reloads = sub.wait_batch(mod)
     assert reloads[0]["result"] == "skipped" and "deleted" in reloads[0]["reason"], reloads
 
+    # Unwatched: no longer polled, nothing reported.
+    d.conn.call("unwatch", path=d.root)
+    wait_for(lambda: d.status()["watch"]["poll"]["dirs"] == 0, what="the poll to let go")
+    write(d.path("pkg/sub/new.py"), "N = 2\n")
+    assert [e for e in sub.quiet(0.5) if e["event"] in ("reload", "batch")] == []
+
 
 def test_poll_dir_override(pyhotd, tmp_path):
     d = pyhotd({"m.py": "X = 1\n"},
