@@ -941,14 +941,18 @@ void watch_note_poll_restored(struct watch *watch, size_t root, const char *top,
     if (root >= watch->n_roots)
         return;
     struct watch_root *r = &watch->roots[root];
-    if (strcmp(r->path, top) == 0) {
-        if (r->method == METHOD_BOTH && watch->backend) {
-            /* What inotify watched meanwhile may be the directory the mount covers now. */
-            char err[PATH_MAX + 256];
-            watch->ops->remove_root(watch->backend, root);
-            if (watch->ops->add_root(watch->backend, root, err, sizeof(err)) < 0)
-                log_warn("watch: %s; %s is polled alone", err, top);
-        }
+    bool whole = strcmp(r->path, top) == 0;
+    if (r->method != METHOD_POLL && watch->backend &&
+        (whole || r->state == WATCH_ROOT_WATCHING)) {
+        /* inotify dropped its watches of the tree when it was unmounted, or watched the
+         * directory the mount covers now: the root is watched afresh (nothing reported;
+         * the poll's walk reported what changed meanwhile). */
+        char err[PATH_MAX + 256];
+        watch->ops->remove_root(watch->backend, root);
+        if (watch->ops->add_root(watch->backend, root, err, sizeof(err)) < 0)
+            log_warn("watch: %s; %s is polled alone", err, top);
+    }
+    if (whole) {
         watch_note_root_restored(watch, root, n_dirs);
         return;
     }

@@ -621,9 +621,9 @@ static void tree_problem(struct watch_poll *p, struct tree *tree, const char *me
         return;
     free(tree->problem);
     tree->problem = strdup(message);
-    log_warn("watch: cannot poll %s: %s; polling resumes when it can be read", tree->top, message);
     char full[PATH_MAX + 256];
-    snprintf(full, sizeof(full), "cannot poll %s: %s", tree->top, message);
+    snprintf(full, sizeof(full), "cannot poll %s: %s; polling resumes when it can be read",
+             tree->top, message);
     watch_note_poll_problem(p->watch, tree->root, tree->top, full, lost);
 }
 

@@ -86,6 +86,26 @@ def bindfs(tmp_path):
         m.down()
 
 
+def inotify_watch_devices(pid):
+    """The devices (os.stat's st_dev) of the inodes of every inotify watch pid holds
+    (/proc/PID/fdinfo: sdev is the kernel's encoding, major << 20 | minor)."""
+    devices = set()
+    fd_dir = "/proc/%d/fd" % pid
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:inotify":
+                continue
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                for line in f:
+                    if line.startswith("inotify wd:"):
+                        fields = dict(kv.split(":", 1) for kv in line.split()[1:])
+                        sdev = int(fields["sdev"], 16)
+                        devices.add(os.makedev(sdev >> 20, sdev & 0xfffff))
+        except OSError:
+            continue
+    return devices
+
+
 def root_status(d, path):
     return next(r for r in d.status()["roots"] if r["path"] == path)
 
@@ -312,3 +332,39 @@ def test_dead_fuse_server_is_reported(bindfs, pyhotd):
     _, reloads = sub.wait_batch(local)
     assert [r["result"] for r in reloads] == ["ok"], reloads
     assert d.alive()
+
+
+@needs_fuse
+def test_inner_mount_unmounted_and_mounted_again(bindfs, pyhotd):
+    holder = []
+
+    def prepare(root):
+        m = bindfs("inner")
+        holder.append(m)
+        os.makedirs(os.path.join(root, "shared"))
+        write(os.path.join(m.backing, "conf.py"), "VALUE = 1\n")
+        m.down()
+        m.mount = os.path.join(root, "shared")
+        m.up()
+
+    d = pyhotd({"app.py": "X = 1\n"}, prepare=prepare,
+               config=config(["{root}"], extra="poll_interval_ms = 100\n"))
+    fuse = holder[0]
+    assert os.stat(fuse.mount).st_dev in inotify_watch_devices(d.proc.pid)
+    sub = d.subscriber()
+    fuse.down()
+    error = sub.next_event(lambda e: e["event"] == "watch_error" and e["root"] == fuse.mount)
+    assert "unmounted" in error["message"], error
+    root = root_status(d, d.root)
+    assert root["state"] == "watching" and "unmounted" in root["polled"][0]["error"], root
+
+    fuse.up()
+    sub.next_event(lambda e: e["event"] == "watch_restored" and e["root"] == fuse.mount)
+    assert "error" not in root_status(d, d.root)["polled"][0]
+    # inotify watches the new mount again, not the directory it covers.
+    wait_for(lambda: os.stat(fuse.mount).st_dev in inotify_watch_devices(d.proc.pid),
+             what="inotify watches on the mount again")
+    d.exec("import shared.conf")
+    conf = write(os.path.join(fuse.mount, "conf.py"), "VALUE = 2\n")
+    _, reloads = sub.wait_batch(conf)
+    assert [(r["module"], r["result"]) for r in reloads] == [("shared.conf", "ok")], reloads
