@@ -84,6 +84,7 @@ struct watch {
     uint64_t recent_changes[WATCH_STORM_CHANGES]; /* uv_now() of the last changes, a ring */
     size_t recent_next;
     uint64_t fast_batches;
+    bool must_settle;                  /* a walk found files: this batch waits the window */
     bool closing;                      /* watch_close called: nothing goes out any more */
     void (*close_cb)(void *data);
     void *close_data;
@@ -188,6 +189,7 @@ static void emit(struct watch *watch) {
     flags_clear(&watch->flags);
     watch->write_hold_started = false;
     watch->gone_grace_used = false;
+    watch->must_settle = false;
     if (watch->poll) {
         /* A change both inotify and the poll saw goes out once: the second sighting
          * finds the content it already sent. */
@@ -276,6 +278,11 @@ void watch_note_change(struct watch *watch, const char *path) {
     note_pending(watch, path);
 }
 
+void watch_note_found(struct watch *watch, const char *path) {
+    watch->must_settle = true;
+    watch_note_change(watch, path);
+}
+
 void watch_note_gone(struct watch *watch, const char *path) {
     flags_update(&watch->flags, path, PATH_GONE, PATH_WRITING);
     note_pending(watch, path);
@@ -286,11 +293,12 @@ void watch_note_writing(struct watch *watch, const char *path) {
 }
 
 /* Whether the pending set may leave now rather than after the settle window: every path
- * in it finished (no file created, written or deleted and not yet closed or back), it is
- * small, and files are not changing in numbers (the oldest of the last
+ * in it finished (no file created, written or deleted and not yet closed or back, none
+ * found by a walk), it is small, and files are not changing in numbers (the oldest of the last
  * WATCH_STORM_CHANGES changes is older than WATCH_STORM_WINDOW_MS). */
 static bool settled_early(const struct watch *watch) {
-    if (watch->flags.n_set > 0 || watch->pending.len > WATCH_FAST_MAX_PATHS)
+    if (watch->flags.n_set > 0 || watch->pending.len > WATCH_FAST_MAX_PATHS ||
+        watch->must_settle)
         return false;
     if (watch->ops && !watch->ops->reports_completion)
         return false;

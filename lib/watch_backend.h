@@ -23,6 +23,11 @@ struct watch_backend;
  * absolute; copied. */
 void watch_note_change(struct watch *watch, const char *path);
 
+/* An accepted file was found by a walk (a new directory listed, a rescan): reported like
+ * a change, but its write may not be finished and its own completing event may follow, so
+ * its batch waits the settle window rather than leaving when the queue is drained. */
+void watch_note_found(struct watch *watch, const char *path);
+
 /* An accepted file was deleted or moved away (it may come back at once: a batch waits a
  * little for a missing path to reappear). */
 void watch_note_gone(struct watch *watch, const char *path);

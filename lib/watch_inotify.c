@@ -510,12 +510,12 @@ static int walk_dir(struct walk *w, struct node *n, char *path, size_t len) {
             } else if (w->mode != WALK_INITIAL && (type == DT_REG || type == DT_LNK) &&
                        filter_accepts_file(filter, rel, name)) {
                 if (w->mode == WALK_REPORT) {
-                    watch_note_change(b->watch, path);
+                    watch_note_found(b->watch, path);
                     w->n_changed++;
                 } else if (fstatat(fd, name, &st, 0) == 0 &&
                            (int64_t)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec >=
                                b->synced_ns - RESCAN_MARGIN_NS) {
-                    watch_note_change(b->watch, path);
+                    watch_note_found(b->watch, path);
                     w->n_changed++;
                 }
             }

@@ -561,7 +561,7 @@ static int dir_list(struct watch_poll *p, struct entry *d, bool report, struct e
                 e->sent = true;  /* inotify saw it and it went out already */
                 e->sent_hash = e->hash;
             } else {
-                watch_note_change(p->watch, e->path);
+                watch_note_found(p->watch, e->path);
             }
         } else if (e->racy && hash_file(e->path, &e->hash) == 0) {
             e->hashed = true;

@@ -257,7 +257,7 @@ static int list_dir(struct watch_backend *b, size_t root, const char *dir, struc
                     (int64_t)st.st_ctime * 1000000000LL + st.st_ctim.tv_nsec < since)
                     continue;
             }
-            watch_note_change(b->watch, path);
+            watch_note_found(b->watch, path);
             if (n_changed)
                 (*n_changed)++;
         }

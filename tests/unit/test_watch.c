@@ -309,6 +309,24 @@ static void test_adaptive_settle_storm_waits(void **state) {
     teardown(&f);
 }
 
+/* Files found by listing a new directory may still be being written, and their own
+ * events may follow: their batch waits the settle window. */
+static void test_adaptive_settle_waits_for_found_files(void **state) {
+    (void)state;
+    struct fixture f;
+    setup_with(&f, WATCH_BACKEND_INOTIFY, 1500, NULL, false);
+    char err[256], dir[128];
+    assert_int_equal(watch_add_root(f.watch, f.root, err, sizeof(err)), 0);
+    snprintf(dir, sizeof(dir), "%s/pkg", f.root);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    write_file(dir, "x.py", "X = 1\n");   /* before the loop runs: found by the scan */
+    run_for(&f, 500);
+    assert_int_equal(f.n_batches, 0);
+    assert_true(run_until(&f, has_batch));
+    assert_int_equal(f.batches[0]->n_paths, 1);
+    teardown(&f);
+}
+
 /* The uv backend cannot tell a finished write: it keeps the settle window. */
 static void test_adaptive_settle_not_for_uv(void **state) {
     (void)state;
@@ -533,6 +551,7 @@ int main(void) {
         cmocka_unit_test(test_adaptive_settle_complete_write),
         cmocka_unit_test(test_adaptive_settle_waits_for_open_write),
         cmocka_unit_test(test_adaptive_settle_storm_waits),
+        cmocka_unit_test(test_adaptive_settle_waits_for_found_files),
         cmocka_unit_test(test_adaptive_settle_not_for_uv),
         cmocka_unit_test(test_poll_backend),
         cmocka_unit_test(test_poll_beside_inotify_reports_once),
