@@ -184,7 +184,7 @@ static void test_full_file(void **state)
     assert_string_equal(cfg->watch_roots[1], in_dir(fx, "plugins"));
     assert_null(cfg->watch_roots[2]);
     assert_int_equal(cfg->settle_ms, 0);
-    assert_int_equal(cfg->import, CONFIG_IMPORT_NONE);
+    assert_int_equal(cfg->import, CONFIG_IMPORT_ON_DEMAND);
 
     assert_int_equal(cfg->n_include, 4);
     assert_string_equal(cfg->include[0], "*.py");
@@ -330,7 +330,7 @@ static void test_args_override_file(void **state)
     assert_int_equal(cfg->settle_ms, 20);
     assert_string_equal(cfg->socket_path, "/tmp/cli.sock");
     assert_int_equal(cfg->log_level, LOG_LEVEL_DEBUG);
-    assert_int_equal(cfg->import, CONFIG_IMPORT_NONE);
+    assert_int_equal(cfg->import, CONFIG_IMPORT_ON_DEMAND);
     assert_true(cfg->check_config);
     /* What the command line did not name keeps the file's value. */
     assert_string_equal(cfg->entry, "app:main");
