@@ -1600,7 +1600,8 @@ class Engine:
                 path = self.index.realpath(raw)
                 if path not in fresh:
                     fresh.append(path)
-            held = [p for p in self.pending if p not in fresh]
+            named = {self.index.path_of(name) for name in module_names}
+            held = [p for p in self.pending if p not in fresh and p not in named]
             outcome = self.attempt(fresh + held, module_names, batch_id, started)
             failure = outcome.get("failure")
             if failure is not None and failure.path in held and (fresh or module_names):

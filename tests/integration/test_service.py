@@ -24,6 +24,7 @@ log_level = debug
 [watch]
 root = {roots}
 settle_ms = {settle}
+import = all
 """
 
 
