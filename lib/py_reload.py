@@ -768,13 +768,20 @@ class _Stmt:
         return self._reads
 
     def head(self):
-        """What a def or class statement evaluates before its body: decorators, bases,
-        keywords, defaults, annotations, as a comparable string."""
+        """The source of what a def or class statement evaluates around its body: its
+        decorators, and a class's header (bases, keywords, metaclass)."""
         node = self.node
         if self.kind == "class":
-            return ast.dump(ast.Tuple(node.decorator_list + node.bases + [k.value for k in node.keywords],
-                                      ast.Load())) + repr([k.arg for k in node.keywords])
-        return ast.dump(ast.Tuple(node.decorator_list, ast.Load()))
+            lines = node.body[0].lineno - self.start if node.body[0].lineno > node.lineno else 0
+        else:
+            lines = node.lineno - self.start
+        text = self.text
+        cut = -1
+        for _ in range(lines):
+            cut = text.find("\n", cut + 1)
+            if cut < 0:
+                return text
+        return text[:cut + 1] if lines else ""
 
 
 def _bound_names(node):
@@ -936,28 +943,51 @@ def _state_of(module, path):
     return state
 
 
-def _changed_region(old_lines, new_lines):
+def _common_prefix(a, b):
+    """Length of the longest common prefix of strings a and b: a binary search over slice
+    comparisons, which run in C (memcmp), so a long unchanged text costs microseconds."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _changed_region(old_text, new_text):
     """(first, old_last, new_last): the 1-based line span the edit covers, in the old and
-    new numbering; lines before first and after the last are unchanged."""
-    limit = min(len(old_lines), len(new_lines))
-    first = 0
-    while first < limit and old_lines[first] == new_lines[first]:
-        first += 1
-    tail = 0
-    while (tail < limit - first and old_lines[len(old_lines) - 1 - tail] == new_lines[len(new_lines) - 1 - tail]):
-        tail += 1
-    return first + 1, len(old_lines) - tail, len(new_lines) - tail
+    new numbering (lines split at "\\n"); lines before first and after the last are
+    unchanged. old_last (new_last) is first - 1 when the edit only adds (only removes)."""
+    head = _common_prefix(old_text, new_text)
+    first = old_text.count("\n", 0, head) + 1
+    old_lines, new_lines = old_text.count("\n") + 1, new_text.count("\n") + 1
+    tail = min(_common_prefix(old_text[::-1], new_text[::-1]), min(len(old_text), len(new_text)) - head)
+    start = len(old_text) - tail  # where the common tail begins in old_text
+    new_start = len(new_text) - tail
+    if start == 0 and new_start == 0:
+        shared = old_lines
+    else:
+        # The first line wholly inside the tail starts at a line start in both texts.
+        at_line_start = ((start == 0 or old_text[start - 1] == "\n")
+                         and (new_start == 0 or new_text[new_start - 1] == "\n"))
+        newline = start - 1 if at_line_start else old_text.find("\n", start)
+        shared = old_text.count("\n", newline + 1) + 1 if newline >= 0 or at_line_start else 0
+    shared = min(shared, min(old_lines, new_lines) - (first - 1))
+    return first, old_lines - shared, new_lines - shared
 
 
 def _parse_new(state, text):
     """Parses the new source: only the statements the edit touches when the rest is
     unchanged. Returns (new lines, [_Stmt] of the new top level, (lo, hi) the index range
     of the old statements those new ones replace); SyntaxError as compile() raises it."""
+    old_text = "\n".join(state.lines)
+    if text == old_text:
+        return state.lines, None, None
     lines = text.split("\n")
     old = state.stmts
-    first, old_last, new_last = _changed_region(state.lines, lines)
-    if first > len(state.lines) and first > len(lines):
-        return lines, None, None  # identical
+    first, old_last, new_last = _changed_region(old_text, text)
     delta = len(lines) - len(state.lines)
     # Old statements the edit may touch: those overlapping it, plus one on each side (an
     # added indented line extends the statement before it; an added decorator, the one
@@ -981,11 +1011,10 @@ def _parse_new(state, text):
         if hi == len(old):
             stop_old = len(state.lines)
     stop_new = stop_old + delta
-    fragment = "\n".join(lines[start - 1:stop_new])
+    # Padded with empty lines, so the fragment's nodes carry the file's line numbers.
+    fragment = "\n" * (start - 1) + "\n".join(lines[start - 1:stop_new])
     try:
         tree = ast.parse(fragment)
-        if start > 1:
-            ast.increment_lineno(tree, start - 1)
     except (SyntaxError, ValueError):
         # The edit reaches beyond the statements it seemed to touch (an unclosed string,
         # say): the whole source decides, and reports the error in its own line numbers.
@@ -1136,6 +1165,29 @@ class _Definitions:
         for old, stmt, same in self.pairs:
             if stmt is not None and not same:
                 self.codes[id(stmt)] = self.compile(stmt.node)
+
+    def record_imports(self, name):
+        """Adds what the new and changed statements import to the module's entry of the
+        import graph. (An import a statement no longer makes stays until the module next
+        runs whole: an extra edge only adds a dependent, which runs nothing it need not.)"""
+        module = self.state.module
+        is_package = hasattr(module, "__path__")
+        names = set(_imports.get(name, ()))
+        for _old, stmt, same in self.pairs:
+            if stmt is None or same:
+                continue
+            for node in ast.walk(stmt.node):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    _add_import(names, name, is_package, node.module, node.level,
+                                tuple(alias.name for alias in node.names))
+        names.discard(name)
+        names = frozenset(names)
+        if _imports.get(name) != names:
+            global _imports_generation
+            _imports[name] = names
+            _imports_generation += 1
 
     def compile(self, node):
         module = ast.Module([node], [])
@@ -1747,7 +1799,10 @@ class Engine:
                     # Another file of the batch may now be imported: the plan needs the new
                     # edges. (With one file, its own imports cannot change who depends on
                     # it; they are recorded at the commit, off the save -> run path.)
-                    _record_imports(name, path, code=update.code, source=data if update.code is None else None)
+                    if update.code is not None:
+                        _record_imports(name, path, code=update.code)
+                    else:
+                        update.definitions.record_imports(name)
         plan = _plan_order(changed_modules, _dependency_graph(), self.strategy == "dependents")
         ordered = []
         for name in plan:
@@ -1888,8 +1943,8 @@ class Engine:
             if update.changed_file and (update.name not in changed_modules or len(changed) == 1):
                 if update.code is not None:
                     _record_imports(update.name, update.path, code=update.code)
-                elif update.data is not None:
-                    _record_imports(update.name, update.path, source=update.data)
+                elif update.definitions is not None:
+                    update.definitions.record_imports(update.name)
 
     def failed(self, failure, plan, ran, reloads, batch, started):
         """The events of a batch that failed: the module (or hook) that raised, the ones
