@@ -410,8 +410,9 @@ def _patch_function(old, new, undo, seen):
         return False
     seen.add(id(old))
     if (not old_code.co_freevars and old_code == new_code and not new.__dict__
-            and old.__defaults__ == new.__defaults__ and old.__kwdefaults__ == new.__kwdefaults__
-            and old.__doc__ == new.__doc__ and old.__annotations__ == new.__annotations__):
+            and _same_value(old.__defaults__, new.__defaults__)
+            and _safe_equal(old.__kwdefaults__, new.__kwdefaults__)
+            and old.__doc__ == new.__doc__ and _safe_equal(old.__annotations__, new.__annotations__)):
         # The common case in an edited module: this function did not change. Code objects
         # compare equal only when bytecode, constants, names and line numbers all do
         # (Objects/codeobject.c, code_richcompare), so the old function already is the new.
@@ -444,6 +445,17 @@ def _patch_function(old, new, undo, seen):
             and _patch_function(old_wrapped, new_wrapped, undo, seen)):
         old.__dict__["__wrapped__"] = old_wrapped
     return True
+
+
+def _safe_equal(a, b):
+    """a == b for values whose == may raise or not return a bool (numpy arrays in a dict of
+    annotations or keyword defaults): False then."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 def _point_class_cells(fn, new_cls, old_cls, undo):
@@ -521,8 +533,7 @@ def _update_class(old, namespace, new_cls, undo, report, seen, only=None, remove
             # functions' __class__ cells name it.
             for fn in _functions_of(store):
                 _point_class_cells(fn, new_cls, old, undo)
-        if prev is not store and not (type(prev) is type(store) and type(store) in _PLAIN_VALUES
-                                      and prev == store):
+        if prev is not store and not _same_value(prev, store):
             try:
                 setattr(old, key, store)
             except (AttributeError, TypeError):
@@ -751,8 +762,9 @@ class _Stmt:
     def current_node(self):
         """node, its line numbers brought up to where the statement is now."""
         if self.shift:
-            ast.increment_lineno(self.node, self.shift)
-            self.shift = 0
+            node = copy.deepcopy(self.node)  # a clone's node is shared with the recorded state
+            ast.increment_lineno(node, self.shift)
+            self.node, self.shift = node, 0
         return self.node
 
     @property
@@ -1222,6 +1234,8 @@ class _Definitions:
                     if aliases is None:
                         aliases = self.aliases(run)
                     if self.reads_changes(stmt, changed, imported_changes, aliases):
+                        if stmt is old:
+                            stmt = _clone(old)  # the recorded state changes at the commit only
                         self.run_statement(run, stmt, self.compile(stmt.current_node()), stmt.binds)
                 new_stmts.append(stmt)
                 continue
@@ -1452,6 +1466,13 @@ class _Definitions:
             for stmt in self.suffix:
                 _shift(stmt, self.delta)
         state.module = module
+
+
+def _clone(stmt):
+    copy_ = copy.copy(stmt)
+    if stmt.body is not None:
+        copy_.body = [_clone(inner) for inner in stmt.body]
+    return copy_
 
 
 def _shift(stmt, delta):

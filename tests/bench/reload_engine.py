@@ -253,7 +253,10 @@ def bench_chain(length, runs):
         proc, client = start_daemon(root, os.path.join(sockdir, "pyhotd.sock"), 0)
         walls, latencies, durations = [], [], []
         try:
-            client.request("exec", code="import chain_%03d" % (length - 1))
+            # Loaded first to last (importing the last one first would recurse N deep).
+            reply = client.request("exec", code="for i in range(%d):\n    __import__('chain_%%03d' %% i)" % length)
+            if not reply["ok"]:
+                raise SystemExit("chain import failed: %s" % reply["error"])
             client.request("subscribe")
             first = os.path.join(root, "chain_000.py")
             for run in range(1, runs + 1):

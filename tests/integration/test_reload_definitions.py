@@ -143,7 +143,9 @@ def test_class_body_updates_in_place_without_its_metaclass(pyhotd):
 def test_values_that_cannot_be_compared_do_not_fail_the_batch(pyhotd):
     pytest.importorskip("numpy")
     src = ("import numpy as np\nPAIR = (np.zeros(3), np.ones(3))\nclass K:\n    ARRAYS = [np.zeros(2), np.ones(2)]\n"
-           "    def f(self):\n        return 1\nV = {v}\nPAIR2 = (np.arange(V), np.arange(V))\n")
+           "    TUPLE = (np.zeros(2), np.ones(2))\n"
+           "    def f(self, scale=(np.ones(2), np.ones(2))):\n        return 1\n"
+           "V = {v}\nPAIR2 = (np.arange(V), np.arange(V))\n")
     d = pyhotd({"arrays.py": src.format(v=3)})
     sub = d.subscriber()
     d.exec("import arrays; held = arrays.PAIR")
