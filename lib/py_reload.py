@@ -307,6 +307,10 @@ def _plan_order(changed, graph, with_dependents):
 
 _FUNCTION_ATTRS = ("__code__", "__defaults__", "__kwdefaults__", "__annotations__", "__doc__")
 _CLASS_SKIP = ("__dict__", "__weakref__")
+# Members the class statement itself makes, whatever its body says.
+_CLASS_KEEP = frozenset(("__module__", "__qualname__", "__doc__", "__dict__", "__weakref__",
+                         "__annotations__", "__slots__", "__orig_bases__", "__parameters__",
+                         "_abc_impl", "__abstractmethods__"))
 
 
 class _Undo:
@@ -1386,10 +1390,21 @@ class _Definitions:
             if inner is None:
                 removed_keys |= inner_old.binds - new_keys
         if rerun:
-            apply_keys = set()
+            # What the body computes as a whole comes from the new body too.
+            apply_keys = {"__annotations__", "__doc__"}
             for inner_old, inner, same in pairs:
                 if inner is not None and not same:
                     apply_keys |= inner.binds
+            if stmt.node.decorator_list:
+                # Its decorators run again on the class: what they made last time (a
+                # dataclass's __init__, say), which no statement of the body binds, goes
+                # first, so they make it anew (a decorator keeps what the class defines).
+                old_binds = set()
+                for inner_old in old.body:
+                    old_binds |= inner_old.binds
+                removed_keys = removed_keys | {key for key in cls.__dict__
+                                               if key not in old_binds and key not in new_keys
+                                               and key not in _CLASS_KEEP}
             run.class_filters[cls.__qualname__] = (apply_keys, removed_keys)
             try:
                 code = self.codes[id(stmt)]

@@ -250,3 +250,15 @@ def test_on_demand_is_the_default(pyhotd):
     batch, reloads = edit(d, sub, "lazy.py", "V = 2\n")
     assert reloads[0]["result"] == "skipped" and reloads[0]["reason"] == "not imported", reloads
     assert d.eval("__import__('lazy').V") == 2
+
+
+def test_dataclass_field_added_runs_its_decorator_on_the_same_class(pyhotd):
+    src = ("import dataclasses\n@dataclasses.dataclass(frozen=True)\nclass Point:\n    x: int = 0\n{extra}"
+           "    def norm(self):\n        return abs(self.x)\n")
+    d = pyhotd({"geo.py": src.format(extra="")})
+    sub = d.subscriber()
+    d.exec("import geo; P = geo.Point; old = P(3)")
+    batch, _ = edit(d, sub, "geo.py", src.format(extra="    y: int = 5\n"))
+    assert batch["result"] == "ok", batch
+    assert d.eval("(geo.Point is P, geo.Point(1, 2).y, geo.Point(1).y, old.norm(), "
+                  "[f.name for f in __import__('dataclasses').fields(P)])") == (True, 2, 5, 3, ["x", "y"])
