@@ -1165,6 +1165,7 @@ class _Definitions:
         self.identical = new is None
         self.new_state = None
         self.codes = {}
+        self.moved = []  # (statement, lines it moved) of equal texts in a new place
         if self.identical:
             self.prefix, self.pairs, self.suffix, self.delta = state.stmts, [], [], 0
             return
@@ -1234,6 +1235,8 @@ class _Definitions:
             if same:
                 if stmt is not old:
                     _carry_codes(old, stmt)  # equal text in a new place: its functions stay
+                    if stmt.start != old.start:
+                        self.moved.append((stmt, stmt.start - old.start, None))
                 if changed or imported_changes:
                     if aliases is None:
                         aliases = self.aliases(run)
@@ -1380,6 +1383,8 @@ class _Definitions:
         for inner_old, inner, same in pairs:
             if same and inner is not None and inner is not inner_old:
                 _carry_codes(inner_old, inner)
+                if inner.start != inner_old.start:
+                    self.moved.append((inner, inner.start - inner_old.start, cls))
         qual = run.module.__name__ + "." + cls.__qualname__
         new_keys = set()
         for inner_old, inner, same in pairs:
@@ -1472,15 +1477,52 @@ class _Definitions:
         return fn
 
     def commit(self, module):
-        if self.identical or self.new_state is None:
+        """The module's state becomes what ran. Functions of statements the edit moved (those
+        after it, when it added or removed lines) take their new line numbers, so tracebacks
+        and inspect point at the right lines: those reached through the module's names and
+        its classes' members; one a decorator stored elsewhere keeps its old numbers."""
+        if self.new_state is None:
             return
         state = self.state
         state.lines, state.stmts = self.new_state
-        # Statements after the edit moved by delta lines: their recorded places follow.
+        state.module = module
+        namespace = module.__dict__
+        for stmt, delta, cls in self.moved:
+            _relocate(stmt, delta, namespace if cls is None else cls.__dict__)
         if self.delta:
             for stmt in self.suffix:
                 _shift(stmt, self.delta)
-        state.module = module
+                _relocate(stmt, self.delta, namespace)
+
+
+def _shifted_code(code, delta):
+    """code (and the code objects nested in it) delta lines further down: in CPython 3.11
+    a code object's line table is relative to co_firstlineno (Objects/codeobject.c)."""
+    consts = code.co_consts
+    if any(isinstance(const, types.CodeType) for const in consts):
+        consts = tuple(_shifted_code(c, delta) if isinstance(c, types.CodeType) else c for c in consts)
+        return code.replace(co_firstlineno=code.co_firstlineno + delta, co_consts=consts)
+    return code.replace(co_firstlineno=code.co_firstlineno + delta)
+
+
+def _relocate(stmt, delta, members):
+    """Functions made by stmt (found in members, a namespace or a class's __dict__) run
+    their code moved by delta lines. Never raises: it runs at the commit."""
+    try:
+        if stmt.kind == "def" and stmt.code is not None:
+            found = [fn for fn in _unwrap_candidates(members.get(stmt.name)) if fn.__code__ is stmt.code]
+            if found:
+                moved = _shifted_code(stmt.code, delta)
+                for fn in found:
+                    fn.__code__ = moved
+                stmt.code = moved
+        elif stmt.kind == "class" and stmt.body:
+            cls = members.get(stmt.name)
+            if isinstance(cls, type):
+                for inner in stmt.body:
+                    _relocate(inner, delta, cls.__dict__)
+    except Exception:
+        pass
 
 
 def _clone(stmt):

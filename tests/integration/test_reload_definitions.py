@@ -262,3 +262,15 @@ def test_dataclass_field_added_runs_its_decorator_on_the_same_class(pyhotd):
     assert batch["result"] == "ok", batch
     assert d.eval("(geo.Point is P, geo.Point(1, 2).y, geo.Point(1).y, old.norm(), "
                   "[f.name for f in __import__('dataclasses').fields(P)])") == (True, 2, 5, 3, ["x", "y"])
+
+
+def test_functions_below_an_added_line_report_their_new_lines(pyhotd):
+    src = "def a():\n    return 1\n{extra}def b():\n    raise ValueError\nclass K:\n    def m(self):\n        raise KeyError\n"
+    d = pyhotd({"lines.py": src.format(extra="")})
+    sub = d.subscriber()
+    d.exec("import lines, traceback\ndef where(fn):\n    try:\n        fn()\n    except Exception as e:\n"
+           "        return traceback.extract_tb(e.__traceback__)[-1].lineno")
+    assert d.eval("(where(lines.b), where(lines.K().m))") == (4, 7)
+    batch, _ = edit(d, sub, "lines.py", src.format(extra="# two\n# lines\n"))
+    assert batch["result"] == "ok", batch
+    assert d.eval("(where(lines.b), where(lines.K().m), lines.b.__code__.co_firstlineno)") == (6, 9, 5)
