@@ -1229,6 +1229,23 @@ class _Definitions:
         if self.identical and not imported_changes:
             self.new_state = (self.state.lines, self.state.stmts)
             return
+        # Names only removed statements bound leave the module first, so a statement that
+        # still reads one runs again and fails (NameError) as a fresh import would.
+        removed_stmts = [old for old, stmt, same in self.pairs if stmt is None]
+        if removed_stmts:
+            new_binds = set()
+            for old, stmt, same in self.stmts_in_order():
+                new_binds |= stmt.binds
+            for old in removed_stmts:
+                for name in sorted(old.binds - new_binds):
+                    value = namespace.pop(name, _MISSING)
+                    if value is _MISSING:
+                        continue
+                    changed.add(name)
+                    run.report.removed.append(module_name + "." + name)
+                    conform = value.__dict__.get("__conform__") if isinstance(value, types.FunctionType) else None
+                    if callable(conform):
+                        conform(None)
         aliases = None
         new_stmts = []
         for old, stmt, same in self.stmts_in_order():
@@ -1260,23 +1277,6 @@ class _Definitions:
                     continue
             self.run_statement(run, stmt, code, stmt.binds)
             new_stmts.append(stmt)
-        # Names only removed statements bound leave the module.
-        removed_stmts = [old for old, stmt, same in self.pairs if stmt is None]
-        new_binds = set()
-        if removed_stmts:
-            for old, stmt, same in self.stmts_in_order():
-                new_binds |= stmt.binds
-        for old in removed_stmts:
-            for name in sorted(old.binds - new_binds):
-                value = namespace.pop(name, _MISSING)
-                if value is _MISSING:
-                    continue
-                changed.add(name)
-                run.report.removed.append(module_name + "." + name)
-                if old.kind == "def":
-                    conform = getattr(value, "__conform__", None) if isinstance(value, types.FunctionType) else None
-                    if callable(conform):
-                        conform(None)
         self.new_state = (self.lines, new_stmts)
 
     def aliases(self, run):

@@ -274,3 +274,12 @@ def test_functions_below_an_added_line_report_their_new_lines(pyhotd):
     batch, _ = edit(d, sub, "lines.py", src.format(extra="# two\n# lines\n"))
     assert batch["result"] == "ok", batch
     assert d.eval("(where(lines.b), where(lines.K().m), lines.b.__code__.co_firstlineno)") == (6, 9, 5)
+
+
+def test_a_statement_reading_a_removed_name_fails_the_batch(pyhotd):
+    d = pyhotd({"m.py": "def helper():\n    return 1\nX = helper()\n"})
+    sub = d.subscriber()
+    batch, reloads = edit(d, sub, "m.py", "X = helper()\n")
+    assert batch["result"] == "rolled_back", batch
+    assert batch["error"]["type"] == "NameError" and batch["error"]["line"] == 1, batch
+    assert d.eval("(__import__('m').X, __import__('m').helper())") == (1, 1)
