@@ -5,8 +5,6 @@ importlib.reload as the entry point."""
 
 import pytest
 
-from conftest import wait_for
-
 
 def edit(d, sub, rel, text):
     path = d.write(rel, text)
@@ -283,3 +281,18 @@ def test_a_statement_reading_a_removed_name_fails_the_batch(pyhotd):
     assert batch["result"] == "rolled_back", batch
     assert batch["error"]["type"] == "NameError" and batch["error"]["line"] == 1, batch
     assert d.eval("(__import__('m').X, __import__('m').helper())") == (1, 1)
+
+
+def test_importlib_reload_from_the_apps_own_thread(pyhotd):
+    # The watcher is kept out (a long settle window): only the app's reload applies the edit.
+    app = ("import importlib, queue, m\nASK, ANSWERS = queue.Queue(), queue.Queue()\n"
+           "def main():\n    while True:\n        ASK.get()\n        try:\n"
+           "            importlib.reload(m)\n            ANSWERS.put(m.f())\n"
+           "        except Exception as exc:\n            ANSWERS.put(repr(exc))\n")
+    d = pyhotd({"m.py": "def f():\n    return 1\n", "app.py": app}, import_all=False,
+               args=["--entry", "app:main", "--settle-ms", "60000"])
+    d.exec("import _pyhot_reload, app, m\nbatches = []\nheld = m.f\n"
+           "_pyhot_reload.add_hook('after', lambda info: batches.append((info.batch, info.modules)))")
+    d.write("m.py", "def f():\n    return 2\n")
+    assert d.eval("(app.ASK.put(1), app.ANSWERS.get(timeout=10))") == (None, 2)
+    assert d.eval("(held(), [b for b in batches if b[0] < 0])") == (2, [(-1, ("m", "app"))])
