@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 
 import _pyhot
 
@@ -46,7 +47,7 @@ _index = _pyhot.index  # watched modules, their files, applied digests (py_suppo
 
 _code_overrides = {}  # realpath -> code object, only while a module-mode batch runs
 _first_runs = {}      # module name -> (realpath, source bytes, code) of its first import
-_loaded = {}          # module name -> the module object whose first import finished
+_loaded = weakref.WeakValueDictionary()  # module name -> the module whose first import finished
 _import_began = {}    # module name -> when its first import began (a counter): cycle order
 _original_get_code = _bootstrap_external.SourceLoader.get_code
 _original_exec_module = _bootstrap_external._LoaderBasics.exec_module
