@@ -1681,6 +1681,7 @@ class _Failure(Exception):
 
     def __init__(self, error, module=None, path=None, exception=None, stage="run", ms=0.0):
         super().__init__(error.get("message"))
+        self.plan = None  # the plan, when the pre-check got that far
         self.error, self.module, self.path = error, module, path
         self.exception, self.stage, self.ms = exception, stage, ms
 
@@ -1776,7 +1777,7 @@ class Engine:
             _restore_imports(graph_before)
             self.keep_pending(changed)
             failure.stage = "precheck"
-            return self.failed(failure, plan, [], reloads, batch, started)
+            return self.failed(failure, failure.plan or plan, [], reloads, batch, started)
         info = BatchInfo(batch_id, paths, plan, self.mode)
         _batch_undo[0] = _Undo()
         try:
@@ -1902,7 +1903,9 @@ class Engine:
                         update.code = compile(update.data, _pyhot.module_origin(module) or path, "exec",
                                               dont_inherit=True)
                 except (SyntaxError, ValueError, OSError) as exc:
-                    raise _Failure(_pyhot.describe_exception(exc), name, path, exc, "precheck")
+                    failure = _Failure(_pyhot.describe_exception(exc), name, path, exc, "precheck")
+                    failure.plan = plan
+                    raise failure
             ordered.append(update)
         return plan, ordered
 
