@@ -3,6 +3,9 @@ real pyhotd: what is patched in place, what runs again and what does not, remove
 class bodies, values that cannot be compared, import cycles, pending files, and
 importlib.reload as the entry point."""
 
+import os
+import signal
+
 import pytest
 
 
@@ -296,3 +299,18 @@ def test_importlib_reload_from_the_apps_own_thread(pyhotd):
     d.write("m.py", "def f():\n    return 2\n")
     assert d.eval("(app.ASK.put(1), app.ANSWERS.get(timeout=10))") == (None, 2)
     assert d.eval("(held(), [b for b in batches if b[0] < 0])") == (2, [(-1, ("m", "app"))])
+
+
+def test_mode_changes_on_sighup(pyhotd):
+    config = "[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n"
+    d = pyhotd({"m.py": "V = 1\n"}, config=config)
+    sub = d.subscriber()
+    _, reloads = edit(d, sub, "m.py", "V = 2\n")
+    assert reloads[0]["mode"] == "definitions", reloads
+    with open(os.path.join(d.base, "pyhotd.conf"), "a") as f:
+        f.write("[reload]\nmode = module\n")
+    d.proc.send_signal(signal.SIGHUP)
+    event = sub.next_event(lambda e: e["event"] == "config_reloaded")
+    assert "mode" in event["changed"], event
+    _, reloads = edit(d, sub, "m.py", "V = 3\n")
+    assert reloads[0]["mode"] == "module", reloads
