@@ -80,9 +80,11 @@ def _exec_module(self, module, _original=_original_exec_module):
             run.definitions.apply(run)
             return
         return _original(self, module)
-    if _loaded.get(name) is not module or sys.modules.get(name) is not module or run is not None:
-        # A first import (or a reload the engine does not know, or one started by a module's
-        # top level while a batch runs: it runs whole, inside that batch).
+    if (_loaded.get(name) is not module or sys.modules.get(name) is not module or run is not None
+            or not _watched(module)):
+        # A first import, or a reload the engine does not take: of a module outside the
+        # watch roots, or started by a module's top level while a batch runs (it runs
+        # whole, inside that batch).
         if _loaded.get(name) is not module:
             _import_began.setdefault(name, len(_import_began))
         _original(self, module)
@@ -93,6 +95,11 @@ def _exec_module(self, module, _original=_original_exec_module):
     exc = outcome.get("exception")
     if exc is not None:
         raise exc
+
+
+def _watched(module):
+    origin = _pyhot.module_origin(module)
+    return origin is not None and _index.under_roots(_index.realpath(origin))
 
 
 _bootstrap_external.SourceLoader.get_code = _get_code

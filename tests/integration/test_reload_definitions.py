@@ -314,3 +314,12 @@ def test_mode_changes_on_sighup(pyhotd):
     assert "mode" in event["changed"], event
     _, reloads = edit(d, sub, "m.py", "V = 3\n")
     assert reloads[0]["mode"] == "module", reloads
+
+
+def test_importlib_reload_of_a_module_outside_the_roots_is_plain(pyhotd, tmp_path):
+    lib = tmp_path / "outside"
+    lib.mkdir()
+    (lib / "plainmod.py").write_text("RUNS = globals().get('RUNS', 0) + 1\n")
+    d = pyhotd(args=["--python-path", str(lib)])
+    d.exec("import importlib, plainmod\nimportlib.reload(plainmod)")
+    assert d.eval("plainmod.RUNS") == 2
