@@ -584,9 +584,9 @@ def _class_updatable(old, new):
         return False, "renamed"
     if old.__bases__ != new.__bases__:
         return False, "bases changed"
-    if old.__dict__.get("__slots__") != new.__dict__.get("__slots__"):
+    if not _safe_equal(old.__dict__.get("__slots__"), new.__dict__.get("__slots__")):
         return False, "__slots__ changed"
-    if getattr(old, "_fields", None) != getattr(new, "_fields", None):
+    if not _safe_equal(getattr(old, "_fields", None), getattr(new, "_fields", None)):
         return False, "fields changed"
     return True, None
 
@@ -649,7 +649,7 @@ def _build_class(func, name, *bases, **kwds):
     # members it changed are set on the class, and the metaclass (a model registry) is not
     # run again.
     exec(func.__code__, func.__globals__, namespace, closure=func.__closure__)
-    if old.__dict__.get("__slots__") != namespace.get("__slots__"):
+    if not _safe_equal(old.__dict__.get("__slots__"), namespace.get("__slots__")):
         if resolved is not bases:
             namespace["__orig_bases__"] = bases
         return meta(name, resolved, namespace, **class_kwds)
