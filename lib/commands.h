@@ -78,7 +78,7 @@ void commands_client_gone(struct server *server, uint64_t client);
  * closed. Idempotent. */
 void commands_host_stopped(struct server *server);
 
-/* Frees the commands' state. NULL-safe state is allowed (commands_start never ran). */
+/* Frees the commands' state; nothing to do when commands_start never ran. */
 void commands_free(struct server *server);
 
 /* ---- for the cmd_*.c files ----------------------------------------------------------- */
