@@ -31,7 +31,7 @@ void cmd_info_free(struct command_state *state);
 /* cmd_runs.c: runs started and not ended. */
 size_t cmd_runs_active(struct server *server);
 
-/* cmd_runs.c: opens the run channel (py_run.h) on server->loop. */
+/* cmd_runs.c: opens the run channel (run_channel.h) on server->loop. */
 int cmd_runs_start(struct server *server, char *err, size_t errlen);
 
 /* cmd_runs.c: client left: its isolated runs are killed, the others' output dropped. */

@@ -11,7 +11,7 @@
 #include "control.h"
 #include "log.h"
 #include "protocol.h"
-#include "py_run.h"
+#include "run_channel.h"
 #include "server.h"
 
 #define ERR_LEN 512
@@ -112,12 +112,12 @@ static void on_run_job_done(struct py_job *job, void *data) {
         int pid = (int)json_integer_value(json_object_get(job->output, "pid"));
         int out_fd = (int)json_integer_value(json_object_get(job->output, "stdout_fd"));
         int err_fd = (int)json_integer_value(json_object_get(job->output, "stderr_fd"));
-        if (py_run_watch_child(run_id, pid, out_fd, err_fd, entry ? entry->timeout_ms : 0, err,
+        if (run_channel_watch_child(run_id, pid, out_fd, err_fd, entry ? entry->timeout_ms : 0, err,
                                sizeof(err)) < 0) {
             log_warn("%s", err);
             run_fail(server, run_id, err, NULL);
         } else if (entry && !entry->client) {
-            py_run_kill_child(run_id); /* its client left before the child started */
+            run_channel_kill_child(run_id); /* its client left before the child started */
         }
     }
     py_job_free(job);
@@ -215,7 +215,7 @@ void cmd_run(struct server *server, uint64_t client, const struct protocol_reque
 }
 
 int cmd_runs_start(struct server *server, char *err, size_t errlen) {
-    int r = py_run_channel_open(server->loop, on_run_message, server, err, errlen);
+    int r = run_channel_open(server->loop, on_run_message, server, err, errlen);
     if (r == 0)
         server->commands->channel_open = true;
     return r;
@@ -227,14 +227,14 @@ void cmd_runs_client_gone(struct server *server, uint64_t client) {
             continue;
         e->client = 0;
         if (e->isolate)
-            py_run_kill_child(e->run_id);
+            run_channel_kill_child(e->run_id);
     }
 }
 
 void cmd_runs_host_stopped(struct server *server) {
     struct command_state *state = server->commands;
     if (state->channel_open)
-        py_run_channel_close();
+        run_channel_close();
     state->channel_open = false;
     while (state->runs) {
         struct run_entry *e = state->runs;
