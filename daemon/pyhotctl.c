@@ -164,8 +164,7 @@ static const struct ctl_command commands[] = {
     },
 };
 
-static const struct ctl_command *find_command(const char *name)
-{
+static const struct ctl_command *find_command(const char *name) {
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (strcmp(commands[i].name, name) == 0)
             return &commands[i];
@@ -173,8 +172,7 @@ static const struct ctl_command *find_command(const char *name)
     return NULL;
 }
 
-static void usage(FILE *out)
-{
+static void usage(FILE *out) {
     char path[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
 
     fprintf(out,
@@ -216,16 +214,14 @@ static void usage(FILE *out)
             DEFAULT_TIMEOUT_S);
 }
 
-static void command_usage(FILE *out, const struct ctl_command *cmd)
-{
+static void command_usage(FILE *out, const struct ctl_command *cmd) {
     fprintf(out, "Usage: pyhotctl [OPTIONS] %s%s%s\n\n%s", cmd->name, cmd->args[0] ? " " : "",
             cmd->args, cmd->help);
     fprintf(out, "\nOptions: --socket PATH, --json, --timeout SECONDS (see pyhotctl --help).\n");
 }
 
 /* --timeout SECS: 0 is no limit (-1). */
-static int parse_timeout(const char *arg, int *out_ms)
-{
+static int parse_timeout(const char *arg, int *out_ms) {
     long long ms;
 
     if (parse_seconds("--timeout", arg, &ms) < 0)
@@ -252,8 +248,7 @@ static const struct option long_options[] = {
  * Parses options from argv[optind] on, stopping at the first operand when stop is set.
  * Returns 0, 1 when help was asked for, 3 for --version, or -EINVAL after a message.
  */
-static int parse_options(struct ctl *ctl, int argc, char **argv, bool stop)
-{
+static int parse_options(struct ctl *ctl, int argc, char **argv, bool stop) {
     int c;
 
     opterr = 0;
@@ -303,8 +298,7 @@ static int parse_options(struct ctl *ctl, int argc, char **argv, bool stop)
     return 0;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     struct ctl ctl = { .timeout_ms = DEFAULT_TIMEOUT_S * 1000, .fd = -1, .count = -1 };
     const struct ctl_command *cmd;
     struct sigaction sa = { .sa_handler = SIG_IGN };

@@ -23,8 +23,7 @@
 volatile sig_atomic_t got_stop_signal;
 
 /* "pyhotctl: message" on stderr. */
-void fail(const char *fmt, ...)
-{
+void fail(const char *fmt, ...) {
     va_list ap;
 
     fflush(stdout);
@@ -35,29 +34,25 @@ void fail(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
-static int64_t now_ms(void)
-{
+static int64_t now_ms(void) {
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-double now_sec(void)
-{
+double now_sec(void) {
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-const char *jstr(const json_t *obj, const char *key)
-{
+const char *jstr(const json_t *obj, const char *key) {
     return json_string_value(json_object_get(obj, key));
 }
 
-bool jint(const json_t *obj, const char *key, long long *out)
-{
+bool jint(const json_t *obj, const char *key, long long *out) {
     json_t *v = json_object_get(obj, key);
 
     if (!json_is_integer(v))
@@ -66,8 +61,7 @@ bool jint(const json_t *obj, const char *key, long long *out)
     return true;
 }
 
-bool jnum(const json_t *obj, const char *key, double *out)
-{
+bool jnum(const json_t *obj, const char *key, double *out) {
     json_t *v = json_object_get(obj, key);
 
     if (!json_is_number(v))
@@ -76,29 +70,25 @@ bool jnum(const json_t *obj, const char *key, double *out)
     return true;
 }
 
-void put_clean(FILE *out, const char *s)
-{
+void put_clean(FILE *out, const char *s) {
     if (s == NULL)
         s = "-";
     for (; *s != '\0'; s++)
         fputc(((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s, out);
 }
 
-void put_exact(FILE *out, json_t *s)
-{
+void put_exact(FILE *out, json_t *s) {
     if (json_is_string(s))
         fwrite(json_string_value(s), 1, json_string_length(s), out);
 }
 
-bool ends_with_newline(json_t *s)
-{
+bool ends_with_newline(json_t *s) {
     size_t n = json_string_length(s);
 
     return n > 0 && json_string_value(s)[n - 1] == '\n';
 }
 
-void put_value(FILE *out, json_t *v)
-{
+void put_value(FILE *out, json_t *v) {
     char *s;
 
     if (v == NULL || json_is_null(v)) {
@@ -112,8 +102,7 @@ void put_value(FILE *out, json_t *v)
     }
 }
 
-void put_list(FILE *out, json_t *list)
-{
+void put_list(FILE *out, json_t *list) {
     size_t i;
     json_t *item;
 
@@ -129,8 +118,7 @@ void put_list(FILE *out, json_t *list)
     fputc(']', out);
 }
 
-void put_result(const struct ctl *ctl, FILE *out, const char *result)
-{
+void put_result(const struct ctl *ctl, FILE *out, const char *result) {
     const char *color = NULL;
 
     if (result == NULL)
@@ -150,8 +138,7 @@ void put_result(const struct ctl *ctl, FILE *out, const char *result)
         fputs(COLOR_RESET, out);
 }
 
-void put_error_summary(FILE *out, json_t *error)
-{
+void put_error_summary(FILE *out, json_t *error) {
     const char *type = jstr(error, "type"), *message = jstr(error, "message");
     const char *file = jstr(error, "file");
     long long line;
@@ -175,8 +162,7 @@ void put_error_summary(FILE *out, json_t *error)
     }
 }
 
-void put_time(FILE *out, const char *rfc3339)
-{
+void put_time(FILE *out, const char *rfc3339) {
     struct tm tm = { 0 }, local;
     int year, mon, day, hour, min, sec, n = 0;
     long ms = 0;
@@ -220,16 +206,14 @@ raw:
     put_clean(out, rfc3339);
 }
 
-void put_ms(FILE *out, const char *prefix, json_t *obj, const char *key)
-{
+void put_ms(FILE *out, const char *prefix, json_t *obj, const char *key) {
     double ms;
 
     if (jnum(obj, key, &ms))
         fprintf(out, "%s%.2f ms", prefix, ms);
 }
 
-static void print_reload(const struct ctl *ctl, FILE *out, json_t *ev)
-{
+static void print_reload(const struct ctl *ctl, FILE *out, json_t *ev) {
     const char *module = jstr(ev, "module"), *result = jstr(ev, "result");
     const char *reason = jstr(ev, "reason");
     json_t *error = json_object_get(ev, "error"), *replaced = json_object_get(ev, "replaced");
@@ -265,8 +249,7 @@ static void print_reload(const struct ctl *ctl, FILE *out, json_t *ev)
     }
 }
 
-static void print_batch(const struct ctl *ctl, FILE *out, json_t *ev)
-{
+static void print_batch(const struct ctl *ctl, FILE *out, json_t *ev) {
     json_t *modules = json_object_get(ev, "modules"), *error = json_object_get(ev, "error");
     long long id;
 
@@ -288,8 +271,7 @@ static void print_batch(const struct ctl *ctl, FILE *out, json_t *ev)
     }
 }
 
-void print_event(const struct ctl *ctl, FILE *out, json_t *ev)
-{
+void print_event(const struct ctl *ctl, FILE *out, json_t *ev) {
     const char *name = jstr(ev, "event");
     long long n;
 
@@ -353,8 +335,7 @@ void print_event(const struct ctl *ctl, FILE *out, json_t *ev)
     fputc('\n', out);
 }
 
-int ctl_connect(struct ctl *ctl)
-{
+int ctl_connect(struct ctl *ctl) {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
     size_t len = strlen(ctl->socket_path);
 
@@ -383,8 +364,7 @@ int ctl_connect(struct ctl *ctl)
     return 0;
 }
 
-static int write_all(int fd, const char *buf, size_t len)
-{
+static int write_all(int fd, const char *buf, size_t len) {
     while (len > 0) {
         ssize_t n = write(fd, buf, len);
 
@@ -399,8 +379,7 @@ static int write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
-int ctl_send(struct ctl *ctl, const char *cmd, json_t *args)
-{
+int ctl_send(struct ctl *ctl, const char *cmd, json_t *args) {
     size_t len;
     char *line = protocol_encode_request(REQUEST_ID, cmd, args, &len);
     int r;
@@ -424,8 +403,7 @@ int ctl_send(struct ctl *ctl, const char *cmd, json_t *args)
     return EXIT_OK;
 }
 
-int read_line(struct ctl *ctl, int64_t deadline, char **line, size_t *len)
-{
+int read_line(struct ctl *ctl, int64_t deadline, char **line, size_t *len) {
     struct reader *rd = &ctl->rd;
 
     for (;;) {
@@ -525,8 +503,7 @@ int read_line(struct ctl *ctl, int64_t deadline, char **line, size_t *len)
     }
 }
 
-int read_failed(struct ctl *ctl, int r, const char *waiting_for)
-{
+int read_failed(struct ctl *ctl, int r, const char *waiting_for) {
     switch (r) {
     case 0:
         fail("pyhotd closed the connection on %s before %s", ctl->socket_path, waiting_for);
@@ -545,8 +522,7 @@ int read_failed(struct ctl *ctl, int r, const char *waiting_for)
     return EXIT_USAGE;
 }
 
-json_t *parse_line(const char *line, size_t len)
-{
+json_t *parse_line(const char *line, size_t len) {
     json_error_t jerr;
     json_t *v = json_loadb(line, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
 
@@ -562,13 +538,11 @@ json_t *parse_line(const char *line, size_t len)
     return v;
 }
 
-bool is_event(json_t *msg)
-{
+bool is_event(json_t *msg) {
     return json_is_string(json_object_get(msg, "event")) && json_object_get(msg, "ok") == NULL;
 }
 
-bool is_our_response(json_t *msg)
-{
+bool is_our_response(json_t *msg) {
     json_t *id = json_object_get(msg, "id"), *ok = json_object_get(msg, "ok");
 
     if (!json_is_boolean(ok))
@@ -578,8 +552,7 @@ bool is_our_response(json_t *msg)
     return json_is_null(id) && json_is_false(ok);
 }
 
-int ctl_wait_response(struct ctl *ctl, json_t **resp, char **raw)
-{
+int ctl_wait_response(struct ctl *ctl, json_t **resp, char **raw) {
     int64_t deadline = ctl->timeout_ms < 0 ? -1 : now_ms() + ctl->timeout_ms;
     char *line;
     size_t len;
@@ -613,8 +586,7 @@ int ctl_wait_response(struct ctl *ctl, json_t **resp, char **raw)
     }
 }
 
-int report_error(json_t *resp)
-{
+int report_error(json_t *resp) {
     json_t *error = json_object_get(resp, "error");
     const char *code = jstr(error, "code"), *message = jstr(error, "message");
     json_t *tb = json_object_get(error, "traceback");
@@ -634,8 +606,7 @@ int report_error(json_t *resp)
 }
 
 int ctl_call(struct ctl *ctl, const char *cmd, json_t *args, json_t **resp,
-                    bool keep_error)
-{
+                    bool keep_error) {
     char *raw = NULL;
     int r;
 
@@ -664,8 +635,7 @@ int ctl_call(struct ctl *ctl, const char *cmd, json_t *args, json_t **resp,
     return EXIT_FAILED;
 }
 
-int parse_count(const char *arg, long long *out)
-{
+int parse_count(const char *arg, long long *out) {
     char *end;
     long long n;
 
@@ -679,8 +649,7 @@ int parse_count(const char *arg, long long *out)
     return 0;
 }
 
-int parse_seconds(const char *opt, const char *arg, long long *ms)
-{
+int parse_seconds(const char *opt, const char *arg, long long *ms) {
     char *end;
     double s;
 
@@ -696,8 +665,7 @@ int parse_seconds(const char *opt, const char *arg, long long *ms)
     return 0;
 }
 
-int append_arg(json_t **list, const char *arg, const char *what)
-{
+int append_arg(json_t **list, const char *arg, const char *what) {
     json_t *v = json_string(arg);
 
     if (*list == NULL)

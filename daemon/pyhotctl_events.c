@@ -10,8 +10,7 @@
 #include "pyhotctl.h"
 
 /* A signal handler only sets a flag; read_line sees it. */
-static void on_stop_signal(int sig)
-{
+static void on_stop_signal(int sig) {
     got_stop_signal = 1;
 }
 
@@ -19,8 +18,7 @@ static void on_stop_signal(int sig)
  * The arguments of subscribe and history from -e, -m and -n: {"events": [...], "modules":
  * [...], count_key: N}, each only when given. NULL after a message (out of memory).
  */
-static json_t *filter_args(const struct ctl *ctl, const char *count_key)
-{
+static json_t *filter_args(const struct ctl *ctl, const char *count_key) {
     json_t *args = json_object();
     int r = 0;
 
@@ -43,8 +41,7 @@ static json_t *filter_args(const struct ctl *ctl, const char *count_key)
 }
 
 /* Sends subscribe and prints events until the daemon closes or a stop signal. */
-int cmd_tail(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_tail(struct ctl *ctl, int argc, char **argv) {
     static sigset_t stop_signals;
     struct sigaction sa = { .sa_handler = on_stop_signal };
     json_t *resp = NULL, *ev;
@@ -132,8 +129,7 @@ int cmd_tail(struct ctl *ctl, int argc, char **argv)
     }
 }
 
-int cmd_history(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_history(struct ctl *ctl, int argc, char **argv) {
     json_t *args, *resp, *result, *ev;
     size_t i;
     int r;

@@ -11,8 +11,7 @@
 
 #define BAR_WIDTH 40
 
-int cmd_ping(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_ping(struct ctl *ctl, int argc, char **argv) {
     double t0 = now_sec();
     json_t *resp, *result;
     long long pid;
@@ -34,8 +33,7 @@ int cmd_ping(struct ctl *ctl, int argc, char **argv)
 }
 
 /* "1d 02h 03m", "2h 03m 04s", "3m 04s", "5.2 s". */
-static void put_duration(FILE *out, double ms)
-{
+static void put_duration(FILE *out, double ms) {
     long long s = (long long)(ms / 1000.0);
 
     if (ms < 60000.0)
@@ -50,20 +48,17 @@ static void put_duration(FILE *out, double ms)
 
 #define STATUS_KEY_WIDTH 16
 
-static void status_key(const char *key)
-{
+static void status_key(const char *key) {
     printf("%-*s", STATUS_KEY_WIDTH, key);
 }
 
-static void status_count(json_t *result, const char *key, const char *label)
-{
+static void status_count(json_t *result, const char *key, const char *label) {
     status_key(label);
     put_value(stdout, json_object_get(result, key));
     fputc('\n', stdout);
 }
 
-int cmd_status(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_status(struct ctl *ctl, int argc, char **argv) {
     json_t *resp, *result, *roots, *root, *reloads, *last, *job;
     long long n;
     double ms;
@@ -177,8 +172,7 @@ int cmd_status(struct ctl *ctl, int argc, char **argv)
     return EXIT_OK;
 }
 
-int cmd_hello(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_hello(struct ctl *ctl, int argc, char **argv) {
     json_t *resp, *result;
     long long n;
     int r;
@@ -214,8 +208,7 @@ int cmd_hello(struct ctl *ctl, int argc, char **argv)
 }
 
 /* A duration in ms, short: "0.052", "1.24", "12.3", "1234". */
-static void put_short_ms(FILE *out, double ms)
-{
+static void put_short_ms(FILE *out, double ms) {
     if (ms < 0.1)
         fprintf(out, "%.3f", ms);
     else if (ms < 10)
@@ -227,8 +220,7 @@ static void put_short_ms(FILE *out, double ms)
 }
 
 /* A bar of width w (in eighths of a column) of block characters, or '#' without UTF-8. */
-static void put_bar(const struct ctl *ctl, long eighths)
-{
+static void put_bar(const struct ctl *ctl, long eighths) {
     static const char *const partial[] = { "", "\u258f", "\u258e", "\u258d", "\u258c",
                                            "\u258b", "\u258a", "\u2589" };
 
@@ -251,8 +243,7 @@ static void put_bar(const struct ctl *ctl, long eighths)
  * most BAR_ROWS rows, each "FROM - TO ms  BAR COUNT", the longest bar BAR_WIDTH columns.
  */
 static void print_histogram(const struct ctl *ctl, const char *title, const char *unit_name,
-                            json_t *h)
-{
+                            json_t *h) {
     json_t *buckets = json_object_get(h, "buckets"), *b;
     size_t n = json_array_size(buckets), group, rows, i, j;
     long long count = 0, row_count[BAR_ROWS], max = 0;
@@ -315,8 +306,7 @@ static void print_histogram(const struct ctl *ctl, const char *title, const char
     }
 }
 
-static void stats_counts(json_t *obj, const char *const (*kinds)[2], size_t n)
-{
+static void stats_counts(json_t *obj, const char *const (*kinds)[2], size_t n) {
     for (size_t i = 0; i < n; i++) {
         printf("%s", i > 0 ? ", " : "");
         put_value(stdout, json_object_get(obj, kinds[i][0]));
@@ -325,8 +315,7 @@ static void stats_counts(json_t *obj, const char *const (*kinds)[2], size_t n)
     fputc('\n', stdout);
 }
 
-int cmd_stats(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_stats(struct ctl *ctl, int argc, char **argv) {
     static const char *const results[][2] = {
         { "ok", "ok" }, { "error", "error" }, { "rolled_back", "rolled back" },
         { "skipped", "skipped" },
@@ -388,8 +377,7 @@ int cmd_stats(struct ctl *ctl, int argc, char **argv)
     return EXIT_OK;
 }
 
-int cmd_stop(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_stop(struct ctl *ctl, int argc, char **argv) {
     json_t *resp;
     int r;
 

@@ -17,13 +17,11 @@ struct module_row {
     const char *path;
 };
 
-static int module_row_cmp(const void *a, const void *b)
-{
+static int module_row_cmp(const void *a, const void *b) {
     return strcmp(((const struct module_row *)a)->name, ((const struct module_row *)b)->name);
 }
 
-int cmd_modules(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_modules(struct ctl *ctl, int argc, char **argv) {
     json_t *resp, *args = NULL, *modules, *m;
     struct module_row *rows;
     size_t i, n = 0, width = strlen("NAME");
@@ -76,8 +74,7 @@ int cmd_modules(struct ctl *ctl, int argc, char **argv)
 }
 
 /* The reload events of a result or an error, then its batch event, as in tail. */
-static void print_reload_outcome(const struct ctl *ctl, json_t *obj)
-{
+static void print_reload_outcome(const struct ctl *ctl, json_t *obj) {
     json_t *ev;
     size_t i;
 
@@ -89,8 +86,7 @@ static void print_reload_outcome(const struct ctl *ctl, json_t *obj)
         print_event(ctl, stdout, json_object_get(obj, "batch"));
 }
 
-static bool batch_failed(json_t *batch)
-{
+static bool batch_failed(json_t *batch) {
     const char *result = jstr(batch, "result");
 
     return result != NULL && (strcmp(result, "error") == 0 ||
@@ -99,8 +95,7 @@ static bool batch_failed(json_t *batch)
 
 /* A relative path to an existing file becomes absolute; anything else is a module name
  * (or a path the daemon resolves) and goes as it is. */
-static json_t *reload_target(const char *arg)
-{
+static json_t *reload_target(const char *arg) {
     struct stat st;
     char *abs;
     json_t *v;
@@ -116,8 +111,7 @@ static json_t *reload_target(const char *arg)
     return json_string(arg);
 }
 
-int cmd_reload(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_reload(struct ctl *ctl, int argc, char **argv) {
     json_t *targets = json_array(), *args, *resp, *result;
     int i, r;
 
@@ -155,8 +149,7 @@ int cmd_reload(struct ctl *ctl, int argc, char **argv)
 }
 
 /* All of stdin, up to PROTOCOL_MAX_LINE bytes. NULL after a message. */
-static char *read_stdin(size_t *len)
-{
+static char *read_stdin(size_t *len) {
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap), *p;
     ssize_t r;
@@ -195,8 +188,7 @@ static char *read_stdin(size_t *len)
     return buf;
 }
 
-static void print_value_line(json_t *value, json_t *captured_stdout)
-{
+static void print_value_line(json_t *value, json_t *captured_stdout) {
     /* On its own line, even after output that did not end one. */
     if (json_string_length(captured_stdout) > 0 && !ends_with_newline(captured_stdout))
         fputc('\n', stdout);
@@ -207,8 +199,7 @@ static void print_value_line(json_t *value, json_t *captured_stdout)
     fputc('\n', stdout);
 }
 
-int cmd_exec(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_exec(struct ctl *ctl, int argc, char **argv) {
     json_t *code, *args, *resp, *obj, *tb;
     char *text = NULL;
     size_t len;

@@ -10,8 +10,7 @@
 
 #include "pyhotctl.h"
 
-static char *history_path(void)
-{
+static char *history_path(void) {
     const char *home = getenv("HOME");
     char *path;
 
@@ -41,8 +40,7 @@ struct editline {
     void (*using_history)(void);
 };
 
-static bool editline_load(struct editline *el)
-{
+static bool editline_load(struct editline *el) {
     void *h = dlopen(PYHOT_LIBEDIT_SONAME, RTLD_NOW | RTLD_LOCAL);
 
     if (h == NULL)
@@ -58,8 +56,7 @@ static bool editline_load(struct editline *el)
 
 /* A line without its newline (malloc'd), or NULL at end of input: libedit's, or a plain
  * read when libedit is missing. */
-static char *repl_read(const struct editline *el, const char *prompt)
-{
+static char *repl_read(const struct editline *el, const char *prompt) {
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -78,8 +75,7 @@ static char *repl_read(const struct editline *el, const char *prompt)
     return line;
 }
 
-int cmd_repl(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_repl(struct ctl *ctl, int argc, char **argv) {
     struct editline editline_api, *el = editline_load(&editline_api) ? &editline_api : NULL;
     char *source = NULL, *hist = history_path();
     size_t source_len = 0;

@@ -11,8 +11,7 @@
 
 /* DIR as an absolute path: resolved against the current directory when it exists here,
  * else made absolute as written (the daemon says what is wrong with it). */
-static json_t *dir_argument(const char *arg)
-{
+static json_t *dir_argument(const char *arg) {
     char *abs = realpath(arg, NULL), cwd[PATH_MAX];
     json_t *v;
 
@@ -32,8 +31,7 @@ static json_t *dir_argument(const char *arg)
     return v;
 }
 
-static int cmd_watch_or_unwatch(struct ctl *ctl, const char *cmd, const char *arg)
-{
+static int cmd_watch_or_unwatch(struct ctl *ctl, const char *cmd, const char *arg) {
     json_t *path = dir_argument(arg), *args, *resp, *result, *errors, *error;
     long long n;
     size_t i;
@@ -79,19 +77,16 @@ static int cmd_watch_or_unwatch(struct ctl *ctl, const char *cmd, const char *ar
     return EXIT_OK;
 }
 
-int cmd_watch(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_watch(struct ctl *ctl, int argc, char **argv) {
     return cmd_watch_or_unwatch(ctl, "watch", argv[0]);
 }
 
-int cmd_unwatch(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_unwatch(struct ctl *ctl, int argc, char **argv) {
     return cmd_watch_or_unwatch(ctl, "unwatch", argv[0]);
 }
 
 /* pause and resume: the result's members, or a plain confirmation. */
-static int cmd_pause_or_resume(struct ctl *ctl, const char *cmd)
-{
+static int cmd_pause_or_resume(struct ctl *ctl, const char *cmd) {
     json_t *resp, *result;
     int r;
 
@@ -111,12 +106,10 @@ static int cmd_pause_or_resume(struct ctl *ctl, const char *cmd)
     return EXIT_OK;
 }
 
-int cmd_pause(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_pause(struct ctl *ctl, int argc, char **argv) {
     return cmd_pause_or_resume(ctl, "pause");
 }
 
-int cmd_resume(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_resume(struct ctl *ctl, int argc, char **argv) {
     return cmd_pause_or_resume(ctl, "resume");
 }

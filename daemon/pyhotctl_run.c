@@ -14,8 +14,7 @@
 #include "pyhotctl.h"
 
 /* "NAME=JSON" of --set into globals. */
-static int add_global(json_t *globals, const char *arg)
-{
+static int add_global(json_t *globals, const char *arg) {
     const char *eq = strchr(arg, '=');
     json_error_t jerr;
     json_t *value;
@@ -41,8 +40,7 @@ static int add_global(json_t *globals, const char *arg)
     return 0;
 }
 
-static int parse_whole(const char *opt, const char *arg, long long max, long long *out)
-{
+static int parse_whole(const char *opt, const char *arg, long long max, long long *out) {
     char *end;
     long long v;
 
@@ -58,8 +56,7 @@ static int parse_whole(const char *opt, const char *arg, long long max, long lon
 
 /* The exit status of a run's result: its exit code, 124 when it timed out, 128 + N when
  * signal N ended it (as a shell reports it). */
-static int run_status(json_t *result)
-{
+static int run_status(json_t *result) {
     long long v;
 
     if (json_is_true(json_object_get(result, "timed_out")))
@@ -94,8 +91,7 @@ static const struct option run_long_options[] = {
 
 /* One option of run (getopt_long's c, its optarg) into o. Returns 0 or -EINVAL after a
  * message. */
-static int run_option(int c, int argc, char **argv, struct run_options *o)
-{
+static int run_option(int c, int argc, char **argv, struct run_options *o) {
     switch (c) {
     case 'm':
         o->module = optarg;
@@ -131,8 +127,7 @@ static int run_option(int c, int argc, char **argv, struct run_options *o)
  * (everything after those is the script's), as python3 parses its own. Returns 0 or
  * -EINVAL after a message.
  */
-static int parse_run(int argc, char **argv, struct run_options *o)
-{
+static int parse_run(int argc, char **argv, struct run_options *o) {
     int c;
 
     optind = 0; /* glibc: reinitialise getopt */
@@ -157,8 +152,7 @@ static int parse_run(int argc, char **argv, struct run_options *o)
 
 /* path made absolute: its realpath, or (when it does not exist) joined to the current
  * directory, so that the daemon's error names the path the user meant. Caller frees. */
-static char *absolute_path(const char *path)
-{
+static char *absolute_path(const char *path) {
     char *real = realpath(path, NULL);
     char buf[PATH_MAX];
 
@@ -173,8 +167,7 @@ static char *absolute_path(const char *path)
 }
 
 /* The run request's arguments (docs/protocol.md, "run"), a new object. */
-static json_t *run_request(const struct run_options *o)
-{
+static json_t *run_request(const struct run_options *o) {
     json_t *args = json_object();
     char buf[PATH_MAX];
 
@@ -213,8 +206,7 @@ static json_t *run_request(const struct run_options *o)
  * Handles one line of the run: output is written as it came (to stdout or stderr), the
  * response ends the run. Returns -1 to read on, else the exit status.
  */
-static int run_line(const struct ctl *ctl, const char *line, size_t len)
-{
+static int run_line(const struct ctl *ctl, const char *line, size_t len) {
     json_t *msg = parse_line(line, len), *id;
     const char *stream;
     int r = -1;
@@ -250,8 +242,7 @@ static int run_line(const struct ctl *ctl, const char *line, size_t len)
 }
 
 /* argv[0] is "run" (main hands run its whole command line, for getopt_long). */
-int cmd_run(struct ctl *ctl, int argc, char **argv)
-{
+int cmd_run(struct ctl *ctl, int argc, char **argv) {
     struct run_options o = { .globals = json_object(), .argv = json_array() };
     json_t *args = NULL;
     int r = EXIT_USAGE;
