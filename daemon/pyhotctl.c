@@ -76,10 +76,10 @@ static const struct ctl_command commands[] = {
     {
         "watch", "DIR", "watch DIR as a new root",
         "Watches DIR (made absolute) recursively as a new root: it goes first on sys.path,\n"
-        "its modules are imported (unless pyhotd runs with --no-import) and reloaded on\n"
-        "change. Import errors are printed on stderr; the watch stays. Exit status 1 when\n"
-        "DIR is missing, is not a directory, is (or is inside, or holds) a root already, or\n"
-        "cannot be watched.\n",
+        "its modules reload on change once loaded (with [watch] import = all, pyhotd\n"
+        "imports them all at once, and import errors are printed on stderr; the watch\n"
+        "stays). Exit status 1 when DIR is missing, is not a directory, is (or is inside,\n"
+        "or holds) a root already, or cannot be watched.\n",
         1, 1, false, cmd_watch, 0,
     },
     {

@@ -244,8 +244,27 @@ static void print_reload(const struct ctl *ctl, FILE *out, json_t *ev) {
         }
     }
     if (json_array_size(replaced) > 0) {
-        fputs(" replaced ", out);
-        put_list(out, replaced);
+        /* "replaced [m.Color (enum), m.Pair (fields changed)]" */
+        json_t *reasons = json_object_get(ev, "replaced_reasons"), *name;
+        size_t i;
+
+        fputs(" replaced [", out);
+        json_array_foreach(replaced, i, name) {
+            const char *why = jstr(reasons, json_string_value(name) ? json_string_value(name) : "");
+
+            fputs(i > 0 ? ", " : "", out);
+            put_value(out, name);
+            if (why != NULL) {
+                fputs(" (", out);
+                put_clean(out, why);
+                fputc(')', out);
+            }
+        }
+        fputc(']', out);
+    }
+    if (json_array_size(json_object_get(ev, "removed")) > 0) {
+        fputs(" removed ", out);
+        put_list(out, json_object_get(ev, "removed"));
     }
 }
 

@@ -82,6 +82,7 @@ void cmd_reload(struct server *server, uint64_t client, const struct protocol_re
         return;
     }
     rc->batch_id = ++server->next_batch_id;
-    server_submit_call(&rc->call, PY_JOB_RELOAD, json_pack("{s:o}", "targets", targets),
+    server_submit_call(&rc->call, PY_JOB_RELOAD,
+                       json_pack("{s:o, s:I}", "targets", targets, "batch", (json_int_t)rc->batch_id),
                        server->config->reload_timeout_ms, on_reload_done);
 }

@@ -92,8 +92,12 @@ void config_reload(struct server *server, int argc, char **argv_in) {
         json_array_append_new(changed, json_string("reload_timeout_ms"));
     if (fresh.exec_timeout_ms != old->exec_timeout_ms)
         json_array_append_new(changed, json_string("exec_timeout_ms"));
-    if (fresh.strategy != old->strategy || fresh.import != old->import)
-        json_array_append_new(changed, json_string(fresh.strategy != old->strategy ? "strategy" : "import"));
+    if (fresh.strategy != old->strategy)
+        json_array_append_new(changed, json_string("strategy"));
+    if (fresh.import != old->import)
+        json_array_append_new(changed, json_string("import"));
+    if (fresh.mode != old->mode)
+        json_array_append_new(changed, json_string("mode"));
 
     /* Roots: added ones are watched, put on sys.path and (import = all) imported; removed
      * ones stop being watched and their modules stop being reloadable. */
@@ -136,10 +140,12 @@ void config_reload(struct server *server, int argc, char **argv_in) {
         log_warn("configuration reload: %s changed; it takes effect at the next restart",
                  json_string_value(root));
 
-    /* The interpreter's side: roots, strategy. Runs in order after any queued job. */
-    json_t *input = json_pack("{s:O, s:O, s:b, s:s}", "add_roots", added, "remove_roots", removed,
-                              "import", fresh.import == CONFIG_IMPORT_ALL, "strategy",
-                              fresh.strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents");
+    /* The interpreter's side: roots, strategy, mode. Runs in order after any queued job. */
+    json_t *input = json_pack(
+        "{s:O, s:O, s:b, s:s, s:s}", "add_roots", added, "remove_roots", removed, "import",
+        fresh.import == CONFIG_IMPORT_ALL, "strategy",
+        fresh.strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents", "mode",
+        fresh.mode == CONFIG_MODE_MODULE ? "module" : "definitions");
     if (server_submit(server, PY_JOB_CONFIGURE, input, fresh.exec_timeout_ms, on_configure_done,
                       server) < 0)
         log_warn("could not apply the new roots to the interpreter");

@@ -140,7 +140,8 @@ static void on_batch(struct watch *watch, struct watch_batch *batch, void *data)
     bj->first_event_ns = batch->first_event_ns;
     log_debug("batch %llu: %zu paths", (unsigned long long)bj->batch_id, batch->n_paths);
     watch_batch_free(batch);
-    int r = server_submit(server, PY_JOB_RELOAD, json_pack("{s:o}", "paths", paths),
+    int r = server_submit(server, PY_JOB_RELOAD,
+                          json_pack("{s:o, s:I}", "paths", paths, "batch", (json_int_t)bj->batch_id),
                           server->config->reload_timeout_ms, on_batch_done, bj);
     if (r < 0) {
         free(bj);
@@ -347,9 +348,18 @@ static int start_jobs(struct server *server) {
                           cfg->exec_timeout_ms, on_preload_done, server) < 0)
             log_warn("could not queue the preload");
     }
-    json_t *input = json_pack("{s:b, s:o, s:s}", "import", cfg->import == CONFIG_IMPORT_ALL, "entry",
-                              cfg->entry ? json_string(cfg->entry) : json_null(), "strategy",
-                              cfg->strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents");
+    json_t *input = json_pack(
+        "{s:b, s:o, s:s, s:s}", "import", cfg->import == CONFIG_IMPORT_ALL, "entry",
+        cfg->entry ? json_string(cfg->entry) : json_null(), "strategy",
+        cfg->strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents", "mode",
+        cfg->mode == CONFIG_MODE_MODULE ? "module" : "definitions");
+    log_info("modules load %s; reloads run %s",
+             cfg->import == CONFIG_IMPORT_ALL
+                 ? "at start (import = all: every module of the roots is imported)"
+                 : "on demand (by the app, exec, run and plugins; import = all imports every "
+                   "module at start)",
+             cfg->mode == CONFIG_MODE_MODULE ? "whole modules (mode = module)"
+                                             : "what changed (mode = definitions)");
     /* The first imports run an app's top level: they get the exec deadline, not reload's. */
     return server_submit(server, PY_JOB_STARTUP, input, cfg->exec_timeout_ms, on_startup_done,
                          server);

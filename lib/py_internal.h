@@ -55,9 +55,10 @@ json_t *py_support_call(const char *name, json_t *args, json_t **error);
  * Returns 0, or -1 with a Python exception set. */
 int py_reload_init(void);
 
-/* Sets the reload strategy ("dependents" or "module"). Returns 0, or -1 with *error set
- * to a new protocol error object. */
-int py_reload_set_strategy(const char *strategy, json_t **error);
+/* Sets the engine's options from a job's input: "strategy" ("dependents" or "module") and
+ * "mode" ("definitions" or "module"), each only when present. Returns 0, or -1 with *error
+ * set to a new protocol error object. */
+int py_reload_configure(json_t *input, json_t **error);
 
 /* ---- py_run.c ---- */
 

@@ -12,6 +12,10 @@ import pytest
 
 from conftest import SCALE, TIMEOUT, Client, Closed, exec_in_thread, wait_for
 
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
+
 
 # ---- framing and request errors ---------------------------------------------------------------
 

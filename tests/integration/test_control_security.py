@@ -14,6 +14,10 @@ import pytest
 
 from conftest import PYHOTD, TIMEOUT, Client, clean_env, run, wait_for
 
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
+
 SETPRIV = shutil.which("setpriv")
 GROUP = 4242            # a gid no one has; setpriv can give it to the peer anyway
 NOBODY = 65534

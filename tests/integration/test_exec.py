@@ -8,6 +8,10 @@ import pytest
 
 from conftest import SCALE, TIMEOUT, exec_in_thread, wait_for
 
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
+
 
 # ---- exec --------------------------------------------------------------------------------------
 
