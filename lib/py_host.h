@@ -38,7 +38,7 @@ enum py_job_kind {
     PY_JOB_CONFIGURE, /* input {"add_roots", "remove_roots", "import", "strategy"} ->
                          {"imported", "errors"}: a configuration reload's interpreter side */
     PY_JOB_RUN,      /* input: the run request (docs/run.md) + "run_id" -> started, or for
-                        --isolate {"pid", "stdout_fd", "stderr_fd"} (py_run.h) */
+                        --isolate {"pid", "stdout_fd", "stderr_fd"} (run_channel.h) */
     PY_JOB_PRELOAD,  /* input {"modules": [..]} -> {"imported": [..], "errors": [..]} */
     PY_JOB_REPL,     /* input {"source": str} -> {"incomplete": bool, "stdout", "stderr"} */
 };
@@ -71,6 +71,10 @@ struct py_host_options {
     const char *const *paths;     /* further sys.path entries, after the roots */
     size_t n_paths;
     const char *venv;             /* a virtual environment to import from, or NULL */
+    /* Called on the loop thread, before the finished jobs' callbacks, when a job changed
+     * the list py_host_loaded_files returns; may be NULL. */
+    void (*on_loaded_files)(void *data);
+    void *data;
 };
 
 /* Blocks SIGUSR1 in the calling thread (and so in threads it creates later). Call from

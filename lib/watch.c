@@ -920,6 +920,13 @@ const char *watch_root_method(const struct watch *watch, size_t i, const char **
     }
 }
 
+const char *watch_root_describe(const struct watch *watch, size_t i, char *buf, size_t len) {
+    const char *why = NULL;
+    const char *method = watch_root_method(watch, i, &why);
+    snprintf(buf, len, "%s (%s)", method ? method : "nothing", why ? why : "");
+    return buf;
+}
+
 size_t watch_root_polled_count(const struct watch *watch, size_t i) {
     if (!watch->poll || i >= watch->n_roots || watch->roots[i].method != METHOD_EVENTS)
         return 0;

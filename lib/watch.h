@@ -176,6 +176,10 @@ enum watch_root_state {
  * borrowed, valid until the root is removed). */
 const char *watch_root_method(const struct watch *watch, size_t i, const char **why);
 
+/* "inotify+poll (nfs4 file system)": root i's watch_root_method and why, for the log,
+ * written into buf (len bytes). Returns buf. */
+const char *watch_root_describe(const struct watch *watch, size_t i, char *buf, size_t len);
+
 /* The polled trees below root i that are not the root itself (mounts of network or FUSE
  * file systems inside it): their count, and tree k's top path, why it is polled and,
  * when polling it fails, the message (else NULL). Borrowed. */
