@@ -25,6 +25,7 @@
 #define MAX_CLIENTS_MAX 65536U
 #define MAX_OUTPUT_MIN 65536U
 #define MAX_OUTPUT_MAX 1073741824U
+#define HISTORY_BYTES_MAX 1073741824U
 #define MSG_MAX 1024
 #define SUN_PATH_MAX sizeof(((struct sockaddr_un *)NULL)->sun_path)
 
@@ -163,6 +164,7 @@ static const struct config_key config_keys[] = {
     {"daemon", "max_clients", KEY_UINT, FIELD(max_clients), 0, 1, MAX_CLIENTS_MAX},
     {"daemon", "max_output_bytes", KEY_UINT, FIELD(max_output_bytes), 0, MAX_OUTPUT_MIN,
      MAX_OUTPUT_MAX},
+    {"daemon", "history_bytes", KEY_UINT, FIELD(history_bytes), 0, 0, HISTORY_BYTES_MAX},
     {"daemon", "request_timeout_ms", KEY_UINT, FIELD(request_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
     {"daemon", "socket_group", KEY_STRING, FIELD(socket_group), 0, 0, 0},
     {"watch", "root", KEY_DIRS, LIST(watch_roots), 0, 0},
@@ -752,6 +754,7 @@ void config_init(struct config *cfg)
     cfg->exec_timeout_ms = 30000;
     cfg->max_clients = 64;
     cfg->max_output_bytes = 4194304;
+    cfg->history_bytes = 8388608;
     cfg->request_timeout_ms = 10000;
 }
 
@@ -902,6 +905,11 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
     if (cfg->max_output_bytes < MAX_OUTPUT_MIN || cfg->max_output_bytes > MAX_OUTPUT_MAX) {
         snprintf(err, errlen, "[daemon] max_output_bytes: expected an integer from %u to %u, "
                  "got %u", MAX_OUTPUT_MIN, MAX_OUTPUT_MAX, cfg->max_output_bytes);
+        return -EINVAL;
+    }
+    if (cfg->history_bytes > HISTORY_BYTES_MAX) {
+        snprintf(err, errlen, "[daemon] history_bytes: expected an integer from 0 to %u, got %u",
+                 HISTORY_BYTES_MAX, cfg->history_bytes);
         return -EINVAL;
     }
     if (cfg->request_timeout_ms < 1 || cfg->request_timeout_ms > TIMEOUT_MS_MAX) {

@@ -23,6 +23,7 @@
 #include "version.h"
 #include "watch.h"
 
+/* The history keeps at most this many events, within [daemon] history_bytes. */
 #define HISTORY_EVENTS 1000
 /* At most this many bytes of past events in one history response or subscribe replay:
  * well under a client's output cap, so that asking for history never drops a client. */
@@ -1115,6 +1116,8 @@ static void reload_config(struct daemon *daemon) {
 
     if (!strings_equal(fresh.socket_path, old->socket_path))
         json_array_append_new(restart, json_string("socket"));
+    if (fresh.history_bytes != old->history_bytes)
+        json_array_append_new(restart, json_string("history_bytes"));
     if (!strings_equal(fresh.entry, old->entry))
         json_array_append_new(restart, json_string("entry"));
     if (!strings_equal(fresh.venv, old->venv))
@@ -1165,7 +1168,7 @@ static void on_watchdog(uv_timer_t *timer) {
 static int start(struct daemon *daemon) {
     const struct config *cfg = daemon->config;
     char err[1024];
-    int r = events_new(HISTORY_EVENTS, &daemon->events);
+    int r = events_new(HISTORY_EVENTS, cfg->history_bytes, &daemon->events);
     if (r < 0) {
         log_error("out of memory");
         return r;

@@ -124,13 +124,53 @@ def format_traceback(exc):
     return "".join(lines)
 
 
+# An error's message and traceback go into events that the daemon keeps for history and
+# sends to every subscriber: each is capped (characters), so that an exception carrying a
+# megabyte of text cannot make every event that large (docs/protocol.md, "Errors").
+MESSAGE_MAX = 8192
+TRACEBACK_MAX = 16384
+
+
+def _cap(text, limit, keep_tail):
+    """text cut to at most limit characters and a marker; with keep_tail, the cut is in the
+    middle (a traceback's end names the exception), else at the end."""
+    if len(text) <= limit:
+        return text, False
+    cut = len(text) - limit
+    marker = " [... %d characters cut by pyhot ...] " % cut
+    if keep_tail:
+        head = limit // 4
+        return text[:head] + marker + text[len(text) - (limit - head):], True
+    return text[:limit] + marker, True
+
+
+def _cap_error(error):
+    """Caps error's message and traceback in place; sets "truncated": true when it cut."""
+    cut = False
+    if isinstance(error.get("message"), str):
+        error["message"], m = _cap(error["message"], MESSAGE_MAX, False)
+        cut = cut or m
+    if isinstance(error.get("traceback"), str):
+        error["traceback"], t = _cap(error["traceback"], TRACEBACK_MAX, True)
+        cut = cut or t
+    if cut:
+        error["truncated"] = True
+    return error
+
+
 def describe_exception(exc, prefer_file=None):
-    """The error object of the protocol for exc.
+    """The error object of the protocol for exc: {"type", "message", "file", "line",
+    "traceback"} ("column" for a SyntaxError), the message and traceback capped at
+    MESSAGE_MAX and TRACEBACK_MAX characters ("truncated": true when either was cut).
 
     file and line point at the SyntaxError's location, else at the innermost frame of
     prefer_file when the traceback passes through it (the module being reloaded), else
     at the innermost frame.
     """
+    return _cap_error(_describe(exc, prefer_file))
+
+
+def _describe(exc, prefer_file):
     kind = type(exc)
     name = kind.__qualname__
     if kind.__module__ not in ("builtins", "__main__"):
