@@ -11,6 +11,7 @@ It is compiled into the daemon (lib/py_support.py -> generated C string), so it 
 same file a reader sees here.
 """
 
+import ast
 import fnmatch
 import hashlib
 import importlib
@@ -202,7 +203,9 @@ def _describe(exc, prefer_file):
 
 
 # ---------------------------------------------------------------------------------------
-# exec: code in __main__'s namespace, output captured, the repr of a lone expression.
+# exec: code in __main__'s namespace, output captured, the repr of the value of a final
+# expression statement (as the REPL shows an expression's value, and IPython the last one
+# of a cell).
 
 _exec_counter = 0
 
@@ -219,19 +222,16 @@ def exec_code(source):
     _captures[ident] = (out, err)
     reply = {"ok": True, "value": None}
     try:
-        try:
-            code = compile(source, filename, "eval", dont_inherit=True)
-            is_expression = True
-        except SyntaxError:
-            code = compile(source, filename, "exec", dont_inherit=True)
-            is_expression = False
-        if is_expression:
-            value = eval(code, namespace)
+        tree = ast.parse(source, filename, "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
+        if last is not None:
+            value = eval(compile(last, filename, "eval", dont_inherit=True), namespace)
             if value is not None:
                 reply["value"] = repr(value)
                 namespace["_"] = value
-        else:
-            exec(code, namespace)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt must not end the daemon
         reply = {"ok": False, "error": describe_exception(exc)}
     finally:

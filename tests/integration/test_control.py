@@ -145,6 +145,11 @@ def test_exec(pyhotd):
     assert c.call("exec", code="x = 21")["value"] is None
     assert c.call("exec", code="x * 2")["value"] == "42"          # one namespace (__main__)
     assert c.call("exec", code="__name__")["value"] == "'__main__'"
+    # The value of a final expression statement, after the statements before it.
+    assert c.call("exec", code="import m\ny = m.X + 4\ny * 2")["value"] == "10"
+    assert c.call("exec", code="_")["value"] == "10"
+    assert c.call("exec", code="y = 3\nprint(y)") == {"stdout": "3\n", "stderr": "", "value": None}
+    assert c.call("exec", code="if True:\n    z = 1\n")["value"] is None
 
     r = c.call("exec", code="import sys\nprint('to out')\nprint('to err', file=sys.stderr)\n")
     assert r == {"stdout": "to out\n", "stderr": "to err\n", "value": None}
