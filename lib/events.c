@@ -234,6 +234,10 @@ static void log_event(const char *name, json_t *event) {
                      str(error, "type", "Error"), str(error, "message", ""),
                      str(error, "file", "?"), json_integer_value(json_object_get(error, "line")),
                      json_integer_value(json_object_get(event, "batch")));
+        } else if (json_is_true(json_object_get(event, "reverted"))) {
+            log_info("reload %s: back to the code that runs (%s is as last applied; the "
+                     "failed edit is gone) [batch %lld]", module, str(event, "path", "?"),
+                     json_integer_value(json_object_get(event, "batch")));
         } else if (strcmp(result, "skipped") == 0) {
             log_debug("reload %s skipped: %s [batch %lld]", module, str(event, "reason", ""),
                       json_integer_value(json_object_get(event, "batch")));

@@ -709,10 +709,17 @@ def reload_batch(paths, module_names):
                             "reason": "not imported", "duration_ms": 0.0})
             continue
         if applied.get(path) == digest:
+            # A file whose batch failed, saved back to what was last applied: the failed
+            # edit is gone and the module runs the code of that file; say so.
+            reverted = path in _pyhot._pending
             for name in names:
-                reloads.append({"module": name, "path": path, "result": "skipped",
-                                "reason": "content unchanged", "duration_ms": 0.0})
-            if path in _pyhot._pending:
+                entry = {"module": name, "path": path, "result": "skipped",
+                         "reason": "content unchanged", "duration_ms": 0.0}
+                if reverted:
+                    entry.update(reason="back to the applied code (the failed edit was undone)",
+                                 reverted=True)
+                reloads.append(entry)
+            if reverted:
                 _pyhot._pending.remove(path)
             continue
         changed[path] = (data, digest)
@@ -735,6 +742,8 @@ def reload_batch(paths, module_names):
     if not changed_modules:
         if any(r["result"] == "error" for r in reloads):
             batch["result"] = "error"
+            batch["modules"] = [r["module"] for r in reloads
+                                if r["result"] == "error" and r["module"]]
         batch["duration_ms"] = _elapsed_ms(started)
         return {"reloads": reloads, "batch": batch}
 
@@ -757,7 +766,9 @@ def reload_batch(paths, module_names):
                 entry["result"] = "skipped"
                 entry["reason"] = "the batch failed its pre-check"
             reloads.append(entry)
-        batch.update(result="error", error=error, duration_ms=_elapsed_ms(started))
+        # Nothing ran: the modules are those the batch was to run.
+        batch.update(modules=list(plan), result="error", error=error,
+                     duration_ms=_elapsed_ms(started))
         _keep_pending(changed)
         return {"reloads": reloads, "batch": batch}
 
