@@ -57,6 +57,7 @@ struct daemon {
     struct histogram latency_ms;  /* latency_ms of each file batch that applied (ok) */
     uint64_t responses, failed_responses;
     json_t *last_batch;
+    json_t *entry;              /* status "entry": {"name", "state", "error"?}, or NULL */
     char *status_cache;         /* the status result as encoded, see daemon_reply_status */
     size_t status_cache_len;
     uint64_t status_cache_key[8]; /* what it was encoded from, see daemon_reply_status */
@@ -273,6 +274,35 @@ static void publish_import_errors(struct daemon *daemon, json_t *errors) {
     }
 }
 
+/* status "entry": name, state and, when it failed, the error (borrowed; NULL for none). */
+static void set_entry_state(struct daemon *daemon, const char *state, json_t *error) {
+    json_decref(daemon->entry);
+    daemon->entry = json_pack("{s:s, s:s}", "name", daemon->config->entry, "state", state);
+    if (daemon->entry && json_is_object(error))
+        json_object_set(daemon->entry, "error", error);
+    daemon_status_changed(daemon);
+}
+
+/* The entry function returned or raised (py_host's on_entry_end): an app that dies is an
+ * error with its cause, in the log, in an event and in status; the daemon keeps serving. */
+static void on_entry_end(json_t *end, void *data) {
+    struct daemon *daemon = data;
+    const char *name = json_string_value(json_object_get(end, "entry"));
+    json_t *error = json_object_get(end, "error");
+    bool failed = json_is_object(error);
+    if (failed)
+        log_error("entry %s failed: %s: %s (%s:%lld); the daemon keeps serving without the app",
+                  name ? name : "?", json_string_value(json_object_get(error, "type")),
+                  json_string_value(json_object_get(error, "message")),
+                  json_string_value(json_object_get(error, "file")),
+                  json_integer_value(json_object_get(error, "line")));
+    else
+        log_info("entry %s returned; the daemon keeps serving without the app", name ? name : "?");
+    if (daemon->config->entry)
+        set_entry_state(daemon, failed ? "failed" : "returned", error);
+    events_publish(daemon->events, "entry_ended", end);
+}
+
 static void on_startup_done(struct daemon *daemon, struct py_job *job) {
     if (!job->ok) {
         const char *message = json_string_value(json_object_get(job->output, "message"));
@@ -284,6 +314,10 @@ static void on_startup_done(struct daemon *daemon, struct py_job *job) {
         publish_import_errors(daemon, json_object_get(job->output, "errors"));
     }
     json_t *entry = json_object_get(job->output, "entry");
+    if (daemon->config->entry && !daemon->entry) /* not overtaken by on_entry_end */
+        set_entry_state(daemon, job->ok && json_is_true(json_object_get(entry, "ok")) ? "running"
+                                                                                   : "not_started",
+                        json_object_get(entry, "error"));
     if (job->ok && json_is_false(json_object_get(entry, "ok"))) {
         json_t *error = json_object_get(entry, "error");
         log_error("entry %s could not start: %s: %s; the daemon keeps serving without the app",
@@ -944,8 +978,10 @@ json_t *daemon_status(struct daemon *daemon) {
         "subscribers", (json_int_t)control_subscriber_count(daemon->control),
         "ready", daemon->ready,
         "watch", watch);
-    if (status)
+    if (status) {
         json_object_set_new(status, "runs", json_integer((json_int_t)daemon_runs_active(daemon)));
+        json_object_set(status, "entry", daemon->entry ? daemon->entry : json_null());
+    }
     return status;
 }
 
@@ -1188,6 +1224,8 @@ static int start(struct daemon *daemon) {
         .paths = (const char *const *)cfg->python_paths,
         .n_paths = cfg->n_python_paths,
         .venv = cfg->venv,
+        .on_entry_end = on_entry_end,
+        .data = daemon,
     };
     r = py_host_start(&daemon->loop, &host_options, &daemon->host, err, sizeof(err));
     if (r < 0) {
@@ -1326,6 +1364,7 @@ int daemon_run(struct config *cfg, int argc, char **argv) {
     events_free(daemon->events);
     filter_free(daemon->filter);
     json_decref(daemon->last_batch);
+    json_decref(daemon->entry);
     free(daemon->status_cache);
     free(daemon);
     log_info("stopped");

@@ -35,6 +35,7 @@ struct py_host {
     char init_error[512];
     bool stopping;
     bool exited;
+    json_t *entry_end;         /* the entry's end, for on_entry_end (see _entry_ended) */
     uint64_t armed_at_submit;  /* id of the job whose deadline the loop armed at submission */
 
     /* loop thread only */
@@ -51,6 +52,8 @@ struct py_host {
     char **paths;
     size_t n_paths;
     char *venv;
+    void (*on_entry_end)(json_t *end, void *data);
+    void *data;
 
     atomic_uint_fast64_t current_job_id;   /* job running Python code now, 0 = none */
     atomic_uint_fast64_t interrupt_job_id; /* job whose deadline passed */
@@ -306,6 +309,24 @@ static PyMethodDef deadline_due_def = {
     "_deadline_due", deadline_due, METH_NOARGS,
     "True while the running job has passed its deadline (set by pyhotd)."};
 
+/* _pyhot._entry_ended(end): the entry's thread reports that the entry function returned
+ * or raised (end: a dict, see py_host_options.on_entry_end); the loop thread hears it
+ * through the host's async handle. Any thread, GIL held. */
+static PyObject *entry_ended(PyObject *self, PyObject *end) {
+    (void)self;
+    json_t *j = py_to_json(end);
+    pthread_mutex_lock(&the_host->mutex);
+    json_decref(the_host->entry_end);
+    the_host->entry_end = j;
+    pthread_mutex_unlock(&the_host->mutex);
+    uv_async_send(&the_host->async);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef entry_ended_def = {
+    "_entry_ended", entry_ended, METH_O,
+    "_entry_ended(end): the entry function returned or raised (set by pyhotd)."};
+
 static int fail_init(struct py_host *host, const char *what) {
     PyObject *exc = take_exception();
     PyObject *s = exc ? PyObject_Str(exc) : NULL;
@@ -374,6 +395,12 @@ static int interpreter_init(struct py_host *host) {
         return fail_init(host, "installing the deadline check");
     }
     Py_DECREF(due);
+    PyObject *ended = PyCFunction_New(&entry_ended_def, NULL);
+    if (!ended || PyObject_SetAttrString(support_module, "_entry_ended", ended) < 0) {
+        Py_XDECREF(ended);
+        return fail_init(host, "installing the entry report");
+    }
+    Py_DECREF(ended);
     PyObject *handler = PyObject_GetAttrString(support_module, "_deadline_handler");
     PyObject *signal_module = handler ? PyImport_ImportModule("signal") : NULL;
     r = signal_module ? PyObject_CallMethod(signal_module, "signal", "iO", SIGUSR1, handler) : NULL;
@@ -671,6 +698,7 @@ static void on_handle_closed(uv_handle_t *handle) {
     free(host->roots);
     free(host->paths);
     free(host->venv);
+    json_decref(host->entry_end);
     pthread_mutex_destroy(&host->mutex);
     pthread_cond_destroy(&host->cond);
     the_host = NULL;
@@ -685,7 +713,14 @@ static void on_async(uv_async_t *async) {
     struct py_job *done = host->done_head;
     host->done_head = host->done_tail = NULL;
     bool exited = host->exited;
+    json_t *entry_end = host->entry_end;
+    host->entry_end = NULL;
     pthread_mutex_unlock(&host->mutex);
+
+    if (entry_end && host->on_entry_end)
+        host->on_entry_end(entry_end, host->data);
+    else
+        json_decref(entry_end);
 
     while (done) {
         struct py_job *next = done->next;
@@ -736,6 +771,8 @@ int py_host_start(uv_loop_t *loop, const struct py_host_options *options,
     host->paths = copy_strings(options->paths, options->n_paths);
     host->n_paths = options->n_paths;
     host->venv = options->venv ? strdup(options->venv) : NULL;
+    host->on_entry_end = options->on_entry_end;
+    host->data = options->data;
     pthread_mutex_init(&host->mutex, NULL);
     pthread_cond_init(&host->cond, NULL);
     if (!host->roots || !host->paths) {

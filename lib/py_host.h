@@ -71,6 +71,11 @@ struct py_host_options {
     const char *const *paths;     /* further sys.path entries, after the roots */
     size_t n_paths;
     const char *venv;             /* a virtual environment to import from, or NULL */
+    /* Called on the loop thread when the entry's function (--entry) ended: end is
+     * {"entry": "MODULE:FUNCTION", "state": "returned" | "failed", "error": {...} when it
+     * raised}, owned by the callee. May be NULL. */
+    void (*on_entry_end)(json_t *end, void *data);
+    void *data;
 };
 
 /* Blocks SIGUSR1 in the calling thread (and so in threads it creates later). Call from

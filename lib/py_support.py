@@ -508,8 +508,12 @@ def start_entry(entry):
             # Looked up at call time, not bound at start: a reload before the thread
             # ran still gives the new function.
             getattr(sys.modules[module_name], function_name)()
-        except BaseException:
+        except BaseException as exc:
             sys.stderr.write("pyhot: entry %s raised:\n%s" % (entry, traceback.format_exc()))
+            _entry_ended({"entry": entry, "state": "failed",  # noqa: F821 (py_host.c)
+                          "error": describe_exception(exc)})
+        else:
+            _entry_ended({"entry": entry, "state": "returned"})  # noqa: F821 (py_host.c)
 
     thread = threading.Thread(target=run, name="pyhot-entry", daemon=True)
     thread.start()
