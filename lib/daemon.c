@@ -625,10 +625,30 @@ static int on_event(uint64_t subscriber, const char *line, size_t len, void *dat
     return control_send(daemon->control, subscriber, line, len);
 }
 
+/* Whether job is an exec or repl statement of client (*arg). */
+static bool is_statement_of(const struct py_job *job, void *arg) {
+    const struct job_origin *origin = job->data;
+    return job->done == on_job_done && (job->kind == PY_JOB_EXEC || job->kind == PY_JOB_REPL) &&
+           origin->client == *(const uint64_t *)arg;
+}
+
+int daemon_interrupt(struct daemon *daemon, uint64_t client, bool gone, size_t *interrupted) {
+    if (!daemon->host)
+        return -ESHUTDOWN;
+    size_t n = py_host_cancel(daemon->host, is_statement_of, &client,
+                              gone ? PY_INTERRUPT_GONE : PY_INTERRUPT_CLIENT,
+                              gone ? "the client disconnected" : "interrupted before it started");
+    if (interrupted)
+        *interrupted = n;
+    return 0;
+}
+
 static void on_disconnect(struct control *control, uint64_t client, void *data) {
     struct daemon *daemon = data;
     (void)control;
     events_unsubscribe(daemon->events, client);
+    /* Its exec and repl statements: no one waits for them any more. */
+    daemon_interrupt(daemon, client, true, NULL);
     /* Its runs: an isolated one is killed; an in-process one runs on, its output dropped
      * (docs/run.md). */
     for (struct run_entry *e = daemon->runs; e; e = e->next) {

@@ -96,6 +96,12 @@ uint64_t daemon_last_seq(struct daemon *daemon);
  * or -ESHUTDOWN when the watcher is closed. */
 int daemon_pause(struct daemon *daemon, bool pause, size_t *pending);
 
+/* Interrupts client's exec and repl statements: the running one gets KeyboardInterrupt
+ * (gone: "the client disconnected"; else as Ctrl-C gives it) and replies when its code
+ * returns; queued ones are answered at once with error "interrupted". *interrupted (may
+ * be NULL) receives how many. Returns 0, or -ESHUTDOWN once the interpreter is stopped. */
+int daemon_interrupt(struct daemon *daemon, uint64_t client, bool gone, size_t *interrupted);
+
 /* Starts a clean stop (reason is logged and evented). Safe to call twice. */
 void daemon_stop(struct daemon *daemon, const char *reason);
 

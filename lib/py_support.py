@@ -79,18 +79,29 @@ def _install_stream_proxies():
 
 
 # ---------------------------------------------------------------------------------------
-# Deadline. The C side defines _deadline_due() in this module (true while the running job
-# is the one whose deadline passed) and installs _deadline_handler for SIGUSR1, which
-# CPython runs on the python thread between bytecodes and after a blocking call returns
-# EINTR. Inside a Critical() section (rollback, patching: work that must never stop half
-# way) the interrupt is deferred: the loop thread sends the signal again every second.
+# Deadline and interrupts. The C side defines _interrupt_due() in this module (while the
+# running job is being interrupted, why: enum py_interrupt of py_host.h, else 0) and
+# installs _deadline_handler for SIGUSR1, which CPython runs on the python thread between
+# bytecodes and after a blocking call returns EINTR. Inside a Critical() section
+# (rollback, patching: work that must never stop half way) the interrupt is deferred: the
+# loop thread sends the signal again every second.
 
 _critical_depth = 0
 
+_INTERRUPTS = {
+    1: (TimeoutError, "pyhot: the job passed its deadline"),
+    2: (KeyboardInterrupt, None),  # the client's interrupt: Ctrl-C, as python3 raises it
+    3: (KeyboardInterrupt, "pyhot: the client disconnected"),
+    4: (KeyboardInterrupt, "pyhot: interrupted so that a waiting reload can run"),
+}
+
 
 def _deadline_handler(signum, frame):
-    if _critical_depth == 0 and _deadline_due():  # noqa: F821 (defined by py_host.c)
-        raise TimeoutError("pyhot: the job passed its deadline")
+    if _critical_depth == 0:
+        reason = _interrupt_due()  # noqa: F821 (defined by py_host.c)
+        if reason:
+            kind, message = _INTERRUPTS[reason]
+            raise kind(message) if message else kind()
 
 
 class Critical:
