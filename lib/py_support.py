@@ -520,9 +520,11 @@ def start_entry(entry):
             # ran still gives the new function.
             getattr(sys.modules[module_name], function_name)()
         except BaseException as exc:
-            sys.stderr.write("pyhot: entry %s raised:\n%s" % (entry, traceback.format_exc()))
+            sys.stderr.write("pyhot: entry %s raised:\n%s" % (entry, format_traceback(exc)))
+            # file and line: the entry module's frame, where the app's code failed.
+            origin = _module_origin(sys.modules.get(module_name))
             _entry_ended({"entry": entry, "state": "failed",  # noqa: F821 (py_host.c)
-                          "error": describe_exception(exc)})
+                          "error": describe_exception(exc, prefer_file=origin)})
         else:
             _entry_ended({"entry": entry, "state": "returned"})  # noqa: F821 (py_host.c)
 
