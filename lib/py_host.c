@@ -692,18 +692,25 @@ static bool preemptible(const struct py_job *job) {
     return job->kind == PY_JOB_EXEC || job->kind == PY_JOB_REPL;
 }
 
-/* The running job, if it is an exec or repl statement with a reload queued behind it, is
- * interrupted once PREEMPT_AFTER_MS have passed since both were so: a statement does not
- * hold reloads back for its whole deadline. Loop thread. */
-static void on_preempt(uv_timer_t *timer) {
-    struct py_host *host = timer->data;
-    pthread_mutex_lock(&host->mutex);
+/* The id of the running job when it is an exec or repl statement with a reload queued
+ * behind it, else 0. */
+static uint64_t statement_holding_a_reload(struct py_host *host) {
     uint64_t id = 0;
+    pthread_mutex_lock(&host->mutex);
     if (host->running && preemptible(host->running))
         for (struct py_job *q = host->queue_head; q && !id; q = q->next)
             if (q->kind == PY_JOB_RELOAD)
                 id = host->running->id;
     pthread_mutex_unlock(&host->mutex);
+    return id;
+}
+
+/* The running job, if it is an exec or repl statement with a reload queued behind it, is
+ * interrupted once PREEMPT_AFTER_MS have passed since both were so: a statement does not
+ * hold reloads back for its whole deadline. Loop thread. */
+static void on_preempt(uv_timer_t *timer) {
+    struct py_host *host = timer->data;
+    uint64_t id = statement_holding_a_reload(host);
     if (id && atomic_load(&host->interrupt_job_id) != id) {
         log_info("job %llu (a statement) is interrupted: a reload has waited %d ms behind it",
                  (unsigned long long)id, PREEMPT_AFTER_MS);
@@ -714,13 +721,7 @@ static void on_preempt(uv_timer_t *timer) {
 /* Arms the preempt timer for the running statement when a reload is queued behind it
  * (once per statement), and stops it when none is. */
 static void arm_preempt(struct py_host *host) {
-    pthread_mutex_lock(&host->mutex);
-    uint64_t id = 0;
-    if (host->running && preemptible(host->running))
-        for (struct py_job *q = host->queue_head; q && !id; q = q->next)
-            if (q->kind == PY_JOB_RELOAD)
-                id = host->running->id;
-    pthread_mutex_unlock(&host->mutex);
+    uint64_t id = statement_holding_a_reload(host);
     if (!id) {
         uv_timer_stop(&host->preempt_timer);
         host->preempt_job_id = 0;
