@@ -11,7 +11,8 @@ import signal
 import subprocess
 import time
 
-from conftest import PYHOTCTL, PYHOTD, SCALE, TIMEOUT, clean_env, run, wait_for, write
+from conftest import (PYHOTCTL, PYHOTD, SCALE, TIMEOUT, clean_env, leave_console, reap, run,
+                      wait_for, write)
 
 
 def _commands():
@@ -123,10 +124,12 @@ def test_tail_on_a_terminal_says_what_it_follows(pyhotd):
         assert "following" in first and d.socket in first, first
         assert "batch" in first and "m*" in first and "Ctrl-C" in first, first
         write(d.path("m.py"), "X = 2\n")
-        screen.read_until(b"batch 1 ok")
-    finally:
+        screen.read_until(b"batch 1 ")
+        assert b"following" not in screen.out.split(b"\r\n", 1)[1]
         os.kill(pid, signal.SIGINT)
         _, status = os.waitpid(pid, 0)
+    finally:
+        reap(pid)
         os.close(fd)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     # Not on a terminal: events only, as before.
@@ -178,8 +181,8 @@ def test_ctrl_c_in_the_repl_interrupts_the_statement(pyhotd, tmp_path):
         screen.out = b""
         os.write(fd, b"'still here'\n")
         screen.read_until(b"'still here'\r\n>>> ")
-        os.write(fd, b"\x04")
-        _, status = os.waitpid(pid, 0)
+        status = leave_console(pid, fd)
     finally:
+        reap(pid)
         os.close(fd)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
