@@ -5,8 +5,7 @@
 A run shares the daemon's loaded modules (docs/run.md): `state` and `handlers` here are
 the very modules the app serves from, so this prints the live request count and the
 greeting of the code running now, without an HTTP request and without importing anything
-afresh. pyhotd imports this file at start like every module of examples/; only a run
-executes main().
+afresh. Only a run executes main(): imported (exec, or [watch] import = all), it defines it.
 """
 import handlers
 import state

@@ -1,4 +1,4 @@
-/* The interpreter: modules, reload, exec, repl (docs/protocol.md). Each is one job on the
+/* The interpreter: modules, reload, exec, repl, interrupt (docs/protocol.md). Each is one job on the
  * python thread; the reply follows the job. */
 #include <string.h>
 
