@@ -19,52 +19,24 @@ beside it (PYHOT_BIN=that/build/bin).
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
-from benchlib import cpu_model
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
+from watch_common import BIN, Pyhotd, machine, rss_kib
 
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-class Conn:
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(path)
-        self.buf = b""
-        self.next_id = 0
-
-    def line(self):
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(1 << 16)
-            if not chunk:
-                raise EOFError("pyhotd closed the connection")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
-
-    def call(self, cmd, **args):
-        self.next_id += 1
-        self.sock.sendall(json.dumps(dict(args, id=self.next_id, cmd=cmd)).encode() + b"\n")
-        while True:
-            message = self.line()
-            if message.get("id") == self.next_id and "ok" in message:
-                return message
+def subscriber(path):
+    """A connection subscribed to every event (the response read)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(path)
+    sock.sendall(b'{"id": 1, "cmd": "subscribe"}\n')
+    reader = sock.makefile("rb")
+    reader.readline()
+    return sock, reader
 
 
 def main():
@@ -75,49 +47,34 @@ def main():
     base = tempfile.mkdtemp(prefix="pyhot-flood-")
     root = os.path.join(base, "app")
     os.mkdir(root)
-    os.mkdir(os.path.join(base, "run"), 0o700)
-    sock = os.path.join(base, "run", "pyhotd.sock")
     with open(os.path.join(root, "big.py"), "w") as f:
         f.write("X = 1\n")
-    proc = subprocess.Popen([os.path.join(BIN, "pyhotd"), "--watch", root, "--socket", sock],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    d = Pyhotd(["--watch", root], base)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                c = Conn(sock)
-                if c.call("status")["result"]["ready"]:
-                    break
-                c.sock.close()
-            except (OSError, EOFError):
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                sys.exit("pyhotd did not start")
-            time.sleep(0.05)
-        start = rss_kib(proc.pid)
-        stuck = Conn(sock)
-        stuck.call("subscribe")
-        reader = Conn(sock)
-        reader.call("subscribe")
+        d.connect()
+        d.wait_ready()
+        start = rss_kib(d.proc.pid)
+        stuck = subscriber(d.sock_path)      # never read from again
+        _reader_sock, reader = subscriber(d.sock_path)
+        d.call("exec", code="import big")   # modules load on demand
         with open(os.path.join(root, "big.py"), "w") as f:
             f.write("X = 2\nraise RuntimeError('x' * %d)\n" % (opts.message_kib * 1024))
         peak = start
         began = time.monotonic()
         for i in range(opts.reloads):
-            r = c.call("reload", targets=["big"])
-            if r.get("ok") is not False:
-                sys.exit("the reload did not fail: %r" % r)
-            while reader.line().get("event") != "batch":
+            d.sock.sendall(json.dumps({"id": 0, "cmd": "reload", "targets": ["big"]}).encode()
+                           + b"\n")
+            reply = d._line()
+            if reply.get("ok") is not False:
+                sys.exit("the reload did not fail: %r" % reply)
+            while json.loads(reader.readline()).get("event") != "batch":
                 pass
             if i % 10 == 0:
-                peak = max(peak, rss_kib(proc.pid))
-        peak = max(peak, rss_kib(proc.pid))
+                peak = max(peak, rss_kib(d.proc.pid))
+        peak = max(peak, rss_kib(d.proc.pid))
         elapsed = time.monotonic() - began
-        history = c.call("history", n=1000)["result"]
-        print("machine: %s, %d cores, %s %s, Python %s" % (
-            cpu_model(), os.cpu_count(), platform.system(), platform.release(),
-            platform.python_version()))
+        history = d.call("history", n=1000)
+        print("machine: %s" % machine())
         print("pyhotd: %s" % os.path.join(BIN, "pyhotd"))
         print("%d failed reloads with a %d KiB message in %.1f s" % (
             opts.reloads, opts.message_kib, elapsed))
@@ -125,9 +82,9 @@ def main():
             start / 1024, peak / 1024, (peak - start) / 1024))
         print("history response: %d events (truncated: %s)" % (
             len(history["events"]), history.get("truncated")))
+        stuck[0].close()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        d.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
