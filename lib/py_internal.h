@@ -36,6 +36,11 @@ json_t *py_module_call(PyObject *module, const char *name, json_t *args, json_t 
  * Returns 0, or -1 with a Python exception set. */
 int py_reload_init(void);
 
+/* Compiles and runs the built-in Python modules beside the engine: `pyhot` (lib/py_api.py,
+ * the public in-daemon API) and the framework adapters (lib/py_adapter*.py), after
+ * py_reload_init. Returns 0, or -1 with a Python exception set. */
+int py_api_init(void);
+
 /* Sets the reload strategy ("dependents" or "module"). Returns 0, or -1 with *error set
  * to a new protocol error object. */
 int py_reload_set_strategy(const char *strategy, json_t **error);

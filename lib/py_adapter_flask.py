@@ -1,0 +1,140 @@
+"""pyhot's Flask adapter (`_pyhot_adapter_flask`); docs/reload.md, "Flask".
+
+Flask refuses setup calls (`@app.route`, `register_blueprint`, `before_request`, ...) once
+an app has handled its first request, and refuses to map an endpoint to a second view
+function. A reload is exactly such a late setup call, so while a batch runs:
+
+- the "first request already handled" check of Flask and Blueprint is off, so a new
+  `@app.route` registers on the app being served;
+- a view registered again under an endpoint it already had (its decorator line changed)
+  replaces the endpoint's old view and rules instead of raising;
+- a route added to a blueprint that is already registered reaches every app it is
+  registered on, with the options it was registered with.
+
+Every change to an app's rules and views is undone if the batch rolls back. Nothing here
+runs until flask is imported; Flask 2.x.
+"""
+
+import sys
+import weakref
+
+import pyhot
+from _pyhot_adapters import ClassPatch, when_imported
+
+_registrations = weakref.WeakKeyDictionary()  # blueprint -> [(weakref to app, options)]
+
+
+def _start(flask):
+    blueprint_class = flask.Blueprint
+    register = blueprint_class.register
+
+    def recording_register(self, app, options):
+        register(self, app, options)
+        _registrations.setdefault(self, []).append((weakref.ref(app), dict(options)))
+
+    recording_register.__wrapped__ = register
+    blueprint_class.register = recording_register
+
+
+when_imported("flask", _start)
+
+
+class _AppState:
+    """One app's routing as it was before the batch first touched it."""
+
+    def __init__(self, app):
+        self.app = app
+        self.view_functions = dict(app.view_functions)
+        self.rules_by_endpoint = {k: list(v) for k, v in app.url_map._rules_by_endpoint.items()}
+        self.replaced_endpoints = set()
+
+    def restore(self):
+        self.app.view_functions.clear()
+        self.app.view_functions.update(self.view_functions)
+        _set_rules(self.app.url_map, self.rules_by_endpoint)
+
+
+def _set_rules(url_map, rules_by_endpoint):
+    """Rebuilds a werkzeug Map's matcher from rules_by_endpoint (werkzeug 2.2 keeps the
+    rules in Map._rules_by_endpoint and compiles them into Map._matcher)."""
+    matcher = type(url_map._matcher)(url_map.merge_slashes)
+    for rules in rules_by_endpoint.values():
+        for rule in rules:
+            if not rule.build_only:
+                matcher.add(rule)
+    with url_map._remap_lock:
+        url_map._rules_by_endpoint = {k: list(v) for k, v in rules_by_endpoint.items()}
+        url_map._matcher = matcher
+        url_map._remap = True
+
+
+class _Batch:
+    def __init__(self, flask, info):
+        self.flask = flask
+        self.info = info
+        self.apps = {}  # id(app) -> _AppState
+        self.patch = ClassPatch()
+
+    def touch(self, app):
+        state = self.apps.get(id(app))
+        if state is None:
+            state = self.apps[id(app)] = _AppState(app)
+            self.info.on_rollback(state.restore)
+        return state
+
+    def install(self):
+        flask = self.flask
+        batch = self
+        add_url_rule = flask.Flask.add_url_rule
+        record = flask.Blueprint.record
+
+        def no_check(self, f_name):
+            return None
+
+        def replacing_add_url_rule(self, rule, endpoint=None, view_func=None, **options):
+            state = batch.touch(self)
+            if endpoint is None and view_func is not None:
+                endpoint = flask.scaffold._endpoint_from_view_func(view_func)
+            old = self.view_functions.get(endpoint)
+            if (view_func is not None and old is not None and old != view_func
+                    and endpoint not in state.replaced_endpoints):
+                # The endpoint's definition ran again: its old rules and view go, the new
+                # ones come (stacked decorators add their rules one by one after this).
+                state.replaced_endpoints.add(endpoint)
+                del self.view_functions[endpoint]
+                rules = dict(self.url_map._rules_by_endpoint)
+                rules.pop(endpoint, None)
+                _set_rules(self.url_map, rules)
+            return add_url_rule(self, rule, endpoint, view_func, **options)
+
+        def applying_record(self, func):
+            record(self, func)
+            for app_ref, options in _registrations.get(self, ()):
+                app = app_ref()
+                if app is not None:
+                    func(self.make_setup_state(app, options, False))
+
+        self.patch.apply(self.info, flask.Flask, _check_setup_finished=no_check,
+                         add_url_rule=replacing_add_url_rule)
+        self.patch.apply(self.info, flask.Blueprint, _check_setup_finished=no_check,
+                         record=applying_record)
+
+
+_current = []  # the running batch's _Batch (one batch runs at a time)
+
+
+@pyhot.before_reload
+def _before(info):
+    flask = sys.modules.get("flask")
+    if flask is None or not hasattr(flask, "Flask"):
+        return
+    batch = _Batch(flask, info)
+    batch.install()
+    _current.append(batch)
+    info.on_rollback(_current.clear)
+
+
+@pyhot.after_reload
+def _after(info):
+    while _current:
+        _current.pop().patch.restore()
