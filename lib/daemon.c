@@ -432,6 +432,8 @@ static void on_job_done(struct py_job *job, void *data) {
 
 static int submit(struct daemon *daemon, enum py_job_kind kind, json_t *input, unsigned timeout_ms,
                   struct job_origin *origin) {
+    if (kind == PY_JOB_RELOAD && json_is_object(input)) /* hooks see it (BatchInfo.batch) */
+        json_object_set_new(input, "batch", json_integer((json_int_t)origin->batch_id));
     struct py_job *job = py_job_new(kind, input, timeout_ms, on_job_done, origin);
     if (!job) {
         origin_free(origin);

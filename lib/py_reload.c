@@ -60,7 +60,9 @@ json_t *py_reload_run(json_t *input, json_t **error) {
             return NULL;
     }
     json_t *path_list = json_is_array(paths) ? json_incref(paths) : json_array();
-    json_t *args = json_pack("[oo]", path_list, names ? names : json_array());
+    json_t *batch = json_object_get(input, "batch");
+    json_t *args = json_pack("[ooO]", path_list, names ? names : json_array(),
+                             json_is_integer(batch) ? batch : json_null());
     json_t *result = py_module_call(engine, "reload_batch", args, error);
     json_decref(args);
     return result;

@@ -632,6 +632,90 @@ def _patch_module(run):
                 run.report.add_replaced(qual, "free variables changed")
 
 
+
+# ---------------------------------------------------------------------------------------
+# Batch hooks: the engine side of `pyhot.before_reload` / `pyhot.after_reload`. "before"
+# hooks run once the plan is made and every source compiled, before any module code of
+# the batch runs; "after" hooks once every module ran, before the commit. A hook that
+# raises rolls the batch back as a module that raises does.
+
+_hooks = {"before": [], "after": []}
+
+
+def add_hook(when, fn):
+    """Registers fn(batch_info) to run at `when` ("before" or "after") in every batch;
+    returns fn, so it serves as a decorator. ValueError for another `when`, TypeError for
+    a fn that is not callable."""
+    if when not in _hooks:
+        raise ValueError("when must be 'before' or 'after', not %r" % (when,))
+    if not callable(fn):
+        raise TypeError("a hook must be callable")
+    _hooks[when].append(fn)
+    return fn
+
+
+def remove_hook(when, fn):
+    """Unregisters fn from `when`; ValueError when it was not registered there."""
+    if when not in _hooks:
+        raise ValueError("when must be 'before' or 'after', not %r" % (when,))
+    _hooks[when].remove(fn)
+
+
+class BatchInfo:
+    """What a hook is told about the batch. batch: its id (int); paths: the changed files
+    (realpaths); modules: module names in run order; patched, replaced, added, removed:
+    qualified names ("module.qualname"), empty in "before" hooks; mode: "definitions" or
+    "module"."""
+
+    def __init__(self, batch, paths, modules, mode):
+        self.batch = batch
+        self.paths = tuple(paths)
+        self.modules = tuple(modules)
+        self.mode = mode
+        self.patched, self.replaced, self.added, self.removed = [], [], [], []
+        self._rollbacks = []
+
+    def on_rollback(self, fn):
+        """Registers fn() to run if the batch rolls back after this point; such callables
+        run in reverse order of registration, after the modules are restored. Returns fn."""
+        if not callable(fn):
+            raise TypeError("on_rollback needs a callable")
+        self._rollbacks.append(fn)
+        return fn
+
+    def __repr__(self):
+        return "<BatchInfo %d %s %s>" % (self.batch, self.mode, list(self.modules))
+
+
+def _run_hooks(when, info):
+    """Runs the `when` hooks in registration order; returns (hook, exception) of the first
+    that raised, else None."""
+    for fn in list(_hooks[when]):
+        try:
+            fn(info)
+        except BaseException as exc:
+            return fn, exc
+    return None
+
+
+def _hook_error(fn, exc):
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__call__", None), "__code__", None)
+    error = _pyhot.describe_exception(exc, prefer_file=code.co_filename if code else None)
+    error["hook"] = getattr(fn, "__qualname__", repr(fn))
+    return error
+
+
+def _run_rollbacks(info):
+    """Runs the on_rollback callables in reverse; their errors go to stderr, since the
+    batch is already being undone."""
+    while info._rollbacks:
+        fn = info._rollbacks.pop()
+        try:
+            fn()
+        except BaseException:
+            import traceback
+            sys.stderr.write("pyhot: an on_rollback callable raised:\n" + traceback.format_exc())
+
 # ---------------------------------------------------------------------------------------
 # The batch.
 
@@ -672,7 +756,10 @@ def _reload_one(module, snapshot, undo):
     return report
 
 
-def reload_batch(paths, module_names):
+_batch_counter = [0]  # ids for batches the daemon did not number (importlib.reload)
+
+
+def reload_batch(paths, module_names, batch_id=None):
     """Reloads what a batch of changed paths (and explicit module names) maps to: the
     batch applies whole or not at all. Returns {"reloads": [...], "batch": {...}}."""
     started = time.perf_counter_ns()
@@ -801,9 +888,17 @@ def reload_batch(paths, module_names):
     undo = _Undo()
     done = []
     failure = None
+    if batch_id is None:
+        _batch_counter[0] -= 1
+        batch_id = _batch_counter[0]
+    info = BatchInfo(batch_id, batch["paths"], plan, "module")
     _code_overrides.update(codes)
     try:
-        for name in plan:
+        hook_failure = _run_hooks("before", info)
+        if hook_failure is not None:
+            failure = ("<hook %s>" % getattr(hook_failure[0], "__qualname__", "?"),
+                       _hook_error(*hook_failure), 0.0)
+        for name in plan if failure is None else ():
             module = sys.modules[name]
             module_started = time.perf_counter_ns()
             try:
@@ -813,6 +908,14 @@ def reload_batch(paths, module_names):
                            _elapsed_ms(module_started))
                 break
             done.append((name, _elapsed_ms(module_started), report))
+        if failure is None:
+            for _name, _ms, report in done:
+                info.patched.extend(report.patched)
+                info.replaced.extend(report.replaced)
+            hook_failure = _run_hooks("after", info)
+            if hook_failure is not None:
+                failure = ("<hook %s>" % getattr(hook_failure[0], "__qualname__", "?"),
+                           _hook_error(*hook_failure), 0.0)
         # The end of the batch's last reload: the new code has run and been patched in.
         reloaded_ns = time.monotonic_ns()
     finally:
@@ -827,19 +930,22 @@ def reload_batch(paths, module_names):
                 namespace.clear()
                 namespace.update(snapshot)
                 sys.modules[module.__name__] = module
+        _run_rollbacks(info)
         failed_name, error, failed_ms = failure
         for name, ms, _report in done:
             reloads.append({"module": name, "path": path_of(name), "result": "rolled_back",
                             "duration_ms": ms, "reason": "%s failed" % failed_name,
                             "error": error, "patched": [], "replaced": []})
-        reloads.append({"module": failed_name, "path": path_of(failed_name),
-                        "result": "rolled_back", "duration_ms": failed_ms, "error": error,
-                        "patched": [], "replaced": []})
-        for name in plan[len(done) + 1:]:
+        by_hook = failed_name.startswith("<hook ")
+        if not by_hook:
+            reloads.append({"module": failed_name, "path": path_of(failed_name),
+                            "result": "rolled_back", "duration_ms": failed_ms, "error": error,
+                            "patched": [], "replaced": []})
+        for name in plan[len(done) + (0 if by_hook else 1):]:
             reloads.append({"module": name, "path": path_of(name), "result": "skipped",
                             "reason": "the batch rolled back before it ran", "duration_ms": 0.0,
                             "patched": [], "replaced": []})
-        batch["modules"] = [name for name, _ms, _r in done] + [failed_name]
+        batch["modules"] = [name for name, _ms, _r in done] + ([] if by_hook else [failed_name])
         batch.update(result="rolled_back", error=error, duration_ms=_elapsed_ms(started))
         _keep_pending(changed)
         return {"reloads": reloads, "batch": batch}
