@@ -9,7 +9,8 @@ function. A reload is exactly such a late setup call, so while a batch runs:
 - a view registered again under an endpoint it already had (its decorator line changed)
   replaces the endpoint's old view and rules instead of raising;
 - a route added to a blueprint that is already registered reaches every app it is
-  registered on, with the options it was registered with.
+  registered on, with the options it was registered with; registering that blueprint
+  again under the same name (its statement ran again) is a no-op.
 
 Every change to an app's rules and views is undone if the batch rolls back. Nothing here
 runs until flask is imported; Flask 2.x.
@@ -86,6 +87,7 @@ class _Batch:
         flask = self.flask
         batch = self
         add_url_rule = flask.Flask.add_url_rule
+        register_blueprint = flask.Flask.register_blueprint
         record = flask.Blueprint.record
 
         def no_check(self, f_name):
@@ -107,6 +109,13 @@ class _Batch:
                 _set_rules(self.url_map, rules)
             return add_url_rule(self, rule, endpoint, view_func, **options)
 
+        def once_register_blueprint(self, blueprint, **options):
+            # Registering again what is registered (the statement ran again): its routes
+            # already reach the app, through applying_record.
+            if self.blueprints.get(options.get("name", blueprint.name)) is blueprint:
+                return None
+            return register_blueprint(self, blueprint, **options)
+
         def applying_record(self, func):
             record(self, func)
             for app_ref, options in _registrations.get(self, ()):
@@ -115,7 +124,8 @@ class _Batch:
                     func(self.make_setup_state(app, options, False))
 
         self.patch.apply(self.info, flask.Flask, _check_setup_finished=no_check,
-                         add_url_rule=replacing_add_url_rule)
+                         add_url_rule=replacing_add_url_rule,
+                         register_blueprint=once_register_blueprint)
         self.patch.apply(self.info, flask.Blueprint, _check_setup_finished=no_check,
                          record=applying_record)
 

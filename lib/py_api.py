@@ -34,8 +34,8 @@ BatchInfo.__doc__ = """What a reload batch does, as the hooks of pyhot see it.
 
 Attributes (read them; changing them changes nothing):
   batch     int: the batch id, as in the `batch` and `reload` events.
-  paths     list of str: the changed files (real paths) that made the batch.
-  modules   list of str: the modules the batch runs, in the order they run.
+  paths     tuple of str: the changed files (real paths) that made the batch.
+  modules   tuple of str: the modules the batch runs, in the order they run.
   patched   list of str: "module.qualname" of the functions and classes that took new
             code in place (the same objects, now running the new code).
   replaced  list of str: "module.qualname" of what was replaced by a new object (an enum,
@@ -43,11 +43,11 @@ Attributes (read them; changing them changes nothing):
   added     list of str: "module.qualname" of the names the batch defined for the first
             time.
   removed   list of str: "module.qualname" of the names the new sources no longer define.
-  mode      str: "definition" (only changed statements ran) or "module" (whole modules
-            ran again).
+  mode      str: "definitions" (only changed statements run) or "module" (whole modules
+            run again; `[reload] mode`).
 
-In a before_reload hook, patched, replaced, added and removed are what the plan knows
-before any code ran; in an after_reload hook they are complete.
+In a before_reload hook, patched, replaced, added and removed are empty (no code has run
+yet); in an after_reload hook they are complete.
 
 on_rollback(fn): registers fn (no arguments) to run if the batch rolls back after this
 point; such callables run in the reverse order of registration, after the batch's own
