@@ -20,9 +20,9 @@ import sys
 import weakref
 
 import pyhot
-from _pyhot_adapters import definition_of, when_imported
+from _pyhot_adapters import Instances, definition_of, when_imported
 
-_routers = weakref.WeakSet()  # every UrlDispatcher
+_routers = Instances()  # every UrlDispatcher
 _tables = []                   # [(weakref to router, weakref to RouteTableDef)]
 
 
@@ -82,7 +82,7 @@ def _before(info):
     _table_items.clear()
     if "aiohttp.web_urldispatcher" not in sys.modules:
         return
-    for router in list(_routers):
+    for router in _routers:
         state = _RouterState(router)
         _states.append(state)
         info.on_rollback(state.restore)

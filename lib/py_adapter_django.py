@@ -1,11 +1,13 @@
 """pyhot's Django adapter (`_pyhot_adapter_django`); docs/reload.md, "Django".
 
 Django resolves URLs through a resolver it builds once per URLconf and caches
-(django.urls.get_resolver, an lru_cache), together with the patterns of every included
-URLconf: an edit of `urlpatterns` applies, but the served site keeps the old list. After
-a batch that ran a module defining `urlpatterns`, the adapter clears Django's URL caches
-(django.urls.clear_url_caches), so the next request resolves against the new patterns;
-again if the batch rolls back.
+(django.urls.get_resolver, an lru_cache); each `include()`d URLconf is a resolver object
+inside its parent's `urlpatterns` that caches its own patterns (URLResolver.url_patterns,
+a cached_property) and reverse tables: an edit of `urlpatterns` applies, but the served
+site keeps the old list. After a batch that ran a module defining `urlpatterns`, the
+adapter clears Django's URL caches (django.urls.clear_url_caches) and the caches of every
+resolver reachable from the root URLconf, so the next request resolves against the new
+patterns; again if the batch rolls back.
 
 Models need nothing here: the engine updates a model class in place, so the class the
 app registry holds (and `Model.objects` returns instances of) stays the one class. With
@@ -22,8 +24,39 @@ import pyhot
 
 def _clear_url_caches():
     urls = sys.modules.get("django.urls")
-    if urls is not None:
-        urls.clear_url_caches()
+    if urls is None:
+        return
+    urls.clear_url_caches()
+    try:
+        from django.conf import settings
+        root = getattr(settings, "ROOT_URLCONF", None)
+    except Exception:  # settings not configured: nothing is resolved yet
+        return
+    root_module = sys.modules.get(root) if isinstance(root, str) else None
+    if root_module is not None:
+        _forget_resolved(getattr(root_module, "urlpatterns", ()), urls.URLResolver, set())
+
+
+def _forget_resolved(patterns, resolver_class, seen):
+    """Drops the cached patterns and reverse tables of the resolvers among patterns and
+    below them (django/urls/resolvers.py, URLResolver.__init__ and its cached_property
+    attributes); they are computed again from the URLconf modules on the next request."""
+    for entry in patterns:
+        if not isinstance(entry, resolver_class) or id(entry) in seen:
+            continue
+        seen.add(id(entry))
+        entry.__dict__.pop("url_patterns", None)
+        entry.__dict__.pop("urlconf_module", None)
+        entry._reverse_dict.clear()
+        entry._namespace_dict.clear()
+        entry._app_dict.clear()
+        entry._callback_strs.clear()
+        entry._populated = False
+        try:
+            below = entry.url_patterns
+        except Exception:  # a broken URLconf: reported when a request resolves it
+            continue
+        _forget_resolved(below, resolver_class, seen)
 
 
 @pyhot.after_reload

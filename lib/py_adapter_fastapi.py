@@ -21,10 +21,10 @@ import sys
 import weakref
 
 import pyhot
-from _pyhot_adapters import definition_of, qualified_name, when_imported
+from _pyhot_adapters import Instances, definition_of, qualified_name, when_imported
 
-_routers = weakref.WeakSet()   # every APIRouter (an app's own router included)
-_apps = weakref.WeakSet()      # every FastAPI app, for its cached OpenAPI schema
+_routers = Instances()   # every APIRouter (an app's own router included)
+_apps = Instances()      # every FastAPI app, for its cached OpenAPI schema
 _inclusions = []               # [_Inclusion], in the order include_router ran
 _include_original = [None]
 
@@ -79,7 +79,7 @@ def _before(info):
     _before_routes.clear()
     if "fastapi" not in sys.modules or not _routers:
         return
-    for router in list(_routers):
+    for router in _routers:
         _before_routes[id(router)] = (router, list(router.routes))
 
     def restore(saved=dict(_before_routes)):
@@ -90,7 +90,7 @@ def _before(info):
 
 
 def _forget_schemas():
-    for app in list(_apps):
+    for app in _apps:
         app.openapi_schema = None
 
 
@@ -130,7 +130,7 @@ def _propagate(added_by_router, before):
                 router.routes.remove(route)
                 stale.add(id(route.endpoint))
     if stale:
-        for router in list(_routers):
+        for router in _routers:
             router.routes[:] = [r for r in router.routes
                                 if id(getattr(r, "endpoint", None)) not in stale]
     pending = dict(added_by_router)
@@ -175,7 +175,7 @@ def _rebuild_changed_routes(patched, info):
     from fastapi.dependencies.utils import get_body_field, get_dependant, get_parameterless_sub_dependant
     from fastapi.routing import APIRoute, request_response
     count = 0
-    for router in list(_routers):
+    for router in _routers:
         for route in router.routes:
             if not isinstance(route, APIRoute):
                 continue

@@ -9,6 +9,7 @@ itself. docs/reload.md ("Framework adapters") is the user's account.
 
 import sys
 import threading
+import weakref
 
 _lock = threading.Lock()
 _waiting = {}  # module name -> [callback(module)] not called yet
@@ -93,6 +94,28 @@ def _notify_now(name, callback):
         callback(sys.modules[name])
     except Exception as exc:
         sys.stderr.write("pyhot: the %s adapter failed to start: %r\n" % (name, exc))
+
+
+class Instances:
+    """Weak references to objects of a framework (routers, apps), by identity: unlike a
+    WeakSet it takes objects that define __eq__ without __hash__ (Starlette's Router,
+    aiohttp's UrlDispatcher, a Mapping)."""
+
+    def __init__(self):
+        self._refs = []
+
+    def add(self, obj):
+        if len(self._refs) >= 64:
+            self._refs = [r for r in self._refs if r() is not None]
+        self._refs.append(weakref.ref(obj))
+
+    def __iter__(self):
+        """The objects still alive, in the order they were added (a list: safe to change
+        the collection while iterating)."""
+        return iter([obj for obj in (r() for r in self._refs) if obj is not None])
+
+    def __bool__(self):
+        return any(r() is not None for r in self._refs)
 
 
 def definition_of(obj):
