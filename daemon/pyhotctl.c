@@ -365,8 +365,27 @@ static void print_reload(const struct ctl *ctl, FILE *out, json_t *ev)
         }
     }
     if (json_array_size(replaced) > 0) {
-        fputs(" replaced ", out);
-        put_list(out, replaced);
+        /* "replaced [m.Color (enum), m.Pair (fields changed)]" */
+        json_t *reasons = json_object_get(ev, "replaced_reasons"), *name;
+        size_t i;
+
+        fputs(" replaced [", out);
+        json_array_foreach(replaced, i, name) {
+            const char *why = jstr(reasons, json_string_value(name) ? json_string_value(name) : "");
+
+            fputs(i > 0 ? ", " : "", out);
+            put_value(out, name);
+            if (why != NULL) {
+                fputs(" (", out);
+                put_clean(out, why);
+                fputc(')', out);
+            }
+        }
+        fputc(']', out);
+    }
+    if (json_array_size(json_object_get(ev, "removed")) > 0) {
+        fputs(" removed ", out);
+        put_list(out, json_object_get(ev, "removed"));
     }
 }
 
@@ -2194,10 +2213,10 @@ static const struct ctl_command commands[] = {
     {
         "watch", "DIR", "watch DIR as a new root",
         "Watches DIR (made absolute) recursively as a new root: it goes first on sys.path,\n"
-        "its modules are imported (unless pyhotd runs with --no-import) and reloaded on\n"
-        "change. Import errors are printed on stderr; the watch stays. Exit status 1 when\n"
-        "DIR is missing, is not a directory, is (or is inside, or holds) a root already, or\n"
-        "cannot be watched.\n",
+        "its modules reload on change once loaded (with [watch] import = all, pyhotd\n"
+        "imports them all at once, and import errors are printed on stderr; the watch\n"
+        "stays). Exit status 1 when DIR is missing, is not a directory, is (or is inside,\n"
+        "or holds) a root already, or cannot be watched.\n",
         1, 1, false, cmd_watch, 0,
     },
     {

@@ -140,6 +140,7 @@ enum key_kind {
     KEY_LOG_LEVEL,
     KEY_IMPORT,
     KEY_STRATEGY,
+    KEY_MODE,
     KEY_ENTRY,
     KEY_BOOL,       /* bool: yes/no, true/false, on/off, 1/0 */
     KEY_BACKEND,
@@ -179,6 +180,7 @@ static const struct config_key config_keys[] = {
     {"python", "preload", KEY_GLOBS, LIST(preload), 0, 0},
     {"reload", "timeout_ms", KEY_UINT, FIELD(reload_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
     {"reload", "strategy", KEY_STRATEGY, FIELD(strategy), 0, 0, 0},
+    {"reload", "mode", KEY_MODE, FIELD(mode), 0, 0, 0},
     {"run", "timeout_ms", KEY_UINT, FIELD(exec_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
 };
 
@@ -351,10 +353,10 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
     case KEY_IMPORT:
         if (strcmp(value, "all") == 0)
             *(enum config_import *)(base + key->offset) = CONFIG_IMPORT_ALL;
-        else if (strcmp(value, "none") == 0)
-            *(enum config_import *)(base + key->offset) = CONFIG_IMPORT_NONE;
+        else if (strcmp(value, "on-demand") == 0 || strcmp(value, "none") == 0)
+            *(enum config_import *)(base + key->offset) = CONFIG_IMPORT_ON_DEMAND;
         else
-            return load_fail(ctx, -EINVAL, "%s: expected all or none, got '%s'", key->name,
+            return load_fail(ctx, -EINVAL, "%s: expected on-demand or all, got '%s'", key->name,
                              value);
         return 1;
     case KEY_BOOL: {
@@ -384,6 +386,15 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
             *(enum config_strategy *)(base + key->offset) = CONFIG_STRATEGY_MODULE;
         else
             return load_fail(ctx, -EINVAL, "%s: expected dependents or module, got '%s'",
+                             key->name, value);
+        return 1;
+    case KEY_MODE:
+        if (strcmp(value, "definitions") == 0)
+            *(enum config_mode *)(base + key->offset) = CONFIG_MODE_DEFINITIONS;
+        else if (strcmp(value, "module") == 0)
+            *(enum config_mode *)(base + key->offset) = CONFIG_MODE_MODULE;
+        else
+            return load_fail(ctx, -EINVAL, "%s: expected definitions or module, got '%s'",
                              key->name, value);
         return 1;
     }
@@ -714,7 +725,7 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
     if (cli.has_log_level)
         cfg->log_level = cli.log_level;
     if (cli.no_import)
-        cfg->import = CONFIG_IMPORT_NONE;
+        cfg->import = CONFIG_IMPORT_ON_DEMAND;
     if (cli.has_watch) {
         strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
         cfg->watch_roots = cli.watch;
@@ -745,7 +756,7 @@ void config_init(struct config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->log_level = LOG_LEVEL_INFO;
     cfg->settle_ms = 10;
-    cfg->import = CONFIG_IMPORT_ALL;
+    cfg->import = CONFIG_IMPORT_ON_DEMAND;
     cfg->defer_vcs_ms = 30000;
     cfg->reload_timeout_ms = 10000;
     cfg->strategy = CONFIG_STRATEGY_DEPENDENTS;
@@ -961,9 +972,9 @@ const char *config_usage(void)
         "Options:\n"
         "  -c, --config FILE         read FILE (INI; see pyhotd.conf) before the other\n"
         "                            options, which override it. Default: none.\n"
-        "  -w, --watch DIR           watch DIR recursively, put it on sys.path and import its\n"
-        "                            modules at start (unless --no-import). Repeatable;\n"
-        "                            replaces the file's [watch] root list. Default: none.\n"
+        "  -w, --watch DIR           watch DIR recursively and put it on sys.path; its\n"
+        "                            modules reload once loaded. Repeatable; replaces the\n"
+        "                            file's [watch] root list. Default: none.\n"
         "  -s, --socket PATH         control socket. Default: $PYHOT_SOCKET, else\n"
         "                            $XDG_RUNTIME_DIR/pyhot/pyhotd.sock, else\n"
         "                            /run/pyhotd/pyhotd.sock for root, else\n"
@@ -975,8 +986,9 @@ const char *config_usage(void)
         "      --entry MODULE:FUNCTION\n"
         "                            after start, call FUNCTION of MODULE on a thread of its\n"
         "                            own (the app's main). Default: none.\n"
-        "      --no-import           do not import the watch roots' modules at start; leave\n"
-        "                            importing to the app. Default: import all.\n"
+        "      --no-import           import nothing at start, whatever [watch] import says:\n"
+        "                            modules load when the app, exec or run import them.\n"
+        "                            Default: as [watch] import (on-demand).\n"
         "      --log-level LEVEL     error, warn, info or debug. Default: info.\n"
         "      --check-config        validate the configuration and exit: 0 when it is\n"
         "                            valid, 2 with the error when it is not.\n"

@@ -1086,8 +1086,12 @@ static void reload_config(struct daemon *daemon) {
         json_array_append_new(changed, json_string("reload_timeout_ms"));
     if (fresh.exec_timeout_ms != old->exec_timeout_ms)
         json_array_append_new(changed, json_string("exec_timeout_ms"));
-    if (fresh.strategy != old->strategy || fresh.import != old->import)
-        json_array_append_new(changed, json_string(fresh.strategy != old->strategy ? "strategy" : "import"));
+    if (fresh.strategy != old->strategy)
+        json_array_append_new(changed, json_string("strategy"));
+    if (fresh.import != old->import)
+        json_array_append_new(changed, json_string("import"));
+    if (fresh.mode != old->mode)
+        json_array_append_new(changed, json_string("mode"));
 
     /* Roots: added ones are watched, put on sys.path and (import = all) imported; removed
      * ones stop being watched and their modules stop being reloadable. */
@@ -1134,9 +1138,11 @@ static void reload_config(struct daemon *daemon) {
     struct job_origin *origin = calloc(1, sizeof(*origin));
     if (origin) {
         origin->daemon = daemon;
-        json_t *input = json_pack("{s:O, s:O, s:b, s:s}", "add_roots", added, "remove_roots", removed,
-                                  "import", fresh.import == CONFIG_IMPORT_ALL, "strategy",
-                                  fresh.strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents");
+        json_t *input = json_pack(
+            "{s:O, s:O, s:b, s:s, s:s}", "add_roots", added, "remove_roots", removed, "import",
+            fresh.import == CONFIG_IMPORT_ALL, "strategy",
+            fresh.strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents", "mode",
+            fresh.mode == CONFIG_MODE_MODULE ? "module" : "definitions");
         if (submit(daemon, PY_JOB_CONFIGURE, input, fresh.exec_timeout_ms, origin) < 0)
             log_warn("could not apply the new roots to the interpreter");
     }
@@ -1251,9 +1257,18 @@ static int start(struct daemon *daemon) {
     if (!origin)
         return -ENOMEM;
     origin->daemon = daemon;
-    json_t *input = json_pack("{s:b, s:o, s:s}", "import", cfg->import == CONFIG_IMPORT_ALL, "entry",
-                              cfg->entry ? json_string(cfg->entry) : json_null(), "strategy",
-                              cfg->strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents");
+    json_t *input = json_pack(
+        "{s:b, s:o, s:s, s:s}", "import", cfg->import == CONFIG_IMPORT_ALL, "entry",
+        cfg->entry ? json_string(cfg->entry) : json_null(), "strategy",
+        cfg->strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents", "mode",
+        cfg->mode == CONFIG_MODE_MODULE ? "module" : "definitions");
+    log_info("modules load %s; reloads run %s",
+             cfg->import == CONFIG_IMPORT_ALL
+                 ? "at start (import = all: every module of the roots is imported)"
+                 : "on demand (by the app, exec, run and plugins; import = all imports every "
+                   "module at start)",
+             cfg->mode == CONFIG_MODE_MODULE ? "whole modules (mode = module)"
+                                             : "what changed (mode = definitions)");
     if (cfg->n_preload > 0) {
         /* [python] preload: before the roots' imports and the app, so runs find them warm. */
         struct job_origin *pre = calloc(1, sizeof(*pre));

@@ -415,8 +415,7 @@ static void job_set(struct py_job *job, json_t *result, json_t *error) {
 static void run_startup(struct py_job *job) {
     json_t *result = json_object();
     json_t *error = NULL;
-    json_t *strategy = json_object_get(job->input, "strategy");
-    if (json_is_string(strategy) && py_reload_set_strategy(json_string_value(strategy), &error) < 0) {
+    if (py_reload_configure(job->input, &error) < 0) {
         job_fail(job, error);
         json_decref(result);
         return;
@@ -483,8 +482,7 @@ static void run_modules(struct py_job *job) {
 
 static void run_configure(struct py_job *job) {
     json_t *error = NULL;
-    json_t *strategy = json_object_get(job->input, "strategy");
-    if (json_is_string(strategy) && py_reload_set_strategy(json_string_value(strategy), &error) < 0) {
+    if (py_reload_configure(job->input, &error) < 0) {
         job_fail(job, error);
         return;
     }

@@ -41,9 +41,10 @@ int py_reload_init(void);
  * py_reload_init. Returns 0, or -1 with a Python exception set. */
 int py_api_init(void);
 
-/* Sets the reload strategy ("dependents" or "module"). Returns 0, or -1 with *error set
- * to a new protocol error object. */
-int py_reload_set_strategy(const char *strategy, json_t **error);
+/* Sets the engine's options from a job's input: "strategy" ("dependents" or "module") and
+ * "mode" ("definitions" or "module"), each only when present. Returns 0, or -1 with *error
+ * set to a new protocol error object. */
+int py_reload_configure(json_t *input, json_t **error);
 
 /* Creates the _pyhot_run module (lib/py_run.c: emit, finish, register, unregister,
  * cancel, sleep) in sys.modules and keeps the original time.sleep. Returns 0, or -1 with

@@ -206,24 +206,142 @@ def exec_code(source):
 # ---------------------------------------------------------------------------------------
 # Watch roots, module index, content hashes.
 
-_roots = []          # realpaths of the watch roots
-_realpaths = {}      # origin string -> realpath (an origin's realpath is fixed once imported)
-_index = {}          # realpath -> [module name, ...]
-_index_modules = {}  # module name -> (module object, realpath)
-_index_seen = {}     # module name -> module object already looked at (watched or not)
-_index_generation = 0  # bumped whenever a watched module appears or leaves
-_index_signature = [None]  # (len(sys.modules), last key) at the last full scan
-_applied = {}        # realpath -> content digest of the last applied (imported/reloaded) source
-_pending = []        # realpaths of files whose batch failed; they join the next batch
+class ModuleIndex:
+    """Which loaded modules come from which watched file, and what content was last applied
+    from each file. One instance, `index`; the reload engine (`_pyhot_reload`) reads it
+    through these methods only.
+
+    roots: realpaths of the watch roots. modules: module name -> (module object, realpath)
+    of every watched module. by_path: realpath -> [module name, ...]. applied: realpath ->
+    digest of the source last applied (imported or reloaded). generation grows whenever a
+    watched module appears or leaves.
+    """
+
+    def __init__(self):
+        self.roots = []
+        self.modules = {}
+        self.by_path = {}
+        self.applied = {}
+        self.generation = 0
+        self.first_seen = {}  # module name -> when the index first saw it (a counter)
+        self._seen_count = 0
+        self._realpaths = {}  # origin string -> realpath (fixed once imported)
+        self._seen = {}       # module name -> module object already looked at
+        self._signature = None  # (len(sys.modules), last key) at the last full scan
+
+    def under_roots(self, path):
+        """Whether path (a realpath) is a watch root or lies under one."""
+        for root in self.roots:
+            if path == root or path.startswith(root + os.sep):
+                return True
+        return False
+
+    def realpath(self, origin):
+        """os.path.realpath(origin), cached: a loaded module's file does not move."""
+        path = self._realpaths.get(origin)
+        if path is None:
+            path = os.path.realpath(origin)
+            self._realpaths[origin] = path
+        return path
+
+    def modules_at(self, path):
+        """The names of the watched modules loaded from path (a realpath); a list, maybe empty."""
+        return self.by_path.get(path, ())
+
+    def path_of(self, name):
+        """The realpath of watched module name, or None."""
+        entry = self.modules.get(name)
+        return entry[1] if entry is not None else None
+
+    def refresh(self):
+        """Brings the index up to date with sys.modules; returns len(sys.modules).
+
+        Incremental: only modules that appeared or were replaced since the last call are
+        looked at, so the cost follows what changed, not the size of sys.modules. A module
+        first seen under a root gets its file's digest recorded as applied, so a later save
+        of the same content is recognised as unchanged.
+        """
+        # sys.modules is a dict: a new import appends a key, so its size and last key tell
+        # whether anything was added or removed since the last scan. A module replaced in
+        # place under the same name is caught by the callers' identity checks.
+        signature = (len(sys.modules), next(reversed(sys.modules), None))
+        if signature == self._signature:
+            return signature[0]
+        self._signature = signature
+        current = dict(sys.modules)
+        if len(self._seen) > 2 * len(current):
+            self._seen.clear()
+        for name in list(self.modules):
+            entry = self.modules[name]
+            if current.get(name) is not entry[0]:
+                self._forget(name)
+        for name, module in current.items():
+            if module is None or self._seen.get(name) is module:
+                continue
+            self._seen[name] = module
+            indexed = self.modules.get(name)
+            if indexed is not None and indexed[0] is module:
+                continue  # seen again after _seen was cleared (update_roots): indexed once
+            origin = module_origin(module)
+            if origin is None:
+                continue
+            path = self.realpath(origin)
+            if not self.under_roots(path):
+                continue
+            self.modules[name] = (module, path)
+            self.first_seen[name] = self._seen_count
+            self._seen_count += 1
+            self.generation += 1
+            self.by_path.setdefault(path, []).append(name)
+            if path not in self.applied:
+                try:
+                    self.applied[path] = digest(read_source(path))
+                except OSError:
+                    pass
+        return len(current)
+
+    def _forget(self, name):
+        module, path = self.modules.pop(name)
+        self.first_seen.pop(name, None)
+        self.generation += 1
+        names = self.by_path.get(path)
+        if names is not None and name in names:
+            names.remove(name)
+            if not names:
+                del self.by_path[path]
+
+    def note_reordered(self, count):
+        """importlib.reload moves a module's key to the end of sys.modules; when nothing was
+        added or removed (the size is still count), the index is still current."""
+        if self._signature is not None and self._signature[0] == count == len(sys.modules):
+            self._signature = (count, next(reversed(sys.modules), None))
+
+    def set_roots(self, added, removed):
+        """Adds and removes watch roots (realpaths); modules under a removed root leave the
+        index (they stay loaded)."""
+        for real in removed:
+            if real in self.roots:
+                self.roots.remove(real)
+        for name in [n for n, (_m, p) in self.modules.items() if not self.under_roots(p)]:
+            self._forget(name)
+        for real in added:
+            if real not in self.roots:
+                self.roots.append(real)
+        self.generation += 1
+        self._seen.clear()
+        self._signature = None
+
+
+index = ModuleIndex()
 
 
 def configure(roots, paths, venv=None):
     """Puts the watch roots, then the extra paths, at the front of sys.path; with venv,
     makes the virtual environment's packages importable."""
-    _roots[:] = [os.path.realpath(r) for r in roots]
+    index.roots[:] = [os.path.realpath(r) for r in roots]
     if venv:
         _use_venv(venv)
-    front = [p for p in list(_roots) + [os.path.abspath(p) for p in paths]]
+    front = [p for p in list(index.roots) + [os.path.abspath(p) for p in paths]]
     sys.path[:] = front + [p for p in sys.path if p not in front]
 
 
@@ -248,14 +366,8 @@ def _use_venv(venv):
     site.addsitedir(os.path.join(venv, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
 
 
-def _under_roots(path):
-    for root in _roots:
-        if path == root or path.startswith(root + os.sep):
-            return True
-    return False
-
-
-def _module_origin(module):
+def module_origin(module):
+    """The .py file module was loaded from (spec origin, else __file__), or None."""
     spec = getattr(module, "__spec__", None)
     origin = None
     if spec is not None and getattr(spec, "has_location", False):
@@ -267,98 +379,31 @@ def _module_origin(module):
     return origin
 
 
-def _realpath(origin):
-    path = _realpaths.get(origin)
-    if path is None:
-        path = os.path.realpath(origin)
-        _realpaths[origin] = path
-    return path
-
-
-def _digest(data):
+def digest(data):
+    """A 16-byte digest of data (bytes): equal digests mean equal content."""
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _read(path):
+def read_source(path):
+    """The bytes of the file at path; OSError as open() raises it."""
     with open(path, "rb") as f:
         return f.read()
 
 
-def refresh_index():
-    """Brings the path -> modules index up to date with sys.modules.
-
-    Incremental: only modules that appeared or were replaced since the last call are
-    looked at, so the cost follows what changed, not the size of sys.modules. A module
-    first seen under a root gets its file's digest recorded as applied, so a later save
-    of the same content is recognised as unchanged.
-    """
-    global _index_generation
-    # sys.modules is a dict: a new import appends a key, so its size and last key tell
-    # whether anything was added or removed since the last scan. A module replaced in
-    # place under the same name is caught by the callers' identity checks.
-    signature = (len(sys.modules), next(reversed(sys.modules), None))
-    if signature == _index_signature[0]:
-        return signature[0]
-    _index_signature[0] = signature
-    current = dict(sys.modules)
-    if len(_index_seen) > 2 * len(current):
-        _index_seen.clear()
-    for name in list(_index_modules):
-        entry = _index_modules[name]
-        if current.get(name) is not entry[0]:
-            del _index_modules[name]
-            _index_generation += 1
-            names = _index.get(entry[1])
-            if names is not None and name in names:
-                names.remove(name)
-                if not names:
-                    del _index[entry[1]]
-    for name, module in current.items():
-        if module is None or _index_seen.get(name) is module:
-            continue
-        _index_seen[name] = module
-        indexed = _index_modules.get(name)
-        if indexed is not None and indexed[0] is module:
-            continue  # seen again after _index_seen was cleared (update_roots): indexed once
-        origin = _module_origin(module)
-        if origin is None:
-            continue
-        path = _realpath(origin)
-        if not _under_roots(path):
-            continue
-        _index_modules[name] = (module, path)
-        _index_generation += 1
-        _index.setdefault(path, []).append(name)
-        if path not in _applied:
-            try:
-                _applied[path] = _digest(_read(path))
-            except OSError:
-                pass
-    return len(current)
-
-
-def note_reordered(count):
-    """importlib.reload moves a module's key to the end of sys.modules; when nothing was
-    added or removed (the size is still count), the index is still current."""
-    if _index_signature[0] is not None and _index_signature[0][0] == count == len(sys.modules):
-        _index_signature[0] = (count, next(reversed(sys.modules), None))
-
-
-
 
 def list_modules(pattern=None):
-    refresh_index()
+    index.refresh()
     result = []
     for name in sorted(sys.modules):
         if pattern is not None and not fnmatch.fnmatchcase(name, pattern):
             continue
         module = sys.modules[name]
-        origin = _module_origin(module) if module is not None else None
+        origin = module_origin(module) if module is not None else None
         if origin is None and module is not None:
             origin = getattr(module, "__file__", None)
             if not isinstance(origin, str):
                 origin = None
-        watched = name in _index_modules
+        watched = name in index.modules
         result.append({"name": name, "path": origin, "watched": watched})
     return {"modules": result}
 
@@ -400,7 +445,7 @@ _DEFAULT_IGNORED_DIRS = {
 
 def import_roots():
     """Imports every module under the watch roots; returns what happened per module."""
-    return _import_modules(_roots)
+    return _import_modules(index.roots)
 
 
 def _setup_django(errors):
@@ -433,7 +478,7 @@ def _import_modules(roots):
                 error = describe_exception(exc)
                 error["module"] = name
                 errors.append(error)
-    refresh_index()
+    index.refresh()
     return {"imported": imported, "errors": errors, "modules_loaded": len(sys.modules)}
 
 
@@ -441,30 +486,19 @@ def update_roots(added, removed, import_modules):
     """A configuration reload's roots: removed ones leave sys.path and stop being
     reloadable (their modules stay loaded); added ones go first on sys.path and, with
     import_modules, their modules are imported."""
-    for root in removed:
-        real = os.path.realpath(root)
-        if real in _roots:
-            _roots.remove(real)
+    removed_real = [os.path.realpath(r) for r in removed]
+    added_real = [os.path.realpath(r) for r in added]
+    for real in removed_real:
         if real in sys.path:
             sys.path.remove(real)
-        for name in [n for n, (_m, p) in _index_modules.items() if not _under_roots(p)]:
-            del _index_modules[name]
-        for path in [p for p in _index if not _under_roots(p)]:
-            del _index[path]
-    global _index_generation
-    _index_generation += 1
-    _index_seen.clear()
-    _index_signature[0] = None
-    for root in added:
-        real = os.path.realpath(root)
-        if real not in _roots:
-            _roots.append(real)
+    index.set_roots(added_real, removed_real)
+    for real in added_real:
         if real not in sys.path:
             sys.path.insert(0, real)
     result = {"imported": [], "errors": []}
     if import_modules and added:
-        result = _import_modules(os.path.realpath(r) for r in added)
-    refresh_index()
+        result = _import_modules(added_real)
+    index.refresh()
     return result
 
 
@@ -500,13 +534,13 @@ def resolve_targets(targets):
     An explicit reload runs even when the content is unchanged, so paths become the
     names of the modules loaded from them. Returns {"names": [...], "unknown": [...]}.
     """
-    refresh_index()
+    index.refresh()
     names, unknown = [], []
     for target in targets:
-        if target in _index_modules:
+        if target in index.modules:
             found = [target]
         elif os.sep in target or target.endswith(".py"):
-            found = list(_index.get(os.path.realpath(target), ()))
+            found = list(index.modules_at(os.path.realpath(target)))
         else:
             found = []
         if not found:

@@ -16,6 +16,10 @@ import pytest
 
 from conftest import SCALE, TIMEOUT, Client, Closed, wait_for, write
 
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
+
 
 # ---- framing and request errors ---------------------------------------------------------------
 

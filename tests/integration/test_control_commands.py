@@ -7,6 +7,10 @@ import pytest
 
 from conftest import Closed, write
 
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
+
 COUNTING = "try:\n    LOADS += 1\nexcept NameError:\n    LOADS = 1\nVALUE = {value}\n"
 
 ALL_COMMANDS = {"hello", "ping", "status", "modules", "reload", "watch", "unwatch",

@@ -15,6 +15,10 @@ import pytest
 
 from conftest import PYHOTCTL, REPO, TIMEOUT, clean_env, read_lines_until, wait_for
 
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 COMMANDS = ["hello", "ping", "status", "stats", "modules", "reload", "watch", "unwatch",
             "pause", "resume", "tail", "history", "exec", "stop"]

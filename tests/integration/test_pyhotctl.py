@@ -5,7 +5,13 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from conftest import PYHOTCTL, TIMEOUT, clean_env, read_lines_until, wait_for
+
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
 
 
 def test_ping_status_modules(pyhotd, pyhotctl):

@@ -3,6 +3,8 @@
 import glob
 import importlib.util
 import os
+
+import pytest
 import py_compile
 import re
 import struct
@@ -243,9 +245,11 @@ def test_same_size_edit_in_same_second_runs_new_source(pyhotd):
     assert d.module_value("m", "VALUE") == 3
 
 
-def test_touch_and_identical_rewrite_do_not_reload(pyhotd):
+@pytest.mark.parametrize("mode", ["definitions", "module"])
+def test_touch_and_identical_rewrite_do_not_reload(pyhotd, mode):
     counting = ("try:\n    LOADS += 1\nexcept NameError:\n    LOADS = 1\nVALUE = {value}\n")
-    d = pyhotd({"m.py": counting.format(value=1), "marker.py": "X = 1\n"})
+    d = pyhotd({"m.py": counting.format(value=1), "marker.py": "X = 1\n"}, mode=mode)
+    runs = 2 if mode == "module" else 1  # the unchanged counting statement runs again?
     sub = d.subscriber()
     path = d.path("m.py")
 
@@ -268,12 +272,12 @@ def test_touch_and_identical_rewrite_do_not_reload(pyhotd):
     d.write("m.py", counting.format(value=2))
     batch, reloads = sub.wait_batch(path)
     assert [(r["module"], r["result"]) for r in reloads] == [("m", "ok")]
-    assert d.module_value("m", "LOADS") == 2
+    assert d.module_value("m", "LOADS") == runs
     # Saving that same content again is not a second reload.
     d.write("m.py", counting.format(value=2))
     for e in sub.quiet(QUIET * 2):
         assert not (e["event"] == "reload" and e["result"] == "ok"), e
-    assert d.module_value("m", "LOADS") == 2 and d.module_value("m", "VALUE") == 2
+    assert d.module_value("m", "LOADS") == runs and d.module_value("m", "VALUE") == 2
 
 
 def test_edit_back_to_applied_content_is_skipped_after_failure(pyhotd):

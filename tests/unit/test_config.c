@@ -116,7 +116,7 @@ static void test_defaults(void **state)
     assert_null(cfg.watch_roots);
     assert_int_equal(cfg.n_watch_roots, 0);
     assert_int_equal(cfg.settle_ms, 10);
-    assert_int_equal(cfg.import, CONFIG_IMPORT_ALL);
+    assert_int_equal(cfg.import, CONFIG_IMPORT_ON_DEMAND);
     assert_null(cfg.include);
     assert_int_equal(cfg.n_include, 0);
     assert_null(cfg.exclude);
@@ -126,6 +126,7 @@ static void test_defaults(void **state)
     assert_null(cfg.entry);
     assert_int_equal(cfg.reload_timeout_ms, 10000);
     assert_int_equal(cfg.strategy, CONFIG_STRATEGY_DEPENDENTS);
+    assert_int_equal(cfg.mode, CONFIG_MODE_DEFINITIONS);
     assert_int_equal(cfg.exec_timeout_ms, 30000);
     assert_false(cfg.check_config);
     assert_false(cfg.show_help);
@@ -167,6 +168,7 @@ static void test_full_file(void **state)
              "[reload]\n"
              "timeout_ms = 86400000\n"
              "strategy = module\n"
+             "mode = module\n"
              "\n"
              "[run]\n"
              "timeout_ms = 1\n",
@@ -184,7 +186,7 @@ static void test_full_file(void **state)
     assert_string_equal(cfg->watch_roots[1], in_dir(fx, "plugins"));
     assert_null(cfg->watch_roots[2]);
     assert_int_equal(cfg->settle_ms, 0);
-    assert_int_equal(cfg->import, CONFIG_IMPORT_NONE);
+    assert_int_equal(cfg->import, CONFIG_IMPORT_ON_DEMAND);
 
     assert_int_equal(cfg->n_include, 4);
     assert_string_equal(cfg->include[0], "*.py");
@@ -205,6 +207,7 @@ static void test_full_file(void **state)
 
     assert_int_equal(cfg->reload_timeout_ms, 86400000);
     assert_int_equal(cfg->strategy, CONFIG_STRATEGY_MODULE);
+    assert_int_equal(cfg->mode, CONFIG_MODE_MODULE);
     assert_int_equal(cfg->exec_timeout_ms, 1);
 
     assert_int_equal(config_finish(cfg, fx->err, sizeof(fx->err)), 0);
@@ -265,7 +268,8 @@ static void test_file_errors(void **state)
          "timeout_ms: expected an integer from 1 to 86400000, got '86400001'"},
         {"[daemon]\nlog_level = loud\n", 2,
          "log_level: expected error, warn, info or debug, got 'loud'"},
-        {"[watch]\nimport = some\n", 2, "import: expected all or none, got 'some'"},
+        {"[watch]\nimport = some\n", 2, "import: expected on-demand or all, got 'some'"},
+        {"[reload]\nmode = lines\n", 2, "mode: expected definitions or module, got 'lines'"},
         {"[reload]\nstrategy = all\n", 2, "strategy: expected dependents or module, got 'all'"},
         {"[python]\nentry = app\n", 2, "entry: expected MODULE:FUNCTION, got 'app'"},
         {"[python]\nentry = :main\n", 2, "entry: expected MODULE:FUNCTION, got ':main'"},
@@ -330,7 +334,7 @@ static void test_args_override_file(void **state)
     assert_int_equal(cfg->settle_ms, 20);
     assert_string_equal(cfg->socket_path, "/tmp/cli.sock");
     assert_int_equal(cfg->log_level, LOG_LEVEL_DEBUG);
-    assert_int_equal(cfg->import, CONFIG_IMPORT_NONE);
+    assert_int_equal(cfg->import, CONFIG_IMPORT_ON_DEMAND);
     assert_true(cfg->check_config);
     /* What the command line did not name keeps the file's value. */
     assert_string_equal(cfg->entry, "app:main");
