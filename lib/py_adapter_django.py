@@ -9,6 +9,12 @@ adapter clears Django's URL caches (django.urls.clear_url_caches) and the caches
 resolver reachable from the root URLconf, so the next request resolves against the new
 patterns; again if the batch rolls back.
 
+A `ModelAdmin` whose class statement runs again (its options changed: `list_display`, ...)
+registers its model again through `@admin.register(Model)` or `admin.site.register`, which
+Django refuses ("The model Product is already registered"). While a batch runs, registering
+a model that a site already holds replaces its `ModelAdmin`; the sites' registries are put
+back if the batch rolls back.
+
 Models need nothing here: the engine updates a model class in place, so the class the
 app registry holds (and `Model.objects` returns instances of) stays the one class. With
 `[watch] import = all`, `django.setup()` runs before the roots are imported
@@ -20,6 +26,9 @@ Nothing here runs until django.urls is imported; Django 3.2 and later.
 import sys
 
 import pyhot
+from _pyhot_adapters import ClassPatch
+
+_admin_patch = ClassPatch()
 
 
 def _clear_url_caches():
@@ -69,3 +78,32 @@ def _after(info):
             _clear_url_caches()
             info.on_rollback(_clear_url_caches)
             return
+
+
+@pyhot.before_reload
+def _before(info):
+    sites = sys.modules.get("django.contrib.admin.sites")
+    if sites is None:
+        return
+    saved = [(site, dict(site._registry)) for site in list(sites.all_sites)]
+
+    def restore():
+        for site, registry in saved:
+            site._registry.clear()
+            site._registry.update(registry)
+    info.on_rollback(restore)
+    register = sites.AdminSite.register
+
+    def replacing_register(self, model_or_iterable, admin_class=None, **options):
+        models = [model_or_iterable] if isinstance(model_or_iterable, type) else model_or_iterable
+        models = list(models)
+        for model in models:
+            self._registry.pop(model, None)
+        return register(self, models, admin_class, **options)
+
+    _admin_patch.apply(info, sites.AdminSite, register=replacing_register)
+
+
+@pyhot.after_reload
+def _restore_admin(info):
+    _admin_patch.restore()

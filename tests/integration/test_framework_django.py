@@ -11,7 +11,8 @@ import os
 SECRET_KEY = "pyhot-tests-only"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1"]
-INSTALLED_APPS = ["django.contrib.contenttypes", "shop"]
+INSTALLED_APPS = ["django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
+                  "django.contrib.sessions", "django.contrib.messages", "shop"]
 MIDDLEWARE = []
 ROOT_URLCONF = "site_urls"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
@@ -35,6 +36,16 @@ class Product(models.Model):
 
     def label(self):
         return "%s costs %d" % (self.name, self.price)
+""",
+    "shop/admin.py": """\
+from django.contrib import admin
+
+from shop.models import Product
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = ("name",)
 """,
     "shop/helpers.py": """\
 def shout(text):
@@ -152,3 +163,17 @@ def test_import_all_sets_django_up_first(web_app, tmp_path):
     assert products(app)["same_class"] is True
     app.edit_ok("shop/models.py", APP["shop/models.py"].replace('"%s costs %d"', '"%s for %d"'))
     assert products(app) == {"labels": ["tea for 3"], "same_class": True}
+
+
+def test_model_admin_options_edit_registers_the_admin_again(web_app, tmp_path):
+    app = start(web_app, tmp_path)
+    registered = ("(lambda a, m: (type(a.site._registry[m.Product]) is __import__('shop.admin')"
+                  ".admin.ProductAdmin, a.site._registry[m.Product].list_display))"
+                  "(__import__('django.contrib.admin').contrib.admin, __import__('shop.models').models)")
+    assert app.daemon.eval(registered) == (True, ("name",))
+    app.edit_ok("shop/admin.py", APP["shop/admin.py"].replace('("name",)', '("name", "price")'))
+    assert app.daemon.eval(registered) == (True, ("name", "price"))
+    batch, _ = app.edit("shop/admin.py", APP["shop/admin.py"].replace(
+        '("name",)', '("name", "id")') + "\nraise RuntimeError('half way')\n")
+    assert batch["result"] == "rolled_back", batch
+    assert app.daemon.eval(registered) == (True, ("name", "price"))
