@@ -128,3 +128,26 @@ def test_view_edit_with_orm_results(web_app, tmp_path):
         'ROUTES = {"/items": items, "/count": count}'))
     assert json.loads(app.text("/count")) == {"count": 1}
     assert items(app)["same_class"] is True
+
+
+def test_column_edit_runs_the_class_statement_without_table_already_defined(web_app, tmp_path):
+    app = start(web_app, tmp_path)
+    length = "__import__('db').Base.metadata.tables['items'].c.name.type.length"
+    batch, _ = app.edit("models.py", APP["models.py"].replace("String(40)", "String(60)")
+                        + "\nraise RuntimeError('half way')\n")
+    assert batch["result"] == "rolled_back", batch
+    assert app.daemon.eval(length) == 40
+    app.edit_ok("models.py", APP["models.py"].replace("String(40)", "String(80)").replace(
+        '"%s costs %d"', '"%s is %d"'))
+    assert items(app) == {"labels": ["tea is 3"], "same_class": True}
+    assert app.daemon.eval(length) == 80
+
+
+def test_module_mode_model_edit_replaces_the_table(web_app, tmp_path):
+    source = '__pyhot_reload__ = "module"\n' + APP["models.py"]
+    modules = dict(APP, **{"models.py": source})
+    app = web_app(modules, ready_path="/items", env={"PYHOT_TEST_DB_DIR": str(tmp_path)})
+    assert items(app)["labels"] == ["tea costs 3"]
+    batch, reloads = app.edit_ok("models.py", source.replace('"%s costs %d"', '"%s: %d EUR"'))
+    assert items(app)["labels"] == ["tea: 3 EUR"]
+    assert app.daemon.eval("list(__import__('db').Base.metadata.tables)") == ["items"]
