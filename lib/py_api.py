@@ -33,7 +33,8 @@ BatchInfo = _pyhot_reload.BatchInfo
 BatchInfo.__doc__ = """What a reload batch does, as the hooks of pyhot see it.
 
 Attributes (read them; changing them changes nothing):
-  batch     int: the batch id, as in the `batch` and `reload` events.
+  batch     int: the batch id, as in the `batch` and `reload` events (negative for a
+            batch that the app's own importlib.reload started).
   paths     tuple of str: the changed files (real paths) that made the batch.
   modules   tuple of str: the modules the batch runs, in the order they run.
   patched   list of str: "module.qualname" of the functions and classes that took new
@@ -75,9 +76,16 @@ def _register(when, callback):
     for old in list(hooks):
         if old is callback or (key is not None and _definition(old) == key):
             hooks.remove(old)
-            _pyhot_reload.remove_hook(when, old)
+            _unregister(when, old)
     hooks.append(callback)
     return _pyhot_reload.add_hook(when, callback)
+
+
+def _unregister(when, callback):
+    try:
+        _pyhot_reload.remove_hook(when, callback)
+    except ValueError:  # already removed from the engine directly
+        pass
 
 
 def before_reload(callback):
@@ -111,6 +119,6 @@ def remove_hook(callback):
     for when, hooks in _hooks.items():
         if callback in hooks:
             hooks.remove(callback)
-            _pyhot_reload.remove_hook(when, callback)
+            _unregister(when, callback)
             found = True
     return found
