@@ -149,3 +149,26 @@ raise RuntimeError("half way")
     assert app.get("/api/items/broken")[0] == 404
     assert get_json(app, "/api/items/")["version"] == 1
     assert app.daemon.eval("len(__import__('items').router.routes)") == 3
+
+
+DEPS = dict(APP, **{
+    "deps.py": """\
+def paging(limit: int = 10):
+    return {"limit": limit}
+""",
+    "items.py": APP["items.py"].replace("from fastapi import APIRouter", "from fastapi import APIRouter, Depends\n\nfrom deps import paging") + """
+
+@router.get("/page")
+def page(p: dict = Depends(paging)):
+    return p
+""",
+})
+
+
+def test_dependency_signature_edit_reaches_the_routes_using_it(web_app):
+    app = web_app(DEPS, ready_path="/hits")
+    assert get_json(app, "/api/items/page?limit=5") == {"limit": 5}
+    app.edit_ok("deps.py", DEPS["deps.py"].replace(
+        "def paging(limit: int = 10):\n    return {\"limit\": limit}",
+        "def paging(limit: int = 10, offset: int = 0):\n    return {\"limit\": limit, \"offset\": offset}"))
+    assert get_json(app, "/api/items/page?limit=5&offset=20") == {"limit": 5, "offset": 20}

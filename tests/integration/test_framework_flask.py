@@ -163,3 +163,45 @@ def broken():
     return "now"
 """)
     assert app.text("/broken") == "now"
+
+
+CLASSIC = {
+    "app.py": """\
+import os
+
+from flask import Flask
+
+app = Flask(__name__)
+
+import views  # noqa: E402,F401 (the views need `app`: Flask's classic circular import)
+
+
+def main():
+    app.run(host="127.0.0.1", port=int(os.environ["PYHOT_TEST_PORT"]), use_reloader=False)
+""",
+    "views.py": """\
+from app import app
+
+
+@app.route("/")
+def index():
+    return "classic v1"
+""",
+}
+
+
+def test_classic_circular_layout(web_app):
+    app = web_app(CLASSIC)
+    assert app.text("/") == "classic v1"
+    app.edit_ok("views.py", CLASSIC["views.py"].replace("classic v1", "classic v2") + """
+
+@app.route("/about")
+def about():
+    return "about"
+""")
+    assert app.text("/") == "classic v2"
+    assert app.text("/about") == "about"
+    app.edit_ok("app.py", CLASSIC["app.py"].replace("app = Flask(__name__)\n",
+                                                    "app = Flask(__name__)\nVERSION = 2\n"))
+    assert app.text("/about") == "about"
+    assert app.daemon.eval("__import__('app').VERSION") == 2
