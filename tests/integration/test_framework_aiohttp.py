@@ -122,3 +122,13 @@ raise RuntimeError("half way")
     assert app.text("/") == "hello v1"
     assert app.daemon.eval("len(__import__('views').routes)") == 4
     assert app.daemon.eval("__import__('app').app.router.frozen") is True
+
+
+def test_route_added_directly_to_the_started_app(web_app):
+    app = start(web_app)
+    app.edit_ok("app.py", APP["app.py"].replace(
+        "app.add_routes(routes)\n",
+        "app.add_routes(routes)\napp.router.add_get(\"/direct\", hits)\n").replace(
+        "from views import routes", "from views import hits, routes"))
+    assert app.text("/direct") == "0"
+    assert app.daemon.eval("__import__('app').app.router.frozen") is True
