@@ -172,3 +172,20 @@ def test_dependency_signature_edit_reaches_the_routes_using_it(web_app):
         "def paging(limit: int = 10):\n    return {\"limit\": limit}",
         "def paging(limit: int = 10, offset: int = 0):\n    return {\"limit\": limit, \"offset\": offset}"))
     assert get_json(app, "/api/items/page?limit=5&offset=20") == {"limit": 5, "offset": 20}
+
+
+def test_recomputed_parameters_roll_back_with_the_batch(web_app):
+    app = start(web_app)
+    # A hook registered after the adapter's vetoes the batch once the adapter has run.
+    app.daemon.exec("import pyhot\n"
+                    "@pyhot.after_reload\n"
+                    "def veto(info):\n"
+                    "    raise RuntimeError('vetoed')\n")
+    batch, _ = app.edit("items.py", APP["items.py"].replace(
+        'def hello(name: str = "you"):\n    return {"text": greet(name)}',
+        'def hello(name: str = "you", times: int = 1):\n    return {"text": greet(name) * times}'))
+    assert batch["result"] == "rolled_back", batch
+    assert "vetoed" in batch["error"]["message"]
+    assert app.daemon.eval("sorted(p.name for r in __import__('app').app.routes"
+                           " if getattr(r, 'name', '') == 'hello' for p in r.dependant.query_params)") == ["name"]
+    assert get_json(app, "/api/items/greet?name=ann&times=2") == {"text": "hello ann"}
