@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 
 import _pyhot
 
@@ -46,7 +47,7 @@ _index = _pyhot.index  # watched modules, their files, applied digests (py_suppo
 
 _code_overrides = {}  # realpath -> code object, only while a module-mode batch runs
 _first_runs = {}      # module name -> (realpath, source bytes, code) of its first import
-_loaded = {}          # module name -> the module object whose first import finished
+_loaded = weakref.WeakValueDictionary()  # module name -> the module whose first import finished
 _import_began = {}    # module name -> when its first import began (a counter): cycle order
 _original_get_code = _bootstrap_external.SourceLoader.get_code
 _original_exec_module = _bootstrap_external._LoaderBasics.exec_module
@@ -79,9 +80,11 @@ def _exec_module(self, module, _original=_original_exec_module):
             run.definitions.apply(run)
             return
         return _original(self, module)
-    if _loaded.get(name) is not module or sys.modules.get(name) is not module or run is not None:
-        # A first import (or a reload the engine does not know, or one started by a module's
-        # top level while a batch runs: it runs whole, inside that batch).
+    if (_loaded.get(name) is not module or sys.modules.get(name) is not module or run is not None
+            or not _watched(module)):
+        # A first import, or a reload the engine does not take: of a module outside the
+        # watch roots, or started by a module's top level while a batch runs (it runs
+        # whole, inside that batch).
         if _loaded.get(name) is not module:
             _import_began.setdefault(name, len(_import_began))
         _original(self, module)
@@ -92,6 +95,11 @@ def _exec_module(self, module, _original=_original_exec_module):
     exc = outcome.get("exception")
     if exc is not None:
         raise exc
+
+
+def _watched(module):
+    origin = _pyhot.module_origin(module)
+    return origin is not None and _index.under_roots(_index.realpath(origin))
 
 
 _bootstrap_external.SourceLoader.get_code = _get_code
@@ -1229,6 +1237,23 @@ class _Definitions:
         if self.identical and not imported_changes:
             self.new_state = (self.state.lines, self.state.stmts)
             return
+        # Names only removed statements bound leave the module first, so a statement that
+        # still reads one runs again and fails (NameError) as a fresh import would.
+        removed_stmts = [old for old, stmt, same in self.pairs if stmt is None]
+        if removed_stmts:
+            new_binds = set()
+            for old, stmt, same in self.stmts_in_order():
+                new_binds |= stmt.binds
+            for old in removed_stmts:
+                for name in sorted(old.binds - new_binds):
+                    value = namespace.pop(name, _MISSING)
+                    if value is _MISSING:
+                        continue
+                    changed.add(name)
+                    run.report.removed.append(module_name + "." + name)
+                    conform = value.__dict__.get("__conform__") if isinstance(value, types.FunctionType) else None
+                    if callable(conform):
+                        conform(None)
         aliases = None
         new_stmts = []
         for old, stmt, same in self.stmts_in_order():
@@ -1260,23 +1285,6 @@ class _Definitions:
                     continue
             self.run_statement(run, stmt, code, stmt.binds)
             new_stmts.append(stmt)
-        # Names only removed statements bound leave the module.
-        removed_stmts = [old for old, stmt, same in self.pairs if stmt is None]
-        new_binds = set()
-        if removed_stmts:
-            for old, stmt, same in self.stmts_in_order():
-                new_binds |= stmt.binds
-        for old in removed_stmts:
-            for name in sorted(old.binds - new_binds):
-                value = namespace.pop(name, _MISSING)
-                if value is _MISSING:
-                    continue
-                changed.add(name)
-                run.report.removed.append(module_name + "." + name)
-                if old.kind == "def":
-                    conform = getattr(value, "__conform__", None) if isinstance(value, types.FunctionType) else None
-                    if callable(conform):
-                        conform(None)
         self.new_state = (self.lines, new_stmts)
 
     def aliases(self, run):
@@ -1680,6 +1688,7 @@ class _Failure(Exception):
 
     def __init__(self, error, module=None, path=None, exception=None, stage="run", ms=0.0):
         super().__init__(error.get("message"))
+        self.plan = None  # the plan, when the pre-check got that far
         self.error, self.module, self.path = error, module, path
         self.exception, self.stage, self.ms = exception, stage, ms
 
@@ -1775,7 +1784,7 @@ class Engine:
             _restore_imports(graph_before)
             self.keep_pending(changed)
             failure.stage = "precheck"
-            return self.failed(failure, plan, [], reloads, batch, started)
+            return self.failed(failure, failure.plan or plan, [], reloads, batch, started)
         info = BatchInfo(batch_id, paths, plan, self.mode)
         _batch_undo[0] = _Undo()
         try:
@@ -1901,7 +1910,9 @@ class Engine:
                         update.code = compile(update.data, _pyhot.module_origin(module) or path, "exec",
                                               dont_inherit=True)
                 except (SyntaxError, ValueError, OSError) as exc:
-                    raise _Failure(_pyhot.describe_exception(exc), name, path, exc, "precheck")
+                    failure = _Failure(_pyhot.describe_exception(exc), name, path, exc, "precheck")
+                    failure.plan = plan
+                    raise failure
             ordered.append(update)
         return plan, ordered
 

@@ -1,16 +1,19 @@
 #!/usr/bin/python3
-"""Reload engine benchmarks (issue: reload engine). Prints figures; never fails on time.
+"""Reload engine benchmarks (issues: reload engine, 10). Prints figures; never fails on time.
 
-(a) Cost of one module's reload through the engine (read, hash, pre-check compile,
-    snapshot, importlib.reload with the pre-compiled code, patch in place) against a plain
-    `importlib.reload` of the same module, both in pyhotd's interpreter, each after an edit
-    (so plain reload compiles the source too, as it must after a real edit).
+(a) One module (25 decorated functions, 25 classes) with one function's body edited:
+    its reload through the engine (the whole batch: read, hash, diff or compile, plan, run,
+    commit) against a plain `importlib.reload` of an identical copy after the same edit,
+    both in pyhotd's interpreter (plain reload compiles the source, as it must after a real
+    edit). [reload] mode = definitions (the default; goal: at most 1.0x), and (a') mode =
+    module, for reference.
+(c) The same for a module of about --lines lines (default 2,000; goal: under 5 ms).
 (b) A chain of N modules (default 200) where each imports the previous: time from the
     edit of the first to the end of the batch that reloads all N in dependency order, as
     reported by the batch event (latency_ms) and as seen by the bench (wall clock until
     the batch event arrives).
 
-Usage: /usr/bin/python3 tests/bench/reload_engine.py [--runs N] [--chain N]
+Usage: /usr/bin/python3 tests/bench/reload_engine.py [--runs N] [--chain N] [--lines N]
 Binaries come from $PYHOT_BIN (default: build/bin next to this repository).
 """
 import argparse

@@ -145,6 +145,20 @@ def test_tail(pyhotd):
                 p.wait()
 
 
+def test_tail_prints_replaced_names_with_their_reasons_and_removed_names(pyhotd):
+    src = "import enum\nclass Color(enum.Enum):\n    RED = 1\n{extra}def gone():\n    return 1\n"
+    d = pyhotd({"m.py": src.format(extra="")}, mode="definitions")
+    text = _start_tail(d)
+    try:
+        d.write("m.py", "import enum\nclass Color(enum.Enum):\n    RED = 1\n    BLUE = 2\n")
+        lines = read_lines_until(text, lambda l: " batch " in l)
+        line = next(l for l in lines if "reload m ok" in l)
+        assert "replaced [m.Color (enum)]" in line and "removed [m.gone]" in line, line
+    finally:
+        text.kill()
+        text.wait()
+
+
 def test_stop(pyhotd, pyhotctl):
     d = pyhotd({"m.py": "X = 1\n"})
     r = pyhotctl("stop", socket=d.socket)

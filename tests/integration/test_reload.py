@@ -3,13 +3,12 @@
 import glob
 import importlib.util
 import os
-
-import pytest
 import py_compile
 import re
 import struct
 import time
 
+import pytest
 
 from conftest import QUIET, wait_for
 

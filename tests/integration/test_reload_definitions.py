@@ -3,9 +3,10 @@ real pyhotd: what is patched in place, what runs again and what does not, remove
 class bodies, values that cannot be compared, import cycles, pending files, and
 importlib.reload as the entry point."""
 
-import pytest
+import os
+import signal
 
-from conftest import wait_for
+import pytest
 
 
 def edit(d, sub, rel, text):
@@ -274,3 +275,51 @@ def test_functions_below_an_added_line_report_their_new_lines(pyhotd):
     batch, _ = edit(d, sub, "lines.py", src.format(extra="# two\n# lines\n"))
     assert batch["result"] == "ok", batch
     assert d.eval("(where(lines.b), where(lines.K().m), lines.b.__code__.co_firstlineno)") == (6, 9, 5)
+
+
+def test_a_statement_reading_a_removed_name_fails_the_batch(pyhotd):
+    d = pyhotd({"m.py": "def helper():\n    return 1\nX = helper()\n"})
+    sub = d.subscriber()
+    batch, reloads = edit(d, sub, "m.py", "X = helper()\n")
+    assert batch["result"] == "rolled_back", batch
+    assert batch["error"]["type"] == "NameError" and batch["error"]["line"] == 1, batch
+    assert d.eval("(__import__('m').X, __import__('m').helper())") == (1, 1)
+
+
+def test_importlib_reload_from_the_apps_own_thread(pyhotd):
+    # The watcher is kept out (a long settle window): only the app's reload applies the edit.
+    app = ("import importlib, queue, m\nASK, ANSWERS = queue.Queue(), queue.Queue()\n"
+           "def main():\n    while True:\n        ASK.get()\n        try:\n"
+           "            importlib.reload(m)\n            ANSWERS.put(m.f())\n"
+           "        except Exception as exc:\n            ANSWERS.put(repr(exc))\n")
+    d = pyhotd({"m.py": "def f():\n    return 1\n", "app.py": app}, import_all=False,
+               args=["--entry", "app:main", "--settle-ms", "60000"])
+    d.exec("import _pyhot_reload, app, m\nbatches = []\nheld = m.f\n"
+           "_pyhot_reload.add_hook('after', lambda info: batches.append((info.batch, info.modules)))")
+    d.write("m.py", "def f():\n    return 2\n")
+    assert d.eval("(app.ASK.put(1), app.ANSWERS.get(timeout=10))") == (None, 2)
+    assert d.eval("(held(), [b for b in batches if b[0] < 0])") == (2, [(-1, ("m", "app"))])
+
+
+def test_mode_changes_on_sighup(pyhotd):
+    config = "[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n"
+    d = pyhotd({"m.py": "V = 1\n"}, config=config)
+    sub = d.subscriber()
+    _, reloads = edit(d, sub, "m.py", "V = 2\n")
+    assert reloads[0]["mode"] == "definitions", reloads
+    with open(os.path.join(d.base, "pyhotd.conf"), "a") as f:
+        f.write("[reload]\nmode = module\n")
+    d.proc.send_signal(signal.SIGHUP)
+    event = sub.next_event(lambda e: e["event"] == "config_reloaded")
+    assert "mode" in event["changed"], event
+    _, reloads = edit(d, sub, "m.py", "V = 3\n")
+    assert reloads[0]["mode"] == "module", reloads
+
+
+def test_importlib_reload_of_a_module_outside_the_roots_is_plain(pyhotd, tmp_path):
+    lib = tmp_path / "outside"
+    lib.mkdir()
+    (lib / "plainmod.py").write_text("RUNS = globals().get('RUNS', 0) + 1\n")
+    d = pyhotd(args=["--python-path", str(lib)])
+    d.exec("import importlib, plainmod\nimportlib.reload(plainmod)")
+    assert d.eval("plainmod.RUNS") == 2

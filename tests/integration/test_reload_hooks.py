@@ -2,8 +2,6 @@
 `pyhot.after_reload` delegate to), through the real pyhotd: when they run, what BatchInfo
 says, and that a raising hook or a rollback after it undoes the batch, on_rollback included."""
 
-from conftest import wait_for
-
 
 def edit(d, sub, rel, text):
     path = d.write(rel, text)
