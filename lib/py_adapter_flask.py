@@ -10,7 +10,9 @@ function. A reload is exactly such a late setup call, so while a batch runs:
   replaces the endpoint's old view and rules instead of raising;
 - a route added to a blueprint that is already registered reaches every app it is
   registered on, with the options it was registered with; registering that blueprint
-  again under the same name (its statement ran again) is a no-op.
+  again under the same name (its statement ran again) is a no-op, and registering a new
+  blueprint object under a registered name (its module ran again as a whole) replaces
+  the old blueprint's endpoints, rules and request functions.
 
 Every change to an app's rules and views is undone if the batch rolls back. Nothing here
 runs until flask is imported; Flask 2.x.
@@ -40,6 +42,12 @@ def _start(flask):
 when_imported("flask", _start)
 
 
+# The app's registries keyed by blueprint name (None: the app's own), flask/scaffold.py.
+_PER_BLUEPRINT = ("error_handler_spec", "before_request_funcs", "after_request_funcs",
+                  "teardown_request_funcs", "template_context_processors",
+                  "url_value_preprocessors", "url_default_functions")
+
+
 class _AppState:
     """One app's routing as it was before the batch first touched it."""
 
@@ -47,12 +55,38 @@ class _AppState:
         self.app = app
         self.view_functions = dict(app.view_functions)
         self.rules_by_endpoint = {k: list(v) for k, v in app.url_map._rules_by_endpoint.items()}
+        self.blueprints = dict(app.blueprints)
+        self.per_blueprint = {attr: dict(getattr(app, attr)) for attr in _PER_BLUEPRINT}
         self.replaced_endpoints = set()
 
     def restore(self):
-        self.app.view_functions.clear()
-        self.app.view_functions.update(self.view_functions)
-        _set_rules(self.app.url_map, self.rules_by_endpoint)
+        app = self.app
+        app.view_functions.clear()
+        app.view_functions.update(self.view_functions)
+        _set_rules(app.url_map, self.rules_by_endpoint)
+        app.blueprints.clear()
+        app.blueprints.update(self.blueprints)
+        for attr, saved in self.per_blueprint.items():
+            registry = getattr(app, attr)
+            registry.clear()
+            registry.update(saved)
+
+    def forget_blueprint(self, name):
+        """Takes a blueprint registered as name (and those nested in it) out of the app:
+        its endpoints, rules and request functions, so a new blueprint of that name can
+        be registered in its place."""
+        app = self.app
+        nested = name + "."
+        names = [n for n in app.blueprints if n == name or n.startswith(nested)]
+        for n in names:
+            del app.blueprints[n]
+            for attr in _PER_BLUEPRINT:
+                getattr(app, attr).pop(n, None)
+        endpoints = [e for e in app.view_functions if e.startswith(nested)]
+        for endpoint in endpoints:
+            del app.view_functions[endpoint]
+        rules = {k: v for k, v in app.url_map._rules_by_endpoint.items() if not k.startswith(nested)}
+        _set_rules(app.url_map, rules)
 
 
 def _set_rules(url_map, rules_by_endpoint):
@@ -110,10 +144,16 @@ class _Batch:
             return add_url_rule(self, rule, endpoint, view_func, **options)
 
         def once_register_blueprint(self, blueprint, **options):
-            # Registering again what is registered (the statement ran again): its routes
-            # already reach the app, through applying_record.
-            if self.blueprints.get(options.get("name", blueprint.name)) is blueprint:
+            name = options.get("name", blueprint.name)
+            registered = self.blueprints.get(name)
+            if registered is blueprint:
+                # Registered again (the statement ran again): its routes already reach
+                # the app, through applying_record.
                 return None
+            if registered is not None:
+                # A new blueprint object of that name (its module ran again): it
+                # takes the old one's place.
+                batch.touch(self).forget_blueprint(name)
             return register_blueprint(self, blueprint, **options)
 
         def applying_record(self, func):

@@ -205,3 +205,18 @@ def about():
                                                     "app = Flask(__name__)\nVERSION = 2\n"))
     assert app.text("/about") == "about"
     assert app.daemon.eval("__import__('app').VERSION") == 2
+
+
+def test_blueprint_module_run_as_a_whole_replaces_the_blueprint(web_app):
+    source = '__pyhot_reload__ = "module"\n' + APP["shop.py"]
+    app = web_app(dict(APP, **{"shop.py": source}), ready_path="/shout/ready")
+    assert app.text("/shop/") == "shop v1"
+    batch, _ = app.edit_ok("shop.py", source.replace("shop v1", "shop v2") + """
+
+@bp.route("/cart")
+def cart():
+    return "cart"
+""")
+    assert app.text("/shop/") == "shop v2"
+    assert app.text("/shop/cart") == "cart"
+    assert app.daemon.eval("__import__('core').app.blueprints['shop'] is __import__('shop').bp")
