@@ -124,11 +124,12 @@ def _propagate(added_by_router, before):
     stale = set()  # endpoints (by identity) whose definition ran again
     for router_id, added in added_by_router.items():
         new_keys = {_endpoint_key(r) for r in added} - {None}
-        router = before[router_id][0]
-        for route in before[router_id][1]:
-            if _endpoint_key(route) in new_keys and route in router.routes:
-                router.routes.remove(route)
-                stale.add(id(route.endpoint))
+        router, old_routes = before[router_id]
+        redefined = {id(r) for r in old_routes if _endpoint_key(r) in new_keys}
+        if redefined:
+            stale.update(id(r.endpoint) for r in old_routes if id(r) in redefined)
+            # By identity: Starlette routes compare equal by path, endpoint and methods.
+            router.routes[:] = [r for r in router.routes if id(r) not in redefined]
     if stale:
         for router in _routers:
             router.routes[:] = [r for r in router.routes
