@@ -75,7 +75,9 @@ def _get_code(self, fullname, _original=_original_get_code):
 def _exec_module(self, module, _original=_original_exec_module):
     name = getattr(module, "__name__", None)
     run = _active
-    if run is not None and run.module is module and run.thread == threading.get_ident():
+    if run is not None and run.thread != threading.get_ident():
+        run = None  # another thread's batch: this reload waits for it (the engine's lock)
+    if run is not None and run.module is module:
         if run.definitions is not None:
             run.definitions.apply(run)
             return

@@ -230,6 +230,10 @@ def test_restore_without_save_and_conform(pyhotd):
     assert batch["result"] == "ok", batch
     # __conform__ was handed the new function instead of a patch: the old code stays.
     assert d.eval("(m.GOT, held(), len(m.HANDED), m.HANDED[0]())") == ([None], 1, 1, 2)
+    # Its definition removed: __conform__ is handed None.
+    batch, reloads = edit(d, sub, "m.py", "GOT = []\nHANDED = []\n")
+    assert batch["result"] == "ok" and "m.f" in reloads[0]["removed"], reloads
+    assert d.eval("(m.HANDED[-1], hasattr(m, 'f'))") == (None, False)
 
 
 def test_rollback_undoes_added_removed_and_class_updates(pyhotd):
