@@ -584,9 +584,9 @@ def _class_updatable(old, new):
         return False, "renamed"
     if old.__bases__ != new.__bases__:
         return False, "bases changed"
-    if old.__dict__.get("__slots__") != new.__dict__.get("__slots__"):
+    if not _safe_equal(old.__dict__.get("__slots__"), new.__dict__.get("__slots__")):
         return False, "__slots__ changed"
-    if getattr(old, "_fields", None) != getattr(new, "_fields", None):
+    if not _safe_equal(getattr(old, "_fields", None), getattr(new, "_fields", None)):
         return False, "fields changed"
     return True, None
 
@@ -649,7 +649,7 @@ def _build_class(func, name, *bases, **kwds):
     # members it changed are set on the class, and the metaclass (a model registry) is not
     # run again.
     exec(func.__code__, func.__globals__, namespace, closure=func.__closure__)
-    if old.__dict__.get("__slots__") != namespace.get("__slots__"):
+    if not _safe_equal(old.__dict__.get("__slots__"), namespace.get("__slots__")):
         if resolved is not bases:
             namespace["__orig_bases__"] = bases
         return meta(name, resolved, namespace, **class_kwds)
@@ -1373,23 +1373,25 @@ class _Definitions:
         return scratch[node.name]
 
     def update_class_members(self, run, cls, old, stmt):
-        """A class whose body changed and whose head did not: changed methods are patched,
-        removed members deleted, all in place, without running the class statement again.
-        When other statements of its body changed or were added, the class statement runs
-        (decorators included) with only the members those statements bind set on the
-        existing class, through setattr, its metaclass not run. False when it cannot be
-        done in place (a nested class changed, a method's free variables changed)."""
+        """A class whose body changed and whose head did not, updated in place, its
+        metaclass not run again. When only its methods changed (bodies, decorators, new or
+        removed ones), member by member: changed bodies patched, new or re-decorated
+        methods set (their decorators run), removed members deleted; the class statement
+        and its decorators do not run. When other statements of its body changed or were
+        added, the class statement runs (decorators included) and only the members those
+        statements bind are set on the existing class, through setattr. Returns True."""
         pairs = _match(old.body, stmt.body)
         rerun = False
-        methods = []
+        methods, members = [], []
         for inner_old, inner, same in pairs:
             if inner is None or same:
                 continue
-            if (inner_old is not None and inner.kind == "def" and inner_old.head() == inner.head()
-                    and inner_old.code is not None):
+            if inner.kind != "def":
+                rerun = True
+            elif inner_old is not None and inner_old.head() == inner.head() and inner_old.code is not None:
                 methods.append((inner_old, inner))
             else:
-                rerun = True
+                members.append(inner)
         for inner_old, inner, same in pairs:
             if same and inner is not None and inner is not inner_old:
                 _carry_codes(inner_old, inner)
@@ -1405,50 +1407,28 @@ class _Definitions:
             if inner is None:
                 removed_keys |= inner_old.binds - new_keys
         if rerun:
-            # What the body computes as a whole comes from the new body too.
-            apply_keys = {"__annotations__", "__doc__"}
-            for inner_old, inner, same in pairs:
-                if inner is not None and not same:
-                    apply_keys |= inner.binds
-            if stmt.node.decorator_list:
-                # Its decorators run again on the class: what they made last time (a
-                # dataclass's __init__, say), which no statement of the body binds, goes
-                # first, so they make it anew (a decorator keeps what the class defines).
-                old_binds = set()
-                for inner_old in old.body:
-                    old_binds |= inner_old.binds
-                removed_keys = removed_keys | {key for key in cls.__dict__
-                                               if key not in old_binds and key not in new_keys
-                                               and key not in _CLASS_KEEP}
-            run.class_filters[cls.__qualname__] = (apply_keys, removed_keys)
-            try:
-                code = self.codes[id(stmt)]
-                exec(code, run.namespace)
-            finally:
-                run.class_filters.pop(cls.__qualname__, None)
-            new_cls = run.namespace.get(stmt.name)
-            if new_cls is not cls:
-                # The class statement made a new class after all (its layout changed).
-                reason = _class_updatable(cls, new_cls)[1] if isinstance(new_cls, type) else None
-                run.report.add_replaced(qual, reason or "class statement made a new class")
-                run.changed.add(stmt.name)
-                return True
-            _attach_codes(stmt.body, _code_consts(code).get((stmt.name, stmt.start)))
-            return True
+            return self.run_class_statement(run, cls, old, stmt, pairs, new_keys, removed_keys, qual)
         for inner_old, inner in methods:
             member = cls.__dict__.get(inner.name, _MISSING)
             functions = _functions_running(inner_old.code, [member] if member is not _MISSING else [])
-            new_fn = self.make_method(run, cls, inner)
             if not functions:
-                return self.rerun_class(run, cls, stmt)
+                members.append(inner)  # not to be found: set anew
+                continue
+            new_fn = self.make_method(run, cls, inner)
+            patched = True
             for fn in functions:
                 conform = fn.__dict__.get("__conform__")
                 if callable(conform):
                     conform(new_fn)
                 elif not _patch_function(fn, new_fn, run.undo, run.seen):
-                    return self.rerun_class(run, cls, stmt)
-            inner.code = new_fn.__code__
-            run.report.add_patched(qual + "." + inner.name)
+                    patched = False  # its free variables changed: set anew
+            if patched:
+                inner.code = new_fn.__code__
+                run.report.add_patched(qual + "." + inner.name)
+            else:
+                members.append(inner)
+        if members:
+            self.set_members(run, cls, members, qual)
         if removed_keys:
             run.undo.klass(cls)
             for key in removed_keys:
@@ -1457,32 +1437,91 @@ class _Definitions:
                         delattr(cls, key)
                     except (AttributeError, TypeError):
                         pass
-            if isinstance(cls, abc.ABCMeta):
-                abc.update_abstractmethods(cls)
+        if (members or removed_keys) and isinstance(cls, abc.ABCMeta):
+            abc.update_abstractmethods(cls)
         run.report.add_patched(qual)
         return True
 
-    def rerun_class(self, run, cls, stmt):
-        exec(self.codes[id(stmt)], run.namespace)
-        _attach_codes(stmt.body, _code_consts(self.codes[id(stmt)]).get((stmt.name, stmt.start)))
+    def run_class_statement(self, run, cls, old, stmt, pairs, new_keys, removed_keys, qual):
+        """Runs the class statement, its decorators included; the members its changed and
+        new statements bind are set on cls, the removed ones deleted (_build_class)."""
+        # What the body computes as a whole comes from the new body too.
+        apply_keys = {"__annotations__", "__doc__"}
+        for inner_old, inner, same in pairs:
+            if inner is not None and not same:
+                apply_keys |= inner.binds
+        if stmt.node.decorator_list:
+            # Its decorators run again on the class: what they made last time (a
+            # dataclass's __init__, say), which no statement of the body binds, goes
+            # first, so they make it anew (a decorator keeps what the class defines).
+            old_binds = set()
+            for inner_old in old.body:
+                old_binds |= inner_old.binds
+            removed_keys = removed_keys | {key for key in cls.__dict__
+                                           if key not in old_binds and key not in new_keys
+                                           and key not in _CLASS_KEEP}
+        run.class_filters[cls.__qualname__] = (apply_keys, removed_keys)
+        try:
+            code = self.codes[id(stmt)]
+            exec(code, run.namespace)
+        finally:
+            run.class_filters.pop(cls.__qualname__, None)
+        new_cls = run.namespace.get(stmt.name)
+        if new_cls is not cls:
+            # The class statement made a new class after all (its layout changed).
+            reason = _class_updatable(cls, new_cls)[1] if isinstance(new_cls, type) else None
+            run.report.add_replaced(qual, reason or "class statement made a new class")
+            run.changed.add(stmt.name)
+            return True
+        _attach_codes(stmt.body, _code_consts(code).get((stmt.name, stmt.start)))
         return True
+
+    def holder(self, cls, nodes):
+        """A module holding `class <cls's name>:` with nodes as its body, at their lines:
+        compiled, its methods compile as in the class (super(), private names)."""
+        holder = ast.ClassDef(name=cls.__name__, bases=[], keywords=[], body=nodes, decorator_list=[])
+        ast.copy_location(holder, nodes[0])
+        holder.end_lineno = nodes[-1].end_lineno
+        holder.end_col_offset = 0
+        code = self.compile(holder)
+        return _code_consts(code).get((cls.__name__, holder.lineno))
+
+    def set_members(self, run, cls, inners, qual):
+        """Runs the def statements inners (decorators included) as in cls's body, with
+        the class's current members in scope (so `@x.setter` finds x), and sets what they
+        bind on cls."""
+        body = self.holder(cls, [inner.node for inner in inners])
+        scope = {key: value for key, value in cls.__dict__.items() if key not in _CLASS_SKIP}
+        scope["__module__"], scope["__qualname__"] = cls.__module__, cls.__qualname__
+        exec(body, run.namespace, scope)
+        cell = scope.get("__classcell__")
+        if cell is not None:
+            run.undo.cell(cell)
+            cell.cell_contents = cls
+        current = run.undo.klass(cls)
+        prefix = cls.__name__ + "."
+        for inner in inners:
+            value = scope[inner.name]
+            for fn in _functions_of(value):
+                if fn.__qualname__.startswith(prefix):
+                    fn.__qualname__ = cls.__qualname__ + "." + fn.__qualname__[len(prefix):]
+            setattr(cls, inner.name, value)
+            if hasattr(type(value), "__set_name__"):
+                type(value).__set_name__(value, cls, inner.name)
+            if inner.name not in current:
+                run.report.added.append(qual + "." + inner.name)
+            else:
+                run.report.add_patched(qual + "." + inner.name)
+        _attach_codes(inners, body)
 
     def make_method(self, run, cls, inner):
         """The function a method statement makes, decorators left out, compiled inside a
         class of the same name (so super() and private names compile as in the class)."""
         bare = copy.copy(inner.node)
         bare.decorator_list = []
-        holder = ast.ClassDef(name=cls.__name__, bases=[], keywords=[], body=[bare], decorator_list=[])
-        ast.copy_location(holder, inner.node)
-        holder.end_lineno = inner.node.end_lineno
-        holder.end_col_offset = 0
         scratch = {}
-        builtins.__build_class__ = _original_build_class
-        try:
-            exec(self.compile(holder), run.namespace, scratch)
-        finally:
-            builtins.__build_class__ = _build_class
-        fn = scratch[cls.__name__].__dict__[inner.name]
+        exec(self.holder(cls, [bare]), run.namespace, scratch)
+        fn = scratch[inner.name]
         fn.__qualname__ = cls.__qualname__ + "." + inner.name
         return fn
 

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -550,6 +551,24 @@ def read_lines_until(proc, predicate, timeout=TIMEOUT):
             if predicate(lines[-1]):
                 return lines
     raise AssertionError("no matching line on stdout within %.1f s: %r" % (timeout, lines))
+
+
+def exec_in_thread(d, code):
+    """Sends exec code from a thread of its own (a client with a long timeout): (thread,
+    box), box getting "reply" or "exception", and "elapsed" seconds."""
+    box = {}
+    c = d.client(timeout=TIMEOUT + 30)
+
+    def run():
+        start = time.monotonic()
+        try:
+            box["reply"] = c.request("exec", code=code)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            box["exception"] = exc
+        box["elapsed"] = time.monotonic() - start
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
 
 
 # ---- framework apps (tests/integration/test_framework_*.py) ----------------------------------

@@ -327,3 +327,40 @@ def test_importlib_reload_of_a_module_outside_the_roots_is_plain(pyhotd, tmp_pat
     d = pyhotd(args=["--python-path", str(lib)])
     d.exec("import importlib, plainmod\nimportlib.reload(plainmod)")
     assert d.eval("plainmod.RUNS") == 2
+
+
+ADMIN = """\
+REGISTERED = []
+
+def register(cls):
+    REGISTERED.append(cls.__name__)
+    return cls
+
+class Base:
+    def hello(self):
+        return 'base'
+
+@register
+class Admin(Base):
+    def hello(self):
+        return 'admin ' + super().hello()
+
+    @property
+    def size(self):
+        return self._size if hasattr(self, '_size') else 0
+{extra}"""
+
+
+def test_methods_added_to_a_decorated_class_do_not_run_its_decorator(pyhotd):
+    d = pyhotd({"admin.py": ADMIN.format(extra="")})
+    sub = d.subscriber()
+    d.exec("import admin; A = admin.Admin; obj = A()")
+    extra = ("\n    @size.setter\n    def size(self, value):\n        self._size = value\n"
+             "\n    def shout(self):\n        return super().hello().upper()\n")
+    batch, reloads = edit(d, sub, "admin.py", ADMIN.format(extra=extra).replace("'admin '", "'ADMIN '"))
+    assert batch["result"] == "ok", batch
+    r = by_module(reloads)["admin"]
+    assert "admin.Admin.shout" in r["added"] and "admin.Admin.hello" in r["patched"], r
+    d.exec("obj.size = 5")
+    assert d.eval("(admin.REGISTERED, admin.Admin is A, obj.hello(), obj.shout(), obj.size, "
+                  "A.shout.__qualname__)") == (["Admin"], True, "ADMIN base", "BASE", 5, "Admin.shout")
