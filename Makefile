@@ -6,11 +6,13 @@ PREFIX     ?= /usr/local
 PYTHON     := /usr/bin/python3
 JOBS       ?= $(shell nproc)
 
-# Build, run and test: the suite runs vim (editor saves) and setpriv (util-linux: peers of
-# another uid); the README's tour runs curl and an editor.
+# Build, run and test: the suite runs the frameworks of the reload tests, vim (editor
+# saves) and setpriv (util-linux: peers of another uid); the README's tour runs curl and
+# an editor.
 DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev libinih-dev \
                 libsystemd-dev libcmocka-dev libedit-dev python3-pytest inotify-tools systemd \
-                vim curl util-linux
+                python3-flask python3-fastapi python3-uvicorn python3-django python3-aiohttp \
+                python3-sqlalchemy python3-click python3-numpy vim curl util-linux
 # Peers measured beside pyhotd by `make bench` only.
 BENCH_PACKAGES := watchman hyperfine
 # clang and its runtime (libFuzzer, ASan) for `make fuzz`.

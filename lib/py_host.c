@@ -231,6 +231,8 @@ static int interpreter_init(struct py_host *host) {
 
     if (py_reload_init() < 0)
         return fail_init(host, "loading the reload engine");
+    if (py_api_init() < 0)
+        return fail_init(host, "loading the pyhot module and the framework adapters");
     if (py_run_init() < 0)
         return fail_init(host, "loading the run support");
 
