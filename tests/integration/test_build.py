@@ -2,6 +2,7 @@
 and the README's tour run (a skip on a fresh machine is a missing install step), and
 reading the Makefile runs nothing (before `make deps`, python3 may not be there yet)."""
 
+import importlib.util
 import os
 import shutil
 
@@ -15,6 +16,16 @@ TOOLS = {
     "inotifywait": "tests/bench (the peer of the watcher benches)",
     "curl": "README.md's tour",
 }
+
+
+# Python packages the daemon imports in the reload and adapter tests (Debian's python3-*).
+MODULES = ["flask", "fastapi", "uvicorn", "django", "aiohttp", "sqlalchemy", "click", "numpy"]
+
+
+def _owner(path):
+    r = run(["dpkg-query", "--search", os.path.realpath(path)])
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split(":")[0]
 
 
 def _make(*args):
@@ -38,8 +49,11 @@ def test_make_deps_installs_what_the_suite_and_the_tour_run():
     for tool, user in TOOLS.items():
         path = shutil.which(tool)
         assert path, "%s (run by %s) is not installed" % (tool, user)
-        r = run(["dpkg-query", "--search", os.path.realpath(path)])
-        assert r.returncode == 0, r.stderr
-        owner = r.stdout.split(":")[0]
+        owner = _owner(path)
         assert owner in packages, "%s (package %s, run by %s) is not in DEB_PACKAGES" % (
             tool, owner, user)
+    for name in MODULES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin, "%s is not installed" % name
+        owner = _owner(spec.origin)
+        assert owner in packages, "%s (package %s) is not in DEB_PACKAGES" % (name, owner)
