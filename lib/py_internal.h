@@ -55,6 +55,11 @@ json_t *py_support_call(const char *name, json_t *args, json_t **error);
  * Returns 0, or -1 with a Python exception set. */
 int py_reload_init(void);
 
+/* Compiles and runs the built-in Python modules beside the engine: `pyhot` (lib/py_api.py,
+ * the public in-daemon API) and the framework adapters (lib/py_adapter*.py), after
+ * py_reload_init. Returns 0, or -1 with a Python exception set. */
+int py_api_init(void);
+
 /* Sets the engine's options from a job's input: "strategy" ("dependents" or "module") and
  * "mode" ("definitions" or "module"), each only when present. Returns 0, or -1 with *error
  * set to a new protocol error object. */
