@@ -1927,8 +1927,7 @@ class Engine:
                 update = _Update(name, module, path, True)
                 update.data, update.digest = data, digest
                 try:
-                    text = _decode(data)
-                    self.prepare(update, text)
+                    self.prepare(update)
                 except (SyntaxError, ValueError, UnicodeDecodeError) as exc:
                     raise _Failure(_pyhot.describe_exception(exc), name, path, exc, "precheck")
                 updates[name] = update
@@ -1966,9 +1965,15 @@ class Engine:
             ordered.append(update)
         return plan, ordered
 
-    def prepare(self, update, text):
+    def prepare(self, update):
         module = update.module
-        state = None if self.module_mode(module, text) else _state_of(module, update.path)
+        state = text = None
+        # A module that runs whole needs no text: compile() decodes the bytes as the
+        # import system's source_to_code does (PEP 263), so that saves a decode per save.
+        if not self.module_mode(module, None):
+            text = _decode(update.data)
+            if not self.module_mode(module, text):
+                state = _state_of(module, update.path)
         if state is not None:
             update.definitions = _Definitions(state, text)
         else:
