@@ -1185,6 +1185,10 @@ class _Definitions:
         self.delta = len(self.lines) - len(state.lines)
         self.pairs = _match(state.stmts[lo:hi], new)
         for old, stmt, same in self.pairs:
+            if same:
+                # Equal text, so equal names bound and read: the old statement's, known
+                # already, save walking the new one's tree (apply reads them all).
+                stmt._binds, stmt._reads = old._binds, old._reads
             if stmt is not None and stmt.kind == "class":
                 stmt.body = _class_body(stmt, self.lines)
         # Every changed or new statement compiles before anything runs.
