@@ -1073,18 +1073,36 @@ def _parse_new(state, text):
     return lines, new, (lo, hi)
 
 
+def _equal_blocks(a, b):
+    """difflib.SequenceMatcher(None, a, b, autojunk=False)'s matching blocks (i, j, size),
+    less the final dummy. The common edit, one statement's text changed into a text that
+    occurs nowhere else and from one that occurs nowhere else, is answered without the
+    matcher: no common block can then hold either text, so the longest blocks are the
+    unchanged head and tail, aligned, as difflib's rule (longest, then earliest in a, then
+    in b) picks them (Lib/difflib.py, find_longest_match)."""
+    if len(a) == len(b):
+        changed = [k for k in range(len(a)) if a[k] != b[k]]
+        if not changed:
+            return [(0, 0, len(a))] if a else []
+        if len(changed) == 1:
+            k = changed[0]
+            rest = a[:k] + a[k + 1:]
+            if a[k] not in rest and b[k] not in rest:
+                return [block for block in ((0, 0, k), (k + 1, k + 1, len(a) - k - 1)) if block[2]]
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return [tuple(block) for block in matcher.get_matching_blocks()[:-1]]
+
+
 def _match(old, new):
     """Pairs statements of two versions of a body: [(old or None, new or None, same)] in
     new source order, removed old statements (new None) at the end. Equal texts align
     first (difflib), then left-over defs and classes pair by kind and name, in order."""
     pairs = [None] * len(new)
     used = set()
-    matcher = difflib.SequenceMatcher(None, [s.text for s in old], [s.text for s in new], autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            for k in range(i2 - i1):
-                pairs[j1 + k] = (old[i1 + k], new[j1 + k], True)
-                used.add(i1 + k)
+    for i1, j1, size in _equal_blocks([s.text for s in old], [s.text for s in new]):
+        for k in range(size):
+            pairs[j1 + k] = (old[i1 + k], new[j1 + k], True)
+            used.add(i1 + k)
     for j, stmt in enumerate(new):
         if pairs[j] is not None:
             continue
