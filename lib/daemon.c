@@ -17,6 +17,7 @@
 #include "filter.h"
 #include "histogram.h"
 #include "log.h"
+#include "plugins.h"
 #include "protocol.h"
 #include "py_host.h"
 #include "py_run.h"
@@ -40,6 +41,7 @@ struct daemon {
     struct py_host *host;
     struct control *control;
     struct watch *watch;
+    struct plugins *plugins;    /* NULL without plugin directories */
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t stop_deadline;
     uv_timer_t watchdog;
@@ -417,6 +419,7 @@ static void on_job_done(struct py_job *job, void *data) {
                 log_info("preloaded %zu modules", json_array_size(imported));
         }
         break;
+    case PY_JOB_PLUGIN: /* plugins.c's own jobs */
     case PY_JOB_REPL:
     case PY_JOB_EXEC:
     case PY_JOB_MODULES:
@@ -483,6 +486,12 @@ int daemon_submit_job(struct daemon *daemon, int kind, json_t *input, uint64_t c
 static void on_batch(struct watch *watch, struct watch_batch *batch, void *data) {
     struct daemon *daemon = data;
     (void)watch;
+    if (daemon->plugins)
+        plugins_take_batch(daemon->plugins, batch);
+    if (batch->n_paths == 0) { /* plugin files only: the plugin host has them */
+        watch_batch_free(batch);
+        return;
+    }
     json_t *paths = json_array();
     for (size_t i = 0; i < batch->n_paths; i++)
         json_array_append_new(paths, json_string(batch->paths[i]));
@@ -1121,6 +1130,10 @@ static void reload_config(struct daemon *daemon) {
         json_array_append_new(restart, json_string("venv"));
     if (!lists_equal(fresh.python_paths, fresh.n_python_paths, old->python_paths, old->n_python_paths))
         json_array_append_new(restart, json_string("python_paths"));
+    if (!lists_equal(fresh.plugin_dirs, fresh.n_plugin_dirs, old->plugin_dirs, old->n_plugin_dirs) ||
+        !strings_equal(fresh.plugin_pattern, old->plugin_pattern) ||
+        !strings_equal(fresh.plugin_api, old->plugin_api))
+        json_array_append_new(restart, json_string("plugins"));
     if (!lists_equal(fresh.include, fresh.n_include, old->include, old->n_include) ||
         !lists_equal(fresh.exclude, fresh.n_exclude, old->exclude, old->n_exclude))
         json_array_append_new(restart, json_string("include/exclude"));
@@ -1242,8 +1255,34 @@ static int start(struct daemon *daemon) {
                      watch_dir_count(daemon->watch) - dirs_before,
                      (double)(uv_hrtime() - began) / 1e6);
     }
-    if (cfg->n_watch_roots == 0)
+    if (cfg->n_plugin_dirs > 0) {
+        struct plugins_options plugin_options = {
+            .dirs = (const char *const *)cfg->plugin_dirs,
+            .n_dirs = cfg->n_plugin_dirs,
+            .roots = (const char *const *)cfg->watch_roots,
+            .n_roots = cfg->n_watch_roots,
+            .pattern = cfg->plugin_pattern,
+            .api = cfg->plugin_api,
+            .timeout_ms = cfg->reload_timeout_ms,
+            .host = daemon->host,
+            .events = daemon->events,
+        };
+        if (plugins_new(&plugin_options, &daemon->plugins) < 0) {
+            log_error("out of memory");
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < cfg->n_plugin_dirs; i++) {
+            const char *dir = cfg->plugin_dirs[i];
+            if (!plugins_needs_watch(daemon->plugins, dir))
+                continue;
+            if (watch_add_root(daemon->watch, dir, err, sizeof(err)) < 0)
+                on_watch_error(daemon->watch, dir, err, daemon);
+            else
+                log_info("watching plugin directory %s", dir);
+        }
+    } else if (cfg->n_watch_roots == 0) {
         log_warn("no watch roots: nothing will be reloaded on change (use --watch DIR)");
+    }
 
     struct job_origin *origin = calloc(1, sizeof(*origin));
     if (!origin)
@@ -1268,7 +1307,14 @@ static int start(struct daemon *daemon) {
         }
     }
     /* The first imports run an app's top level: they get the exec deadline, not reload's. */
-    return submit(daemon, PY_JOB_STARTUP, input, cfg->exec_timeout_ms, origin);
+    r = submit(daemon, PY_JOB_STARTUP, input, cfg->exec_timeout_ms, origin);
+    /* Plugins after the app's start, so that the module of [plugins] api is set up. */
+    if (r == 0 && daemon->plugins) {
+        int queued = plugins_load_all(daemon->plugins);
+        if (queued < 0)
+            log_error("cannot queue the plugins: %s", strerror(-queued));
+    }
+    return r;
 }
 
 static void close_walk(uv_handle_t *handle, void *arg) {
@@ -1322,6 +1368,7 @@ int daemon_run(struct config *cfg, int argc, char **argv) {
     int code = daemon->exit_code;
     events_free(daemon->events);
     filter_free(daemon->filter);
+    plugins_free(daemon->plugins);
     json_decref(daemon->last_batch);
     free(daemon->status_cache);
     free(daemon);

@@ -71,6 +71,7 @@ static const char *const job_kind_names[] = {
     [PY_JOB_RUN] = "run",
     [PY_JOB_PRELOAD] = "preload",
     [PY_JOB_REPL] = "repl",
+    [PY_JOB_PLUGIN] = "plugin",
 };
 
 const char *py_job_kind_name(enum py_job_kind kind) {
@@ -387,6 +388,8 @@ static int interpreter_init(struct py_host *host) {
         return fail_init(host, "loading the reload engine");
     if (py_run_init() < 0)
         return fail_init(host, "loading the run support");
+    if (py_plugins_init() < 0)
+        return fail_init(host, "loading the plugin host");
 
     atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
     return 0;
@@ -536,6 +539,12 @@ static void run_job(struct py_host *host, struct py_job *job) {
         job_set(job, result, error);
         break;
     }
+    case PY_JOB_PLUGIN: {
+        json_t *error = NULL;
+        json_t *result = py_plugins_load(job->input, &error);
+        job_set(job, result, error);
+        break;
+    }
     }
     /* A TimeoutError raised while our mark was on this job is the deadline's doing. */
     if (atomic_load(&host->interrupt_job_id) == job->id) {
@@ -611,6 +620,7 @@ static void *python_thread_main(void *arg) {
 
     PyEval_RestoreThread(state);
     py_run_fini();
+    py_plugins_fini();
     Py_CLEAR(support_module);
     if (Py_FinalizeEx() < 0)
         log_warn("python: flushing buffered output failed at exit");

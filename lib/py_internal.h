@@ -54,4 +54,17 @@ void py_run_fini(void);
  * once; NULL with *error set (a new protocol error object) when the run cannot start. */
 json_t *py_run_start(json_t *input, json_t **error);
 
+/* Compiles lib/py_plugins.py (built in) and runs it as module _pyhot_plugins, after
+ * _pyhot. Returns 0, or -1 with a Python exception set. py_plugins_fini drops the
+ * reference before Py_FinalizeEx. */
+int py_plugins_init(void);
+void py_plugins_fini(void);
+
+/* A PY_JOB_PLUGIN job's work (docs/plugins.md): input {"path": absolute, "api":
+ * "MODULE:ATTR" | null}; loads, reloads or unloads the plugin file as its state on disk
+ * says. Returns {"event": {name, path, result, duration_ms, error?} | null, "plugin":
+ * {name, path, state, exports, loaded_at, error} | null} (new reference), or NULL with
+ * *error set (a new protocol error object) when the host itself failed. */
+json_t *py_plugins_load(json_t *input, json_t **error);
+
 #endif
