@@ -386,10 +386,10 @@ static int interpreter_init(struct py_host *host) {
 
     if (py_reload_init() < 0)
         return fail_init(host, "loading the reload engine");
-    if (py_run_init() < 0)
-        return fail_init(host, "loading the run support");
     if (py_plugins_init() < 0)
         return fail_init(host, "loading the plugin host");
+    if (py_run_init() < 0)
+        return fail_init(host, "loading the run support");
 
     atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
     return 0;

@@ -156,14 +156,12 @@ def _describe(exc, path):
     """The error object of a failed run, frames of runpy and pyhot left out."""
     import _pyhot
     error = _pyhot.describe_exception(exc, prefer_file=path)
-    if not isinstance(exc, SyntaxError):
-        frames = [f for f in traceback.extract_tb(exc.__traceback__)
-                  if not _is_machinery(f.filename)]
-        lines = ["Traceback (most recent call last):\n"] + traceback.format_list(frames) if frames else []
-        lines.extend(traceback.format_exception_only(type(exc), exc))
-        error["traceback"] = "".join(lines)
-        if isinstance(exc, SystemExit):
-            error["message"] = "the plugin called sys.exit(%s)" % ("" if exc.code is None else repr(exc.code))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_machinery(f.filename)]
+    lines = ["Traceback (most recent call last):\n"] + traceback.format_list(frames) if frames else []
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    error["traceback"] = "".join(lines)
+    if isinstance(exc, SystemExit):
+        error["message"] = "the plugin called sys.exit(%s)" % ("" if exc.code is None else repr(exc.code))
     return error
 
 
