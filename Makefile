@@ -7,7 +7,9 @@ PYTHON     := /usr/bin/python3
 JOBS       ?= $(shell nproc)
 
 DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev libinih-dev \
-                libsystemd-dev libcmocka-dev libedit-dev python3-pytest inotify-tools systemd
+                libsystemd-dev libcmocka-dev libedit-dev python3-pytest inotify-tools systemd \
+                prometheus
+# prometheus: its promtool checks the metrics command's exposition in the tests.
 # Peers measured beside pyhotd by `make bench` only.
 BENCH_PACKAGES := watchman hyperfine
 # clang and its runtime (libFuzzer, ASan) for `make fuzz`.
