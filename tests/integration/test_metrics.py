@@ -94,7 +94,7 @@ def test_the_command_returns_the_same_text(pyhotd, pyhotctl):
     assert result["text"].startswith("# HELP pyhot_reloads_total ")
     as_json = pyhotctl("--json", "metrics", socket=d.socket)
     import json
-    assert json.loads(as_json.stdout)["content_type"] == result["content_type"]
+    assert json.loads(as_json.stdout)["result"]["content_type"] == result["content_type"]
     # The same families, in the same order, as pyhotctl prints them.
     printed = pyhotctl("metrics", socket=d.socket).stdout
     assert [l for l in printed.splitlines() if l.startswith("#")] == \

@@ -186,7 +186,7 @@ def test_plugin_directory_from_the_command_line_and_pyhotctl_plugins(pyhotd, pyh
     assert lines[2].split()[:2] == ["plugin_two", "error"]
     assert "ValueError: bad two" in table.stdout
 
-    listed = json.loads(pyhotctl("--json", "plugins", socket=d.socket).stdout)
+    listed = json.loads(pyhotctl("--json", "plugins", socket=d.socket).stdout)["result"]
     assert listed["dirs"] == [os.path.realpath(str(directory))]
     assert listed["pattern"] == "plugin_*.py"
     one, two = listed["plugins"]

@@ -152,7 +152,7 @@ def test_pyhotctl_prints_values_after_the_output(pyhotd, pyhotctl, tmp_path):
     r = pyhotctl("--json", "run", "--get", "TOTAL", "--get", "NOPE", "--isolate", script,
                  socket=d.socket)
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert lines[0] == "out"
-    result = json.loads(lines[-1])
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert lines[0]["stream"] == "stdout" and lines[0]["data"] == "out\n"
+    result = lines[-1]["result"]
     assert (result["globals"], result["missing"], result["isolated"]) == ({"TOTAL": 42}, ["NOPE"], True)
