@@ -20,8 +20,7 @@ struct plugins {
     char *pattern;
     char *api;
     unsigned timeout_ms;
-    struct py_host *host;
-    struct events *events;
+    struct server *server;
     json_t *state;                 /* name -> the plugin's state, as py_plugins.py describes it */
     struct metrics_plugin_results counts;
 };
@@ -54,8 +53,7 @@ int plugins_new(const struct plugins_options *options, struct plugins **out) {
             d->inside_root |= path_under(d->path, options->roots[r]);
     }
     p->timeout_ms = options->timeout_ms;
-    p->host = options->host;
-    p->events = options->events;
+    p->server = options->server;
     *out = p;
     return 0;
 }
@@ -135,7 +133,7 @@ static void publish(struct plugins *p, json_t *event) {
     else
         log_info("plugin %s %s (%.1f ms)", name, result,
                  json_number_value(json_object_get(event, "duration_ms")));
-    events_publish(p->events, "plugin", event);
+    events_publish(p->server->events, "plugin", event);
 }
 
 static void on_plugin_job_done(struct py_job *job, void *data) {
@@ -169,13 +167,7 @@ static void on_plugin_job_done(struct py_job *job, void *data) {
 
 static int submit_load(struct plugins *p, const char *path) {
     json_t *input = json_pack("{s:s, s:o}", "path", path, "api", p->api ? json_string(p->api) : json_null());
-    struct py_job *job = py_job_new(PY_JOB_PLUGIN, input, p->timeout_ms, on_plugin_job_done, p);
-    if (!job)
-        return -ENOMEM;
-    int r = py_host_submit(p->host, job);
-    if (r < 0)
-        py_job_free(job);
-    return r;
+    return server_submit(p->server, PY_JOB_PLUGIN, input, p->timeout_ms, on_plugin_job_done, p);
 }
 
 /* ---- which files ----------------------------------------------------------------------- */

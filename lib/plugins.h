@@ -6,9 +6,8 @@
 
 #include <jansson.h>
 
-#include "events.h"
 #include "metrics.h"
-#include "py_host.h"
+#include "server.h"
 #include "watch.h"
 
 /*
@@ -30,8 +29,7 @@ struct plugins_options {
     const char *pattern;         /* fnmatch(3) glob for file names, e.g. "plugin_*.py" */
     const char *api;             /* "MODULE:ATTR" or NULL */
     unsigned timeout_ms;         /* deadline of one plugin's load, ms */
-    struct py_host *host;        /* borrowed; jobs go there */
-    struct events *events;       /* borrowed; plugin events go there */
+    struct server *server;       /* borrowed: jobs go to its host, events to its bus */
 };
 
 /* Copies options (the strings too). Returns 0 and sets *out, or -ENOMEM. */

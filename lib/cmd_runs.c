@@ -1,0 +1,247 @@
+/* Runs: the run command and its channel (docs/run.md, docs/protocol.md "run"). A run's job
+ * only starts it; its output streams to the client as {"id", "stream", "data"} lines and
+ * its end is the reply. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd.h"
+#include "commands.h"
+#include "control.h"
+#include "log.h"
+#include "protocol.h"
+#include "run_channel.h"
+#include "server.h"
+
+#define ERR_LEN 512
+
+/* A run until its end message: who gets its stream and its end. */
+struct run_entry {
+    uint64_t run_id;
+    uint64_t client; /* 0 once the client disconnected: output is dropped */
+    json_t *id;
+    bool isolate;
+    unsigned timeout_ms;
+    struct run_entry *next;
+};
+
+/* The run job's done callback gets its server and run id. */
+struct run_job {
+    struct server *server;
+    uint64_t run_id;
+};
+
+static struct run_entry *run_find(struct command_state *state, uint64_t run_id, bool unlink) {
+    for (struct run_entry **p = &state->runs; *p; p = &(*p)->next) {
+        if ((*p)->run_id == run_id) {
+            struct run_entry *e = *p;
+            if (unlink)
+                *p = e->next;
+            return e;
+        }
+    }
+    return NULL;
+}
+
+static void run_entry_free(struct run_entry *e) {
+    if (!e)
+        return;
+    json_decref(e->id);
+    free(e);
+}
+
+/* Ends run_id with an error reply (when its client is still there); message NULL: the
+ * job's error object error. */
+static void run_fail(struct server *server, uint64_t run_id, const char *message, json_t *error) {
+    struct run_entry *entry = run_find(server->commands, run_id, true);
+    if (!entry)
+        return;
+    if (entry->client && message)
+        server_reply_error(server, entry->client, entry->id, PROTOCOL_E_INTERNAL, message, NULL);
+    else if (entry->client)
+        server_reply_job_error(server, entry->client, entry->id, error);
+    run_entry_free(entry);
+}
+
+size_t cmd_runs_active(struct server *server) {
+    size_t n = 0;
+    for (struct run_entry *e = server->commands ? server->commands->runs : NULL; e; e = e->next)
+        n++;
+    return n;
+}
+
+/* Sends one {"id", "stream", "data"} line of a run's output to its client. */
+static void send_output(struct server *server, struct run_entry *entry, json_t *msg) {
+    json_t *line_obj = json_pack("{s:O, s:O, s:O}", "id", entry->id, "stream",
+                                 json_object_get(msg, "stream"), "data", json_object_get(msg, "data"));
+    size_t len = 0;
+    char *line = line_obj ? protocol_encode_line(line_obj, &len) : NULL;
+    json_decref(line_obj);
+    if (line)
+        server->send(server, entry->client, line, len);
+}
+
+static void on_run_message(uint64_t run_id, json_t *msg, void *data) {
+    struct server *server = data;
+    bool end = json_is_true(json_object_get(msg, "end"));
+    struct run_entry *entry = run_find(server->commands, run_id, end);
+    if (entry && entry->client && server->control) {
+        if (end)
+            server_reply_ok(server, entry->client, entry->id,
+                            json_incref(json_object_get(msg, "result")));
+        else
+            send_output(server, entry, msg);
+    }
+    if (end)
+        run_entry_free(entry);
+    json_decref(msg);
+}
+
+/* The run has started: an isolated one's child is handed to the channel. */
+static void on_run_job_done(struct py_job *job, void *data) {
+    struct run_job *rj = data;
+    struct server *server = rj->server;
+    uint64_t run_id = rj->run_id;
+    free(rj);
+    struct run_entry *entry = run_find(server->commands, run_id, false);
+    if (!job->ok) {
+        run_fail(server, run_id, NULL, job->output);
+    } else if (json_is_true(json_object_get(job->output, "isolated"))) {
+        char err[256];
+        int pid = (int)json_integer_value(json_object_get(job->output, "pid"));
+        int out_fd = (int)json_integer_value(json_object_get(job->output, "stdout_fd"));
+        int err_fd = (int)json_integer_value(json_object_get(job->output, "stderr_fd"));
+        if (run_channel_watch_child(run_id, pid, out_fd, err_fd, entry ? entry->timeout_ms : 0, err,
+                               sizeof(err)) < 0) {
+            log_warn("%s", err);
+            run_fail(server, run_id, err, NULL);
+        } else if (entry && !entry->client) {
+            run_channel_kill_child(run_id); /* its client left before the child started */
+        }
+    }
+    py_job_free(job);
+}
+
+/* Starts the run of input (stolen; the validated request) for client. */
+static void start_run(struct server *server, json_t *input, uint64_t client, json_t *id) {
+    struct command_state *state = server->commands;
+    struct run_entry *entry = calloc(1, sizeof(*entry));
+    struct run_job *rj = calloc(1, sizeof(*rj));
+    if (!entry || !rj) {
+        free(entry);
+        free(rj);
+        json_decref(input);
+        server_reply_error(server, client, id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    entry->run_id = ++state->next_run_id;
+    entry->client = client;
+    entry->id = json_incref(id);
+    entry->isolate = json_is_true(json_object_get(input, "isolate"));
+    entry->timeout_ms = (unsigned)json_integer_value(json_object_get(input, "timeout_ms"));
+    json_object_set_new(input, "run_id", json_integer((json_int_t)entry->run_id));
+    entry->next = state->runs;
+    state->runs = entry;
+    rj->server = server;
+    rj->run_id = entry->run_id;
+    /* The job itself only starts the run: it gets the exec deadline. */
+    int r = server_submit(server, PY_JOB_RUN, input, server->config->exec_timeout_ms,
+                          on_run_job_done, rj);
+    if (r < 0) {
+        free(rj);
+        run_entry_free(run_find(state, entry->run_id, true));
+        server_reply_errno(server, client, id, r);
+    }
+}
+
+/* The rules between run's arguments that the table's spec cannot say; err is filled. */
+static int check_run_args(const struct protocol_request *req, char *err, size_t len) {
+    const char *path = command_string(req, "path"), *module = command_string(req, "module");
+    if (path && module) {
+        snprintf(err, len, "run takes \"path\" or \"module\", not both");
+        return -EINVAL;
+    }
+    if (!path && !module) {
+        snprintf(err, len, "run needs \"path\" (a script, directory or zip) or \"module\"");
+        return -EINVAL;
+    }
+    if ((path && !path[0]) || (module && !module[0])) {
+        snprintf(err, len, "run: empty \"%s\"", path ? "path" : "module");
+        return -EINVAL;
+    }
+    const char *process_wide = command_string(req, "cwd")      ? "cwd"
+                               : command_int(req, "memory_mb", 0) ? "memory_mb"
+                               : command_int(req, "cpu_s", 0)     ? "cpu_s"
+                                                                  : NULL;
+    if (process_wide && !json_is_true(json_object_get(req->root, "isolate"))) {
+        /* The working directory and rlimits are process-wide: only a child can have its own. */
+        snprintf(err, len, "\"%s\" needs \"isolate\": true (the daemon's working directory and "
+                 "limits are shared by every run and the app)", process_wide);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* run: "path" or "module", "argv", "globals", "cwd", "timeout_ms", "isolate", "memory_mb",
+ * "cpu_s" (docs/protocol.md, docs/run.md). */
+void cmd_run(struct server *server, uint64_t client, const struct protocol_request *req) {
+    char err[ERR_LEN];
+    int r = check_run_args(req, err, sizeof(err));
+    json_t *argv = r == 0 ? command_string_list(req, "argv") : NULL;
+    if (r == 0 && !argv)
+        r = -ENOMEM;
+    if (r < 0) {
+        command_reply_bad_argument(server, client, req, r, err);
+        return;
+    }
+    json_t *globals = json_object_get(req->root, "globals");
+    json_t *input = json_pack(
+        "{s:o, s:o, s:I, s:b, s:I, s:I}", "argv", argv, "globals",
+        json_is_object(globals) ? json_incref(globals) : json_object(), "timeout_ms",
+        (json_int_t)command_int(req, "timeout_ms", 0), "isolate",
+        json_is_true(json_object_get(req->root, "isolate")), "memory_mb",
+        (json_int_t)command_int(req, "memory_mb", 0), "cpu_s",
+        (json_int_t)command_int(req, "cpu_s", 0));
+    const char *names[] = {"path", "module", "cwd"};
+    for (size_t i = 0; input && i < sizeof(names) / sizeof(names[0]); i++)
+        if (command_string(req, names[i]))
+            json_object_set_new(input, names[i], json_string(command_string(req, names[i])));
+    if (!input) {
+        server_reply_error(server, client, req->id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    start_run(server, input, client, req->id);
+}
+
+int cmd_runs_start(struct server *server, char *err, size_t errlen) {
+    int r = run_channel_open(server->loop, on_run_message, server, err, errlen);
+    if (r == 0)
+        server->commands->channel_open = true;
+    return r;
+}
+
+void cmd_runs_client_gone(struct server *server, uint64_t client) {
+    for (struct run_entry *e = server->commands->runs; e; e = e->next) {
+        if (e->client != client)
+            continue;
+        e->client = 0;
+        if (e->isolate)
+            run_channel_kill_child(e->run_id);
+    }
+}
+
+void cmd_runs_host_stopped(struct server *server) {
+    struct command_state *state = server->commands;
+    if (state->channel_open)
+        run_channel_close();
+    state->channel_open = false;
+    while (state->runs) {
+        struct run_entry *e = state->runs;
+        state->runs = e->next;
+        if (e->client && server->control)
+            server_reply_error(server, e->client, e->id, PROTOCOL_E_SHUTTING_DOWN, "pyhotd stopped",
+                               NULL);
+        run_entry_free(e);
+    }
+}
