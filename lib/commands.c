@@ -51,6 +51,7 @@ static const struct command_entry table[] = {
       COUNT("cpu_s"),
       {.name = "globals", .kind = COMMAND_ARG_OBJECT,
        .invalid = "argument \"globals\" must be an object of names to values"},
+      {.name = "get", .kind = COMMAND_ARG_STRING_LIST},
       {.name = "isolate", .kind = COMMAND_ARG_BOOL}}},
     {"repl", "one console input (\"source\"): incomplete, or run with its output", cmd_repl, false,
      {REQUIRED_STRING("source", "repl needs \"source\": the lines typed so far")}},

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "events.h"
 #include "histogram.h"
+#include "metrics.h"
 #include "py_host.h"
 
 /*
@@ -35,6 +36,8 @@ struct server_counters {
     uint64_t responses, failed_responses;
     struct histogram reload_ms;  /* duration_ms of each module reloaded ok */
     struct histogram latency_ms; /* latency_ms of each file batch that applied (ok) */
+    struct metrics_run_results runs; /* runs ended, by how (cmd_runs.c) */
+    struct histogram run_ms;     /* duration_ms of each run that ended */
 };
 
 struct server {

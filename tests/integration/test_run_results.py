@@ -132,7 +132,7 @@ def test_isolated_child_killed_sends_nothing(pyhotd, tmp_path):
 def test_bad_get_argument(pyhotd, tmp_path):
     d = pyhotd()
     script = write(tmp_path / "s.py", "X = 1\n")
-    for bad in ("X", [1], [""], ["X"] * 1001):
+    for bad in ([1], [""], ["X"] * 1001, {"X": 1}):
         reply = d.conn.request("run", path=script, get=bad)
         assert reply["ok"] is False and reply["error"]["code"] == "bad_argument", (bad, reply)
     assert d.alive()
