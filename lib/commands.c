@@ -17,6 +17,7 @@ command_exec_fn cmd_subscribe, cmd_history;                             /* cmd_e
 command_exec_fn cmd_watch, cmd_unwatch, cmd_pause, cmd_resume;          /* cmd_roots.c */
 command_exec_fn cmd_modules, cmd_reload, cmd_exec, cmd_repl;            /* cmd_python.c */
 command_exec_fn cmd_run;                                                /* cmd_runs.c */
+command_exec_fn cmd_plugins;                                            /* cmd_plugins.c */
 
 #define STRING(n) {.name = n, .kind = COMMAND_ARG_STRING}
 #define COUNT(n) {.name = n, .kind = COMMAND_ARG_INT, .min = 0, .max = INT32_MAX}
@@ -41,6 +42,8 @@ static const struct command_entry table[] = {
      true, {COUNT("n"), FILTERS}},
     {"stats", "counters, reload duration and save-to-reloaded latency histograms", cmd_stats, true,
      {}},
+    {"plugins", "the plugins of the plugin directories: state, exports, last error", cmd_plugins,
+     true, {}},
     {"exec", "run \"code\" in the interpreter's __main__ namespace", cmd_exec, false,
      {REQUIRED_STRING("code", "exec needs \"code\": Python source to run")}},
     {"run", "run a script (\"path\") or \"module\" as __main__; output streams, then its exit code",

@@ -83,6 +83,10 @@ json_t *py_run_start(json_t *input, json_t **error);
 int py_plugins_init(void);
 void py_plugins_fini(void);
 
+/* Puts plugins and on_plugin into the public module pyhot (creating it in sys.modules when
+ * no other part of the daemon did). Returns 0, or -1 with a Python exception set. */
+int py_plugins_expose(void);
+
 /* A PY_JOB_PLUGIN job's work (docs/plugins.md): input {"path": absolute, "api":
  * "MODULE:ATTR" | null}; loads, reloads or unloads the plugin file as its state on disk
  * says. Returns {"event": {name, path, result, duration_ms, error?} | null, "plugin":
