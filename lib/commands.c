@@ -18,6 +18,7 @@ command_exec_fn cmd_watch, cmd_unwatch, cmd_pause, cmd_resume;          /* cmd_r
 command_exec_fn cmd_modules, cmd_reload, cmd_exec, cmd_repl;            /* cmd_python.c */
 command_exec_fn cmd_run;                                                /* cmd_runs.c */
 command_exec_fn cmd_plugins;                                            /* cmd_plugins.c */
+command_exec_fn cmd_metrics;                                            /* cmd_metrics.c */
 
 #define STRING(n) {.name = n, .kind = COMMAND_ARG_STRING}
 #define COUNT(n) {.name = n, .kind = COMMAND_ARG_INT, .min = 0, .max = INT32_MAX}
@@ -41,6 +42,8 @@ static const struct command_entry table[] = {
     {"history", "the last \"n\" events (default 100), with the filters of subscribe", cmd_history,
      true, {COUNT("n"), FILTERS}},
     {"stats", "counters, reload duration and save-to-reloaded latency histograms", cmd_stats, true,
+     {}},
+    {"metrics", "counters, histograms and gauges in the Prometheus text format", cmd_metrics, true,
      {}},
     {"plugins", "the plugins of the plugin directories: state, exports, last error", cmd_plugins,
      true, {}},
