@@ -58,6 +58,22 @@ static const struct ctl_command commands[] = {
         0, 0, false, cmd_stats, 0,
     },
     {
+        "metrics", "", "counters, histograms and gauges for Prometheus",
+        "Prints the daemon's counters, histograms and gauges in the Prometheus text\n"
+        "exposition format (version 0.0.4), for node_exporter's textfile collector (see\n"
+        "docs/service.md). With --json, the response with the text and its content type.\n",
+        0, 0, false, cmd_metrics, 0,
+    },
+    {
+        "plugins", "", "the plugins of the plugin directories",
+        "Prints a table of the plugins pyhotd loaded from its plugin directories\n"
+        "(--plugins DIR): NAME, STATE (loaded, or error: its last run failed and it keeps\n"
+        "the exports of the last one that worked), LOADED (when those exports were made,\n"
+        "UTC) and the names it EXPORTS; a failed plugin's error on the line below it.\n"
+        "See docs/plugins.md.\n",
+        0, 0, false, cmd_plugins, 0,
+    },
+    {
         "modules", "[PATTERN]", "loaded modules and their files",
         "Prints a table of the loaded modules, NAME and PATH, sorted by name (\"-\" for a\n"
         "module without a file). PATTERN is an fnmatch(3) glob on the name, e.g. 'app.*'\n"
@@ -133,12 +149,15 @@ static const struct ctl_command commands[] = {
         1, 1, true, cmd_exec, 0,
     },
     {
-        "run", "[--isolate] [--timeout S] [--memory MB] [--cpu S] [--cwd DIR] [--set NAME=JSON]... SCRIPT|-m MODULE [ARGS...]",
+        "run", "[--isolate] [--timeout S] [--memory MB] [--cpu S] [--cwd DIR] [--set NAME=JSON]... [--get NAME]... SCRIPT|-m MODULE [ARGS...]",
         "run a script in the warm interpreter, as python3 would",
         "Runs SCRIPT (a file, a directory with __main__.py, or a zip app) or -m MODULE as\n"
         "__main__ in pyhotd's warm interpreter, with sys.argv = [SCRIPT, ARGS...]. Its stdout\n"
         "and stderr stream here as it writes them; pyhotctl exits with its exit code.\n"
         "  --set NAME=JSON  a global of the script (runpy's init_globals)\n"
+        "  --get NAME       after the output, print NAME = the value the script left in\n"
+        "                   NAME (JSON, or its repr and type); '*': every public global\n"
+        "                   that is JSON. Repeatable; names not set go to stderr\n"
         "  --timeout S      interrupt it with TimeoutError after S seconds; exit status 124\n"
         "  --isolate        run in a child forked from the warm interpreter\n"
         "  --memory MB      (--isolate) address space the child may add (RLIMIT_AS)\n"
