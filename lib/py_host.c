@@ -157,11 +157,7 @@ static int interpreter_init(struct py_host *host) {
         return -EINVAL;
     }
 
-    PyObject *code = Py_CompileString(py_support_source, "<pyhot>/py_support.py", Py_file_input);
-    if (!code)
-        return fail_init(host, "compiling the support module");
-    support_module = PyImport_ExecCodeModule("_pyhot", code);
-    Py_DECREF(code);
+    support_module = py_module_from_source("_pyhot", "<pyhot>/py_support.py", py_support_source);
     if (!support_module)
         return fail_init(host, "loading the support module");
     PyObject *describe = PyObject_GetAttrString(support_module, "describe_exception");

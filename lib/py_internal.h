@@ -42,6 +42,11 @@ void py_json_set_describe(PyObject *fn);
  * (internal_error when there is no such attribute, python_error when it raised). */
 json_t *py_module_call(PyObject *module, const char *name, json_t *args, json_t **error);
 
+/* Compiles source (a .py file of lib/ compiled into the daemon; filename "<pyhot>/FILE.py" names it
+ * in tracebacks) and runs it as the module name, which sys.modules then holds. Returns a new
+ * reference to the module, or NULL with a Python exception set. */
+PyObject *py_module_from_source(const char *name, const char *filename, const char *source);
+
 /* ---- py_host.c ---- */
 
 /* Calls _pyhot.<name>(*args) where args is a JSON array (borrowed) converted to Python.

@@ -5,11 +5,7 @@
 static PyObject *plugin_host; /* _pyhot_plugins; python thread only */
 
 int py_plugins_init(void) {
-    PyObject *code = Py_CompileString(py_plugins_source, "<pyhot>/py_plugins.py", Py_file_input);
-    if (!code)
-        return -1;
-    plugin_host = PyImport_ExecCodeModule("_pyhot_plugins", code);
-    Py_DECREF(code);
+    plugin_host = py_module_from_source("_pyhot_plugins", "<pyhot>/py_plugins.py", py_plugins_source);
     return plugin_host ? 0 : -1;
 }
 
