@@ -195,11 +195,10 @@ static int interpreter_init(struct py_host *host) {
         return fail_init(host, "loading the reload engine");
     if (py_plugins_init() < 0)
         return fail_init(host, "loading the plugin host");
+    if (py_api_init() < 0)
+        return fail_init(host, "loading the pyhot module and the framework adapters");
     if (py_run_init() < 0)
         return fail_init(host, "loading the run support");
-    /* Last: the public pyhot module (whoever made it) gets plugins and on_plugin. */
-    if (py_plugins_expose() < 0)
-        return fail_init(host, "adding plugins to the pyhot module");
 
     atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
     return 0;

@@ -60,6 +60,11 @@ json_t *py_support_call(const char *name, json_t *args, json_t **error);
  * Returns 0, or -1 with a Python exception set. */
 int py_reload_init(void);
 
+/* Compiles and runs the built-in Python modules beside the engine: `pyhot` (lib/py_api.py,
+ * the public in-daemon API) and the framework adapters (lib/py_adapter*.py), after
+ * py_reload_init. Returns 0, or -1 with a Python exception set. */
+int py_api_init(void);
+
 /* Sets the engine's options from a job's input: "strategy" ("dependents" or "module") and
  * "mode" ("definitions" or "module"), each only when present. Returns 0, or -1 with *error
  * set to a new protocol error object. */
@@ -87,10 +92,6 @@ json_t *py_run_start(json_t *input, json_t **error);
  * reference before Py_FinalizeEx. */
 int py_plugins_init(void);
 void py_plugins_fini(void);
-
-/* Puts plugins and on_plugin into the public module pyhot (creating it in sys.modules when
- * no other part of the daemon did). Returns 0, or -1 with a Python exception set. */
-int py_plugins_expose(void);
 
 /* A PY_JOB_PLUGIN job's work (docs/plugins.md): input {"path": absolute, "api":
  * "MODULE:ATTR" | null}; loads, reloads or unloads the plugin file as its state on disk

@@ -9,12 +9,6 @@ int py_plugins_init(void) {
     return plugin_host ? 0 : -1;
 }
 
-int py_plugins_expose(void) {
-    PyObject *r = PyObject_CallMethod(plugin_host, "expose", NULL);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
-}
-
 void py_plugins_fini(void) {
     Py_CLEAR(plugin_host);
 }

@@ -147,21 +147,6 @@ def _public_names(namespace, injected):
     return names
 
 
-def expose():
-    """Adds plugins and on_plugin to the public module `pyhot` (lib/py_api.py when the
-    daemon has it; else a module of these two names), so `import pyhot` finds them."""
-    pyhot = sys.modules.get("pyhot")
-    if pyhot is None:
-        pyhot = types.ModuleType("pyhot", "pyhot: the in-daemon API of pyhotd (docs/plugins.md).")
-        pyhot.__all__ = []
-        sys.modules["pyhot"] = pyhot
-    pyhot.plugins = plugins
-    pyhot.on_plugin = on_plugin
-    names = getattr(pyhot, "__all__", None)
-    if isinstance(names, list):
-        names.extend(n for n in ("on_plugin", "plugins") if n not in names)
-
-
 def _is_machinery(filename):
     return (filename.startswith("<pyhot>/") or filename.startswith("<frozen ")
             or filename.endswith(os.sep + "runpy.py"))

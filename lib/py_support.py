@@ -450,8 +450,25 @@ def import_roots():
     return _import_modules(index.roots)
 
 
+def _setup_django(errors):
+    """django.setup() when DJANGO_SETTINGS_MODULE is set: a Django project's models and
+    admin modules raise AppRegistryNotReady when imported before the app registry is
+    populated (django/apps/registry.py, check_apps_ready). It imports the settings and the
+    installed apps, as manage.py does before anything else."""
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return
+    try:
+        import django
+        django.setup()
+    except BaseException as exc:
+        error = describe_exception(exc)
+        error["module"] = "django.setup"
+        errors.append(error)
+
+
 def _import_modules(roots):
     imported, errors = [], []
+    _setup_django(errors)
     for root in roots:
         for name in _root_modules(root, _DEFAULT_IGNORED_DIRS):
             if name in sys.modules:
