@@ -22,6 +22,11 @@
 
 volatile sig_atomic_t got_stop_signal;
 
+void on_stop_signal(int sig) {
+    (void)sig;
+    got_stop_signal = 1;
+}
+
 /* "pyhotctl: message" on stderr. */
 void fail(const char *fmt, ...) {
     va_list ap;
@@ -411,8 +416,12 @@ static int write_all(int fd, const char *buf, size_t len) {
 }
 
 int ctl_send(struct ctl *ctl, const char *cmd, json_t *args) {
+    return ctl_send_id(ctl, REQUEST_ID, cmd, args);
+}
+
+int ctl_send_id(struct ctl *ctl, int id, const char *cmd, json_t *args) {
     size_t len;
-    char *line = protocol_encode_request(REQUEST_ID, cmd, args, &len);
+    char *line = protocol_encode_request(id, cmd, args, &len);
     int r;
 
     if (line == NULL) {
@@ -628,7 +637,9 @@ int report_error(json_t *resp) {
     fputs(": ", stderr);
     put_clean(stderr, message != NULL ? message : "(no message)");
     fputc('\n', stderr);
-    if (json_is_string(tb) && json_string_length(tb) > 0) {
+    /* A traceback of one line ("Type: message") only says the message again. */
+    if (json_is_string(tb) && json_string_length(tb) > 0 &&
+        strchr(json_string_value(tb), '\n') != json_string_value(tb) + json_string_length(tb) - 1) {
         put_exact(stderr, tb);
         if (!ends_with_newline(tb))
             fputc('\n', stderr);

@@ -59,7 +59,7 @@ static void status_count(json_t *result, const char *key, const char *label) {
 }
 
 int cmd_status(struct ctl *ctl, int argc, char **argv) {
-    json_t *resp, *result, *roots, *root, *reloads, *last, *job;
+    json_t *resp, *result, *roots, *root, *reloads, *last, *job, *entry;
     long long n;
     double ms;
     size_t i;
@@ -113,6 +113,20 @@ int cmd_status(struct ctl *ctl, int argc, char **argv) {
 
     status_count(result, "watched_dirs", "watched dirs:");
     status_count(result, "modules_loaded", "modules loaded:");
+
+    entry = json_object_get(result, "entry");
+    if (json_is_object(entry)) {
+        /* The app: "app:main running", or why it is not ("failed: OSError: ..."). */
+        status_key("entry:");
+        put_clean(stdout, jstr(entry, "name"));
+        fputc(' ', stdout);
+        put_result(ctl, stdout, jstr(entry, "state"));
+        if (json_is_object(json_object_get(entry, "error"))) {
+            fputc(':', stdout);
+            put_error_summary(stdout, json_object_get(entry, "error"));
+        }
+        fputc('\n', stdout);
+    }
 
     reloads = json_object_get(result, "reloads");
     status_key("reloads:");

@@ -158,32 +158,51 @@ static int parse_run(int argc, char **argv, struct run_options *o) {
     return 0;
 }
 
-/* path made absolute: its realpath, or (when it does not exist) joined to the current
- * directory, so that the daemon's error names the path the user meant. Caller frees. */
-static char *absolute_path(const char *path) {
-    char *real = realpath(path, NULL);
-    char buf[PATH_MAX];
+/* The script to run into args: "source" (the text on stdin) for "-", as python3 -; else
+ * "path", made absolute. A script that cannot be opened is reported once, as python3
+ * reports it. Returns 0, or -1 after a message. */
+static int run_script(const char *script, json_t *args) {
+    if (strcmp(script, "-") == 0) {
+        size_t len;
+        char *text = read_stdin(&len);
 
-    if (real == NULL && path[0] != '/' && getcwd(buf, sizeof(buf)) != NULL) {
-        size_t n = strlen(buf);
-
-        real = malloc(n + strlen(path) + 2);
-        if (real != NULL)
-            sprintf(real, "%s/%s", buf, path);
+        if (text == NULL)
+            return -1;
+        json_object_set_new(args, "source", json_stringn(text, len));
+        free(text);
+        if (json_object_get(args, "source") == NULL) {
+            fail("run: the script on stdin is not valid UTF-8");
+            return -1;
+        }
+        return 0;
     }
-    return real != NULL ? real : strdup(path);
+    char *real = realpath(script, NULL);
+
+    if (real == NULL) {
+        char cwd[PATH_MAX] = "";
+        int e = errno;
+
+        if (script[0] != '/' && getcwd(cwd, sizeof(cwd) - 1) != NULL)
+            strcat(cwd, "/");
+        fail("run: can't open file '%s%s': [Errno %d] %s", cwd, script, e, strerror(e));
+        return -1;
+    }
+    json_object_set_new(args, "path", json_string(real));
+    free(real);
+    return 0;
 }
 
-/* The run request's arguments (docs/protocol.md, "run"), a new object. */
+/* The run request's arguments (docs/protocol.md, "run"), a new object; NULL after a
+ * message. */
 static json_t *run_request(const struct run_options *o) {
     json_t *args = json_object();
     char buf[PATH_MAX];
 
     if (o->script != NULL) {
-        char *path = absolute_path(o->script);
-
-        json_object_set_new(args, "path", json_string(path != NULL ? path : o->script));
-        free(path);
+        if (run_script(o->script, args) < 0) {
+            json_decref(args);
+            return NULL;
+        }
     } else {
         json_object_set_new(args, "module", json_string(o->module));
     }
@@ -301,7 +320,7 @@ int cmd_run(struct ctl *ctl, int argc, char **argv) {
     if (parse_run(argc, argv, &o) < 0)
         goto out;
     args = run_request(&o);
-    if (ctl_connect(ctl) < 0)
+    if (args == NULL || ctl_connect(ctl) < 0)
         goto out;
     r = ctl_send(ctl, "run", args);
     if (r != EXIT_OK)

@@ -105,8 +105,10 @@ static json_t *status_result(struct server *server) {
         (json_int_t)(server->control ? control_subscriber_count(server->control) : 0),
         "ready", server->ready,
         "watch", watch);
-    if (status)
+    if (status) {
         json_object_set_new(status, "runs", json_integer((json_int_t)cmd_runs_active(server)));
+        json_object_set(status, "entry", server->entry ? server->entry : json_null());
+    }
     return status;
 }
 

@@ -202,12 +202,14 @@ static void start_run(struct server *server, json_t *input, uint64_t client, jso
 /* The rules between run's arguments that the table's spec cannot say; err is filled. */
 static int check_run_args(const struct protocol_request *req, char *err, size_t len) {
     const char *path = command_string(req, "path"), *module = command_string(req, "module");
-    if (path && module) {
-        snprintf(err, len, "run takes \"path\" or \"module\", not both");
+    const char *source = command_string(req, "source");
+    if (!!path + !!module + !!source > 1) {
+        snprintf(err, len, "run takes one of \"path\", \"module\" and \"source\"");
         return -EINVAL;
     }
-    if (!path && !module) {
-        snprintf(err, len, "run needs \"path\" (a script, directory or zip) or \"module\"");
+    if (!path && !module && !source) {
+        snprintf(err, len, "run needs \"path\" (a script, directory or zip), \"module\" or "
+                 "\"source\" (the script's text)");
         return -EINVAL;
     }
     if ((path && !path[0]) || (module && !module[0])) {
@@ -240,7 +242,7 @@ static int check_run_args(const struct protocol_request *req, char *err, size_t 
     return 0;
 }
 
-/* run: "path" or "module", "argv", "globals", "get", "cwd", "timeout_ms", "isolate",
+/* run: "path", "module" or "source", "argv", "globals", "get", "cwd", "timeout_ms", "isolate",
  * "memory_mb", "cpu_s" (docs/protocol.md, docs/run.md). */
 void cmd_run(struct server *server, uint64_t client, const struct protocol_request *req) {
     char err[ERR_LEN];
@@ -260,7 +262,7 @@ void cmd_run(struct server *server, uint64_t client, const struct protocol_reque
         json_is_true(json_object_get(req->root, "isolate")), "memory_mb",
         (json_int_t)command_int(req, "memory_mb", 0), "cpu_s",
         (json_int_t)command_int(req, "cpu_s", 0));
-    const char *names[] = {"path", "module", "cwd"};
+    const char *names[] = {"path", "module", "source", "cwd"};
     for (size_t i = 0; input && i < sizeof(names) / sizeof(names[0]); i++)
         if (command_string(req, names[i]))
             json_object_set_new(input, names[i], json_string(command_string(req, names[i])));

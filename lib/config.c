@@ -25,6 +25,7 @@
 #define MAX_CLIENTS_MAX 65536U
 #define MAX_OUTPUT_MIN 65536U
 #define MAX_OUTPUT_MAX 1073741824U
+#define HISTORY_BYTES_MAX 1073741824U
 #define MSG_MAX 1024
 #define SUN_PATH_MAX sizeof(((struct sockaddr_un *)NULL)->sun_path)
 
@@ -165,6 +166,7 @@ static const struct config_key config_keys[] = {
     {"daemon", "max_clients", KEY_UINT, FIELD(max_clients), 0, 1, MAX_CLIENTS_MAX},
     {"daemon", "max_output_bytes", KEY_UINT, FIELD(max_output_bytes), 0, MAX_OUTPUT_MIN,
      MAX_OUTPUT_MAX},
+    {"daemon", "history_bytes", KEY_UINT, FIELD(history_bytes), 0, 0, HISTORY_BYTES_MAX},
     {"daemon", "request_timeout_ms", KEY_UINT, FIELD(request_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
     {"daemon", "socket_group", KEY_STRING, FIELD(socket_group), 0, 0, 0},
     {"watch", "root", KEY_DIRS, LIST(watch_roots), 0, 0},
@@ -781,6 +783,7 @@ void config_init(struct config *cfg) {
     cfg->exec_timeout_ms = 30000;
     cfg->max_clients = 64;
     cfg->max_output_bytes = 4194304;
+    cfg->history_bytes = 8388608;
     cfg->request_timeout_ms = 10000;
 }
 
@@ -933,6 +936,11 @@ int config_finish(struct config *cfg, char *err, size_t errlen) {
                  "got %u", MAX_OUTPUT_MIN, MAX_OUTPUT_MAX, cfg->max_output_bytes);
         return -EINVAL;
     }
+    if (cfg->history_bytes > HISTORY_BYTES_MAX) {
+        snprintf(err, errlen, "[daemon] history_bytes: expected an integer from 0 to %u, got %u",
+                 HISTORY_BYTES_MAX, cfg->history_bytes);
+        return -EINVAL;
+    }
     if (cfg->request_timeout_ms < 1 || cfg->request_timeout_ms > TIMEOUT_MS_MAX) {
         snprintf(err, errlen, "[daemon] request_timeout_ms: expected an integer from 1 to %u, "
                  "got %u", TIMEOUT_MS_MAX, cfg->request_timeout_ms);
@@ -996,41 +1004,43 @@ int config_finish(struct config *cfg, char *err, size_t errlen) {
 
 const char *config_usage(void) {
     return
-        "pyhotd - hot-reload daemon for Python: watches script directories and reloads the\n"
-        "changed modules in one persistent interpreter.\n"
+        "pyhotd - hot-reload daemon for Python: watches script directories and reloads\n"
+        "the changed modules in one persistent interpreter.\n"
         "\n"
-        "Usage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N] "
-        "[--python-path DIR]... [--entry MODULE:FUNCTION] [--plugins DIR]... [--no-import] [--log-level LEVEL] "
-        "[--check-config] [--version] [--help]\n"
+        "Usage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N]\n"
+        "              [--python-path DIR]... [--entry MODULE:FUNCTION]\n"
+        "              [--plugins DIR]... [--no-import] [--log-level LEVEL]\n"
+        "              [--check-config] [--version] [--help]\n"
         "\n"
         "Options:\n"
-        "  -c, --config FILE         read FILE (INI; see pyhotd.conf) before the other\n"
-        "                            options, which override it. Default: none.\n"
-        "  -w, --watch DIR           watch DIR recursively and put it on sys.path; its\n"
-        "                            modules reload once loaded. Repeatable; replaces the\n"
-        "                            file's [watch] root list. Default: none.\n"
-        "  -s, --socket PATH         control socket. Default: $PYHOT_SOCKET, else\n"
-        "                            $XDG_RUNTIME_DIR/pyhot/pyhotd.sock, else\n"
-        "                            /run/pyhotd/pyhotd.sock for root, else\n"
-        "                            /tmp/pyhot-UID/pyhotd.sock.\n"
-        "      --settle-ms N         wait N ms (0..60000) after the last change before\n"
-        "                            reloading. Default: 10.\n"
-        "      --python-path DIR     add DIR to sys.path after the watch roots. Repeatable;\n"
-        "                            replaces the file's [python] path list. Default: none.\n"
+        "  -c, --config FILE       read FILE (INI; see pyhotd.conf) before the other\n"
+        "                          options, which override it. Default: none.\n"
+        "  -w, --watch DIR         watch DIR recursively and put it on sys.path; its\n"
+        "                          modules reload once loaded. Repeatable; replaces the\n"
+        "                          file's [watch] root list. Default: none.\n"
+        "  -s, --socket PATH       control socket. Default: $PYHOT_SOCKET, else\n"
+        "                          $XDG_RUNTIME_DIR/pyhot/pyhotd.sock, else\n"
+        "                          /run/pyhotd/pyhotd.sock for root, else\n"
+        "                          /tmp/pyhot-UID/pyhotd.sock.\n"
+        "      --settle-ms N       wait N ms (0..60000) after the last change before\n"
+        "                          reloading. Default: 10.\n"
+        "      --python-path DIR   add DIR to sys.path after the watch roots.\n"
+        "                          Repeatable; replaces the file's [python] path list.\n"
+        "                          Default: none.\n"
         "      --entry MODULE:FUNCTION\n"
-        "                            after start, call FUNCTION of MODULE on a thread of its\n"
-        "                            own (the app's main). Default: none.\n"
-        "      --plugins DIR         load DIR's plugin files (plugin_*.py) at start and\n"
-        "                            again when they change. Repeatable; replaces the\n"
-        "                            file's [plugins] dir list. Default: none.\n"
-        "      --no-import           import nothing at start, even with [watch]\n"
-        "                            import = all: modules load when the app, exec or\n"
-        "                            run import them. Default: as [watch] import says.\n"
-        "      --log-level LEVEL     error, warn, info or debug. Default: info.\n"
-        "      --check-config        validate the configuration and exit: 0 when it is\n"
-        "                            valid, 2 with the error when it is not.\n"
-        "  -V, --version             print the version and exit.\n"
-        "  -h, --help                print this help and exit.\n"
+        "                          after start, call FUNCTION of MODULE on a thread of\n"
+        "                          its own (the app's main). Default: none.\n"
+        "      --plugins DIR       load DIR's plugin files (plugin_*.py) at start and\n"
+        "                          again when they change. Repeatable; replaces the\n"
+        "                          file's [plugins] dir list. Default: none.\n"
+        "      --no-import         import nothing at start, even with [watch] import =\n"
+        "                          all: modules load when the app, exec or run import\n"
+        "                          them. Default: as [watch] import says.\n"
+        "      --log-level LEVEL   error, warn, info or debug. Default: info.\n"
+        "      --check-config      validate the configuration and exit: 0 when it is\n"
+        "                          valid, 2 with the error when it is not.\n"
+        "  -V, --version           print the version and exit.\n"
+        "  -h, --help              print this help and exit.\n"
         "\n"
         "Exit status:\n"
         "  0  clean stop (SIGTERM, SIGINT, or the shutdown command)\n"
@@ -1040,6 +1050,6 @@ const char *config_usage(void) {
         "Environment:\n"
         "  PYHOT_SOCKET    the control socket when neither --socket nor [daemon] socket\n"
         "                  names one.\n"
-        "  JOURNAL_STREAM  set by systemd when stderr is the journal: log lines then carry\n"
-        "                  <N> priority prefixes and no timestamp.\n";
+        "  JOURNAL_STREAM  set by systemd when stderr is the journal: log lines then\n"
+        "                  carry <N> priority prefixes and no timestamp.\n";
 }

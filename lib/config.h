@@ -46,6 +46,9 @@ struct config {
     unsigned max_clients;       /* control connections at once; default 64; 1..65536 */
     unsigned max_output_bytes;  /* bytes waiting for one client before it is dropped as a
                                    slow consumer; default 4194304; 65536..1073741824 */
+    unsigned history_bytes;     /* what the events kept for history and replay may cost
+                                   (events.h: twice their encoded size); default 8388608;
+                                   0..1073741824, 0 keeps none */
     unsigned request_timeout_ms; /* a partial request line must be completed within it;
                                    default 10000; 1..86400000 */
     char *socket_group;         /* group (name or number) also admitted to the socket, or NULL */

@@ -127,6 +127,8 @@ void config_reload(struct server *server, int argc, char **argv_in) {
 
     if (!strings_equal(fresh.socket_path, old->socket_path))
         json_array_append_new(restart, json_string("socket"));
+    if (fresh.history_bytes != old->history_bytes)
+        json_array_append_new(restart, json_string("history_bytes"));
     if (!strings_equal(fresh.entry, old->entry))
         json_array_append_new(restart, json_string("entry"));
     if (!strings_equal(fresh.venv, old->venv))

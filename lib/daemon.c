@@ -21,6 +21,7 @@
 #include "version.h"
 #include "watch.h"
 
+/* The history keeps at most this many events, within [daemon] history_bytes. */
 #define HISTORY_EVENTS 1000
 #define STOP_GRACE_MS 2000
 #define STOP_DEADLINE_MS (STOP_GRACE_MS + 5000)
@@ -51,7 +52,36 @@ static void server_stop(struct server *server, const char *reason) {
     daemon_stop((struct daemon *)server, reason);
 }
 
-/* ---- startup ------------------------------------------------------------------------ */
+/* ---- startup and the entry ---------------------------------------------------------- */
+
+/* status "entry": name, state and, when it failed, the error (borrowed; NULL for none). */
+static void set_entry_state(struct server *server, const char *state, json_t *error) {
+    json_decref(server->entry);
+    server->entry = json_pack("{s:s, s:s}", "name", server->config->entry, "state", state);
+    if (server->entry && json_is_object(error))
+        json_object_set(server->entry, "error", error);
+    server_status_changed(server);
+}
+
+/* The entry function returned or raised (py_host's on_entry_end): an app that dies is an
+ * error with its cause, in the log, in an event and in status; the daemon keeps serving. */
+static void on_entry_end(json_t *end, void *data) {
+    struct server *server = data;
+    const char *name = json_string_value(json_object_get(end, "entry"));
+    json_t *error = json_object_get(end, "error");
+    bool failed = json_is_object(error);
+    if (failed)
+        log_error("entry %s failed: %s: %s (%s:%lld); the daemon keeps serving without the app",
+                  name ? name : "?", json_string_value(json_object_get(error, "type")),
+                  json_string_value(json_object_get(error, "message")),
+                  json_string_value(json_object_get(error, "file")),
+                  json_integer_value(json_object_get(error, "line")));
+    else
+        log_info("entry %s returned; the daemon keeps serving without the app", name ? name : "?");
+    if (server->config->entry)
+        set_entry_state(server, failed ? "failed" : "returned", error);
+    events_publish(server->events, "entry_ended", end);
+}
 
 static void on_startup_done(struct py_job *job, void *data) {
     struct server *server = data;
@@ -65,6 +95,10 @@ static void on_startup_done(struct py_job *job, void *data) {
         server_publish_import_errors(server, json_object_get(job->output, "errors"));
     }
     json_t *entry = json_object_get(job->output, "entry");
+    if (server->config->entry && !server->entry) /* not overtaken by on_entry_end */
+        set_entry_state(server, job->ok && json_is_true(json_object_get(entry, "ok")) ? "running"
+                                                                                   : "not_started",
+                        json_object_get(entry, "error"));
     if (job->ok && json_is_false(json_object_get(entry, "ok"))) {
         json_t *error = json_object_get(entry, "error");
         log_error("entry %s could not start: %s: %s; the daemon keeps serving without the app",
@@ -416,7 +450,7 @@ static int start(struct daemon *daemon) {
     struct server *server = &daemon->server;
     const struct config *cfg = server->config;
     char err[1024];
-    int r = events_new(HISTORY_EVENTS, &server->events);
+    int r = events_new(HISTORY_EVENTS, cfg->history_bytes, &server->events);
     if (r < 0) {
         log_error("out of memory");
         return r;
@@ -437,6 +471,8 @@ static int start(struct daemon *daemon) {
         .paths = (const char *const *)cfg->python_paths,
         .n_paths = cfg->n_python_paths,
         .venv = cfg->venv,
+        .on_entry_end = on_entry_end,
+        .data = server,
     };
     r = py_host_start(&daemon->loop, &host_options, &server->host, err, sizeof(err));
     if (r == 0)
@@ -511,6 +547,7 @@ int daemon_run(struct config *cfg, int argc, char **argv) {
     events_free(server->events);
     filter_free(daemon->filter);
     json_decref(server->last_batch);
+    json_decref(server->entry);
     free(daemon);
     log_info("stopped");
     return code;

@@ -149,12 +149,29 @@ def _main_spec_of(path):
     return spec
 
 
+# A script given as text (`pyhotctl run -`): named as python3 names a script it reads from
+# standard input (sys.argv[0] "-", __file__ "<stdin>").
+STDIN_ARGV0 = "-"
+STDIN_FILENAME = "<stdin>"
+
+
+def _argv0(spec):
+    if spec.get("source") is not None:
+        return STDIN_ARGV0
+    return spec.get("path") or spec.get("module") or ""
+
+
 def _execute(spec, argv, namespace):
     """Runs spec's script as __main__ in namespace, a fresh dict (runpy._run_code
     semantics); namespace keeps what the script bound even when it raised."""
     import pkgutil
     import runpy
     init_globals = spec.get("globals") or None
+    source = spec.get("source")
+    if source is not None:
+        code = compile(source, STDIN_FILENAME, "exec", dont_inherit=True)
+        runpy._run_code(code, namespace, init_globals, "__main__", None, "", STDIN_FILENAME)
+        return
     module = spec.get("module")
     if module is not None:
         mod_name, mod_spec, code = runpy._get_module_details(module)
@@ -195,8 +212,8 @@ def _check_target(spec):
 
 
 def start_run(spec):
-    """Starts an in-process run of spec (the request: run_id, path | module, argv, globals,
-    timeout_ms) on a thread of its own and returns at once."""
+    """Starts an in-process run of spec (the request: run_id, path | module | source, argv,
+    globals, timeout_ms) on a thread of its own and returns at once."""
     import time as time_module
     _check_target(spec)
     if time_module.sleep is not sleep:
@@ -214,7 +231,7 @@ def _run_thread(run_id, spec):
     ident = threading.get_ident()
     out, err = _RunOutput(run_id, "stdout"), _RunOutput(run_id, "stderr")
     out.other, err.other = err, out
-    argv = [spec.get("path") or spec.get("module") or ""] + list(spec.get("argv") or [])
+    argv = [_argv0(spec)] + list(spec.get("argv") or [])
     with _run_lock:
         if _active_runs[0] == 0 and not isinstance(sys.argv, _ArgvProxy):
             _real_argv[0] = sys.argv
@@ -285,10 +302,15 @@ def run_isolated(spec):
     namespace = None
     try:
         try:
-            sys.argv = [spec.get("path") or spec.get("module") or ""] + list(spec.get("argv") or [])
+            sys.argv = [_argv0(spec)] + list(spec.get("argv") or [])
             _check_target(spec)
             init_globals = spec.get("globals") or None
-            if spec.get("module") is not None:
+            if spec.get("source") is not None:
+                code = compile(spec["source"], STDIN_FILENAME, "exec", dont_inherit=True)
+                with runpy._TempModule("__main__") as main:
+                    namespace = runpy._run_code(code, main.module.__dict__, init_globals,
+                                                "__main__", None, "", STDIN_FILENAME)
+            elif spec.get("module") is not None:
                 namespace = runpy.run_module(spec["module"], init_globals, "__main__", alter_sys=True)
             else:
                 namespace = runpy.run_path(spec["path"], init_globals, "__main__")

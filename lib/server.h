@@ -52,6 +52,8 @@ struct server {
     uint64_t status_generation; /* bumped by every command but the read-only ones */
     struct server_counters counters;
     json_t *last_batch;        /* the last batch event (owned), or NULL */
+    json_t *entry;             /* status "entry" (owned): {"name", "state", "error"?}, or
+                                  NULL without --entry */
     bool ready;                /* the startup job finished */
     bool stopping;
     struct command_state *commands;

@@ -553,6 +553,30 @@ def read_lines_until(proc, predicate, timeout=TIMEOUT):
     raise AssertionError("no matching line on stdout within %.1f s: %r" % (timeout, lines))
 
 
+def leave_console(pid, fd, timeout=TIMEOUT):
+    """Types Ctrl-D on the pty fd until the console (pid) leaves; returns its wait status.
+    Once is not always enough: a Ctrl-D typed while libedit sets the terminal up for the
+    next line can be flushed with the pending input."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        os.write(fd, b"\x04")
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.2)
+    raise AssertionError("the console did not leave on Ctrl-D")
+
+
+def reap(pid):
+    """Kills and reaps pid if it still runs, so that a failed test leaves no process."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def exec_in_thread(d, code):
     """Sends exec code from a thread of its own (a client with a long timeout): (thread,
     box), box getting "reply" or "exception", and "elapsed" seconds."""

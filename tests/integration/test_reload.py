@@ -745,17 +745,28 @@ def test_touch_and_identical_rewrite_do_not_reload(pyhotd, mode):
 
 def test_edit_back_to_applied_content_is_skipped_after_failure(pyhotd):
     """A broken save followed by a save of the last applied content: nothing new to apply,
-    and the broken file is no longer pending."""
+    the broken file is no longer pending, and the event and the log say that the module is
+    back to the code that runs. The failed batch names the module it tried."""
     d = pyhotd({"m.py": "VALUE = 1\n"})
     sub = d.subscriber()
     path = d.write("m.py", "VALUE = (\n")
     batch, _ = sub.wait_batch(path)
     assert batch["result"] == "error"
+    assert batch["modules"] == ["m"], batch
+    assert d.status()["last_batch"]["modules"] == ["m"]
     d.write("m.py", "VALUE = 1\n")
     batch, reloads = sub.wait_batch(path)
-    assert batch["result"] in ("ok", "skipped"), batch
-    assert all(r["result"] in ("ok", "skipped") for r in reloads), reloads
+    assert batch["result"] == "skipped", batch
+    assert [(r["module"], r["result"], r.get("reverted")) for r in reloads] == \
+        [("m", "skipped", True)], reloads
+    assert "back to the applied code" in reloads[0]["reason"]
     assert d.module_value("m", "VALUE") == 1
+    wait_for(lambda: "reload m: back to the code that runs" in d.log(), what="the log line")
+    assert "INFO: reload m: back to the code that runs" in d.log()
+    # Saving it again is plain "content unchanged": nothing was pending any more.
+    d.write("m.py", "VALUE = 1\n")
+    batch, reloads = sub.wait_batch(path)
+    assert [(r["reason"], r.get("reverted")) for r in reloads] == [("content unchanged", None)]
     # Nothing left pending: an edit of another module is a batch of that file only.
     other = d.write("other.py", "Y = 1\n")
     batch, _ = sub.wait_batch(other)

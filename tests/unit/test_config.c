@@ -406,10 +406,19 @@ static void test_help_version(void **state) {
     assert_true(fx->cfg.show_help);
 
     const char *usage = config_usage();
+    /* The synopsis (DESIGN.md's command line), wrapped to fit 80 columns. */
     assert_non_null(strstr(usage,
-        "\nUsage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N] "
-        "[--python-path DIR]... [--entry MODULE:FUNCTION] [--plugins DIR]... [--no-import] "
-        "[--log-level LEVEL] [--check-config] [--version] [--help]\n"));
+        "\nUsage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N]\n"
+        "              [--python-path DIR]... [--entry MODULE:FUNCTION]\n"
+        "              [--plugins DIR]... [--no-import] [--log-level LEVEL]\n"
+        "              [--check-config] [--version] [--help]\n"));
+    for (const char *line = usage; *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        if (len > 80)
+            fail_msg("a line of %zu columns: %.*s", len, (int)len, line);
+        line += len + (end != NULL);
+    }
     static const char *const words[] = {
         "--config FILE", "--watch DIR", "--socket PATH", "--settle-ms N", "--python-path DIR",
         "--entry MODULE:FUNCTION", "--plugins DIR", "--no-import", "--log-level LEVEL", "--check-config",
