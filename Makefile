@@ -12,11 +12,11 @@ JOBS       ?= $(shell nproc)
 DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev libinih-dev \
                 libsystemd-dev libcmocka-dev libedit-dev python3-pytest inotify-tools systemd \
                 python3-flask python3-fastapi python3-uvicorn python3-django python3-aiohttp \
-                python3-sqlalchemy python3-click python3-numpy vim curl util-linux \
+                python3-sqlalchemy python3-click python3-numpy vim curl util-linux bindfs fuse3 \
                 prometheus
 # prometheus: its promtool checks the metrics command's exposition in the tests.
 # Peers measured beside pyhotd by `make bench` only.
-BENCH_PACKAGES := watchman hyperfine
+BENCH_PACKAGES := watchman hyperfine python3-watchdog
 # clang and its runtime (libFuzzer, ASan) for `make fuzz`.
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 
@@ -83,13 +83,15 @@ asan: deps
 	    ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(abspath tests/asan.supp) \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(PYTHON) -m pytest -q tests/integration
 
-# The watcher benches compare with inotifywait (inotify-tools) and watchman; they generate
+# The watcher benches compare with inotifywait (inotify-tools), watchman and watchdog's
+# PollingObserver (python3-watchdog); they generate
 # a tree of 10,000 directories and 100,000 files under /tmp once and remove it at the end.
 bench: deps-bench build
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/latency.py
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_setup.py --keep-tree
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_idle.py
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_storm.py
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_poll.py
 
 # Installs into a temporary prefix and runs systemd-analyze verify on every unit there
 # (ExecStart must name an installed binary, so the units are checked as installed). The

@@ -103,6 +103,26 @@ int cmd_status(struct ctl *ctl, int argc, char **argv) {
             if (jstr(root, "state") != NULL) {
                 fputs(" (", stdout);
                 put_clean(stdout, jstr(root, "state"));
+                if (jstr(root, "watched_by") != NULL) {
+                    fputs(", ", stdout);
+                    put_clean(stdout, jstr(root, "watched_by"));
+                    if (jstr(root, "why") != NULL && jstr(root, "why")[0] != '\0') {
+                        fputs(": ", stdout);
+                        put_clean(stdout, jstr(root, "why"));
+                    }
+                }
+                fputc(')', stdout);
+            }
+            json_t *tree;
+            size_t k;
+            json_array_foreach(json_object_get(root, "polled"), k, tree) {
+                fputc('\n', stdout);
+                status_key("");
+                fputs("  polled: ", stdout);
+                put_value(stdout, json_object_get(tree, "path"));
+                fputs(" (", stdout);
+                put_clean(stdout, jstr(tree, "error") != NULL ? jstr(tree, "error")
+                                                              : jstr(tree, "why"));
                 fputc(')', stdout);
             }
         } else {

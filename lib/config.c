@@ -21,6 +21,8 @@
 
 #define SETTLE_MS_MAX 60000U
 #define DEFER_VCS_MS_MAX 3600000U
+#define POLL_INTERVAL_MS_MIN 20U
+#define POLL_INTERVAL_MS_MAX 60000U
 #define TIMEOUT_MS_MAX 86400000U
 #define MAX_CLIENTS_MAX 65536U
 #define MAX_OUTPUT_MIN 65536U
@@ -177,6 +179,9 @@ static const struct config_key config_keys[] = {
     {"watch", "backend", KEY_BACKEND, FIELD(backend), 0, 0, 0},
     {"watch", "follow_symlinks", KEY_BOOL, FIELD(follow_symlinks), 0, 0, 0},
     {"watch", "defer_vcs_ms", KEY_UINT, FIELD(defer_vcs_ms), 0, 0, DEFER_VCS_MS_MAX},
+    {"watch", "poll", KEY_PATHS, LIST(poll_dirs), 0, 0},
+    {"watch", "poll_interval_ms", KEY_UINT, FIELD(poll_interval_ms), 0, POLL_INTERVAL_MS_MIN,
+     POLL_INTERVAL_MS_MAX},
     {"python", "path", KEY_PATHS, LIST(python_paths), 0, 0},
     {"python", "entry", KEY_ENTRY, FIELD(entry), 0, 0, 0},
     {"python", "venv", KEY_PATH, FIELD(venv), 0, 0, 0},
@@ -382,9 +387,11 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
             *(enum config_backend *)(base + key->offset) = CONFIG_BACKEND_INOTIFY;
         else if (strcmp(value, "uv") == 0)
             *(enum config_backend *)(base + key->offset) = CONFIG_BACKEND_UV;
+        else if (strcmp(value, "poll") == 0)
+            *(enum config_backend *)(base + key->offset) = CONFIG_BACKEND_POLL;
         else
-            return load_fail(ctx, -EINVAL, "%s: expected inotify or uv, got '%s'", key->name,
-                             value);
+            return load_fail(ctx, -EINVAL, "%s: expected inotify, uv or poll, got '%s'",
+                             key->name, value);
         return 1;
     case KEY_STRATEGY:
         if (strcmp(value, "dependents") == 0)
@@ -778,6 +785,7 @@ void config_init(struct config *cfg) {
     cfg->settle_ms = 10;
     cfg->import = CONFIG_IMPORT_ON_DEMAND;
     cfg->defer_vcs_ms = 30000;
+    cfg->poll_interval_ms = 300;
     cfg->reload_timeout_ms = 10000;
     cfg->strategy = CONFIG_STRATEGY_DEPENDENTS;
     cfg->exec_timeout_ms = 30000;
@@ -801,6 +809,7 @@ void config_free(struct config *cfg) {
     strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
     strv_free(&cfg->include, &cfg->n_include);
     strv_free(&cfg->exclude, &cfg->n_exclude);
+    strv_free(&cfg->poll_dirs, &cfg->n_poll_dirs);
     strv_free(&cfg->python_paths, &cfg->n_python_paths);
     strv_free(&cfg->preload, &cfg->n_preload);
     config_init(cfg);
@@ -965,6 +974,21 @@ int config_finish(struct config *cfg, char *err, size_t errlen) {
         return -ENOMEM;
     }
 
+    if (cfg->poll_interval_ms < POLL_INTERVAL_MS_MIN ||
+        cfg->poll_interval_ms > POLL_INTERVAL_MS_MAX) {
+        snprintf(err, errlen, "poll_interval_ms: expected an integer from %u to %u, got %u",
+                 POLL_INTERVAL_MS_MIN, POLL_INTERVAL_MS_MAX, cfg->poll_interval_ms);
+        return -EINVAL;
+    }
+    /* Compared with the roots, which are realpath'd; a poll directory that does not exist
+     * yet (a mount point to come) stays as given. */
+    for (size_t i = 0; i < cfg->n_poll_dirs; i++) {
+        char *real = realpath(cfg->poll_dirs[i], NULL);
+        if (real) {
+            free(cfg->poll_dirs[i]);
+            cfg->poll_dirs[i] = real;
+        }
+    }
     int r = finish_dirs(&cfg->watch_roots, &cfg->n_watch_roots, "--watch", err, errlen);
     if (r < 0)
         return r;
@@ -1022,8 +1046,9 @@ const char *config_usage(void) {
         "                          $XDG_RUNTIME_DIR/pyhot/pyhotd.sock, else\n"
         "                          /run/pyhotd/pyhotd.sock for root, else\n"
         "                          /tmp/pyhot-UID/pyhotd.sock.\n"
-        "      --settle-ms N       wait N ms (0..60000) after the last change before\n"
-        "                          reloading. Default: 10.\n"
+        "      --settle-ms N       settle window: a batch whose writes are not all\n"
+        "                          finished, or of many files, waits N ms (0..60000)\n"
+        "                          after the last change. Default: 10.\n"
         "      --python-path DIR   add DIR to sys.path after the watch roots.\n"
         "                          Repeatable; replaces the file's [python] path list.\n"
         "                          Default: none.\n"

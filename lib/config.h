@@ -23,6 +23,7 @@ enum config_import {
 enum config_backend {
     CONFIG_BACKEND_INOTIFY = 0, /* Linux inotify (the default on Linux) */
     CONFIG_BACKEND_UV = 1,      /* libuv's uv_fs_event (kqueue, FSEvents; inotify on Linux) */
+    CONFIG_BACKEND_POLL = 2,    /* every root polled (docs/watching.md) */
 };
 
 enum config_strategy {
@@ -68,6 +69,11 @@ struct config {
     bool follow_symlinks;       /* watch directories reached through symlinks; default false */
     unsigned defer_vcs_ms;      /* longest hold of batches while .git/index.lock exists, ms;
                                  * default 30000; 0 = no hold */
+    char **poll_dirs;           /* [watch] poll: roots at or below these (and these dirs
+                                 * inside roots) are polled beside inotify; absolute,
+                                 * realpath'd when they exist */
+    size_t n_poll_dirs;
+    unsigned poll_interval_ms;  /* default 300; 20..60000 */
 
     /* [python] */
     char **python_paths;        /* extra sys.path entries, after the watch roots */

@@ -142,6 +142,9 @@ void config_reload(struct server *server, int argc, char **argv_in) {
     if (!lists_equal(fresh.include, fresh.n_include, old->include, old->n_include) ||
         !lists_equal(fresh.exclude, fresh.n_exclude, old->exclude, old->n_exclude))
         json_array_append_new(restart, json_string("include/exclude"));
+    if (fresh.backend != old->backend || fresh.poll_interval_ms != old->poll_interval_ms ||
+        !lists_equal(fresh.poll_dirs, fresh.n_poll_dirs, old->poll_dirs, old->n_poll_dirs))
+        json_array_append_new(restart, json_string("backend/poll/poll_interval_ms"));
     json_array_foreach(restart, i, root)
         log_warn("configuration reload: %s changed; it takes effect at the next restart",
                  json_string_value(root));

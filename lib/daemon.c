@@ -1,6 +1,7 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,7 @@ struct daemon {
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t stop_deadline;
     uv_timer_t watchdog;
+    uint64_t loaded_generation; /* of the loaded-files list the watcher has */
     int exit_code;
 };
 
@@ -81,6 +83,22 @@ static void on_entry_end(json_t *end, void *data) {
     if (server->config->entry)
         set_entry_state(server, failed ? "failed" : "returned", error);
     events_publish(server->events, "entry_ended", end);
+}
+
+/* Polled roots compare the loaded modules' files every interval: the watcher gets the
+ * list whenever a job changed it. */
+static void update_loaded_files(void *data) {
+    struct daemon *daemon = data;  /* the server, the daemon's first member */
+    char **paths = NULL;
+    size_t n = 0;
+    if (!daemon->server.watch ||
+        py_host_loaded_files(daemon->server.host, &daemon->loaded_generation, &paths, &n) <= 0)
+        return;
+    if (watch_set_loaded(daemon->server.watch, (const char *const *)paths, n) < 0)
+        daemon->loaded_generation = 0;  /* out of memory: try again after the next job */
+    for (size_t i = 0; i < n; i++)
+        free(paths[i]);
+    free(paths);
 }
 
 static void on_startup_done(struct py_job *job, void *data) {
@@ -378,9 +396,14 @@ static int start_io(struct daemon *daemon) {
     struct watch_options watch_options = {
         .settle_ms = cfg->settle_ms,
         .filter = daemon->filter,
-        .backend = cfg->backend == CONFIG_BACKEND_UV ? WATCH_BACKEND_UV : WATCH_BACKEND_INOTIFY,
+        .backend = cfg->backend == CONFIG_BACKEND_UV     ? WATCH_BACKEND_UV
+                   : cfg->backend == CONFIG_BACKEND_POLL ? WATCH_BACKEND_POLL
+                                                         : WATCH_BACKEND_INOTIFY,
         .follow_symlinks = cfg->follow_symlinks,
         .defer_vcs_ms = cfg->defer_vcs_ms,
+        .poll_interval_ms = cfg->poll_interval_ms,
+        .poll_dirs = (const char *const *)cfg->poll_dirs,
+        .n_poll_dirs = cfg->n_poll_dirs,
         .on_batch = on_batch,
         .on_error = on_watch_error,
         .on_notice = on_watch_notice,
@@ -392,6 +415,7 @@ static int start_io(struct daemon *daemon) {
         return r;
     }
     /* Watching starts before the first imports, so an edit made meanwhile is not lost. */
+    char how[PATH_MAX + 160];
     for (size_t i = 0; i < cfg->n_watch_roots; i++) {
         size_t dirs_before = watch_dir_count(server->watch);
         uint64_t began = uv_hrtime();
@@ -399,9 +423,11 @@ static int start_io(struct daemon *daemon) {
         if (r < 0)
             server_publish_watch_error(server, cfg->watch_roots[i], err);
         else
-            log_info("watching %s (%zu directories in %.1f ms)", cfg->watch_roots[i],
+            log_info("watching %s (%zu directories in %.1f ms) with %s", cfg->watch_roots[i],
                      watch_dir_count(server->watch) - dirs_before,
-                     (double)(uv_hrtime() - began) / 1e6);
+                     (double)(uv_hrtime() - began) / 1e6,
+                     watch_root_describe(server->watch, watch_root_count(server->watch) - 1,
+                                         how, sizeof(how)));
     }
     if (cfg->n_plugin_dirs > 0)
         return start_plugins(server);
@@ -471,6 +497,7 @@ static int start(struct daemon *daemon) {
         .paths = (const char *const *)cfg->python_paths,
         .n_paths = cfg->n_python_paths,
         .venv = cfg->venv,
+        .on_loaded_files = update_loaded_files,
         .on_entry_end = on_entry_end,
         .data = server,
     };

@@ -41,6 +41,11 @@ struct py_host {
     bool exited;
     json_t *entry_end;         /* the entry's end, for on_entry_end (see _entry_ended) */
     uint64_t armed_at_submit;  /* id of the job whose deadline the loop armed at submission */
+    char **loaded;             /* the index's files after the last job that changed it */
+    size_t n_loaded;
+    uint64_t loaded_generation; /* bumped with each new list */
+    uint64_t loaded_notified;  /* loop thread: the generation on_loaded_files was told of */
+    void (*on_loaded_files)(void *data);
 
     /* loop thread only */
     uint64_t next_job_id;
@@ -64,6 +69,9 @@ struct py_host {
     atomic_uint_fast64_t interrupt_job_id; /* job being interrupted (deadline, cancel) */
     atomic_int interrupt_reason;           /* why: enum py_interrupt */
     atomic_size_t modules_loaded;
+
+    /* python thread only */
+    long index_generation;     /* the index generation the last list was taken at */
 };
 
 /* One interpreter per process: the SIGUSR1 handler, a plain C function called by the
@@ -339,6 +347,8 @@ static void run_configure(struct py_job *job) {
     job_set(job, result, error);
 }
 
+static void publish_loaded(struct py_host *host);
+
 static void run_job(struct py_host *host, struct py_job *job) {
     switch (job->kind) {
     case PY_JOB_STARTUP:
@@ -399,6 +409,51 @@ static void run_job(struct py_host *host, struct py_job *job) {
     if (PyErr_Occurred())
         PyErr_Clear();
     atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
+    if (host->init_status == 0)
+        publish_loaded(host);
+}
+
+/* Hands the loop thread the files of the loaded modules under the roots
+ * (_pyhot.loaded_files) when the index changed since the last time: plain C strings under
+ * the mutex, so no PyObject leaves this thread. Python thread, GIL held. */
+static void publish_loaded(struct py_host *host) {
+    PyObject *r = PyObject_CallMethod(support_module, "loaded_files", "l",
+                                      host->index_generation);
+    PyObject *list = r && PyTuple_Check(r) && PyTuple_Size(r) == 2 ? PyTuple_GetItem(r, 1)
+                                                                   : NULL;
+    long generation = list ? PyLong_AsLong(PyTuple_GetItem(r, 0)) : -1;
+    if (!list || !PyList_Check(list) || generation < 0) {
+        Py_XDECREF(r);  /* None: nothing changed */
+        PyErr_Clear();
+        return;
+    }
+    Py_ssize_t n = PyList_Size(list);
+    char **paths = calloc((size_t)n + 1, sizeof(*paths));
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; paths && i < n; i++) {
+        PyObject *item = PyList_GetItem(list, i);
+        const char *path = PyUnicode_Check(item) ? PyUnicode_AsUTF8(item) : NULL;
+        char *copy = path ? strdup(path) : NULL;
+        if (path && !copy)
+            break;
+        if (copy)
+            paths[k++] = copy;
+    }
+    Py_DECREF(r);
+    PyErr_Clear();
+    if (!paths)
+        return;
+    host->index_generation = generation;
+    pthread_mutex_lock(&host->mutex);
+    char **old = host->loaded;
+    size_t n_old = host->n_loaded;
+    host->loaded = paths;
+    host->n_loaded = (size_t)k;
+    host->loaded_generation++;
+    pthread_mutex_unlock(&host->mutex);
+    for (size_t i = 0; i < n_old; i++)
+        free(old[i]);
+    free(old);
 }
 
 static void *python_thread_main(void *arg) {
@@ -582,6 +637,9 @@ static void on_handle_closed(uv_handle_t *handle) {
     free(host->roots);
     free(host->paths);
     free(host->venv);
+    for (size_t i = 0; i < host->n_loaded; i++)
+        free(host->loaded[i]);
+    free(host->loaded);
     json_decref(host->entry_end);
     pthread_mutex_destroy(&host->mutex);
     pthread_cond_destroy(&host->cond);
@@ -597,10 +655,15 @@ static void on_async(uv_async_t *async) {
     struct py_job *done = host->done_head;
     host->done_head = host->done_tail = NULL;
     bool exited = host->exited;
+    uint64_t loaded_generation = host->loaded_generation;
     json_t *entry_end = host->entry_end;
     host->entry_end = NULL;
     pthread_mutex_unlock(&host->mutex);
 
+    if (loaded_generation != host->loaded_notified && host->on_loaded_files) {
+        host->loaded_notified = loaded_generation;
+        host->on_loaded_files(host->data);
+    }
     if (entry_end && host->on_entry_end)
         host->on_entry_end(entry_end, host->data);
     else
@@ -657,6 +720,7 @@ int py_host_start(uv_loop_t *loop, const struct py_host_options *options,
     host->paths = copy_strings(options->paths, options->n_paths);
     host->n_paths = options->n_paths;
     host->venv = options->venv ? strdup(options->venv) : NULL;
+    host->on_loaded_files = options->on_loaded_files;
     host->on_entry_end = options->on_entry_end;
     host->data = options->data;
     pthread_mutex_init(&host->mutex, NULL);
@@ -819,6 +883,32 @@ size_t py_host_queued(struct py_host *host) {
     size_t n = host->queued;
     pthread_mutex_unlock(&host->mutex);
     return n;
+}
+
+int py_host_loaded_files(struct py_host *host, uint64_t *generation, char ***paths, size_t *n) {
+    pthread_mutex_lock(&host->mutex);
+    if (host->loaded_generation == *generation) {
+        pthread_mutex_unlock(&host->mutex);
+        return 0;
+    }
+    char **copy = calloc(host->n_loaded + 1, sizeof(*copy));
+    size_t k = 0;
+    for (; copy && k < host->n_loaded; k++)
+        if (!(copy[k] = strdup(host->loaded[k])))
+            break;
+    bool complete = copy && k == host->n_loaded;
+    if (complete)
+        *generation = host->loaded_generation;
+    pthread_mutex_unlock(&host->mutex);
+    if (!complete) {
+        for (size_t i = 0; copy && i < k; i++)
+            free(copy[i]);
+        free(copy);
+        return -ENOMEM;
+    }
+    *paths = copy;
+    *n = k;
+    return 1;
 }
 
 size_t py_host_modules_loaded(struct py_host *host) {

@@ -81,6 +81,9 @@ struct py_host_options {
     const char *const *paths;     /* further sys.path entries, after the roots */
     size_t n_paths;
     const char *venv;             /* a virtual environment to import from, or NULL */
+    /* Called on the loop thread, before the finished jobs' callbacks, when a job changed
+     * the list py_host_loaded_files returns; may be NULL. */
+    void (*on_loaded_files)(void *data);
     /* Called on the loop thread when the entry's function (--entry) ended: end is
      * {"entry": "MODULE:FUNCTION", "state": "returned" | "failed", "error": {...} when it
      * raised}, owned by the callee. May be NULL. */
@@ -127,6 +130,13 @@ uint64_t py_host_running(struct py_host *host, const char **kind, uint64_t *age_
 
 /* Jobs queued and not yet started. */
 size_t py_host_queued(struct py_host *host);
+
+/* The files (absolute, realpath'd) of the loaded modules under the watch roots, as the
+ * reload engine's index held them after the last job that changed it. When the list is
+ * newer than *generation (0 at first), sets *paths (a malloc'd array of malloc'd strings
+ * the caller frees) and *n, updates *generation and returns 1; returns 0 when nothing
+ * changed, -ENOMEM. Loop thread; never waits on the python thread beyond a short mutex. */
+int py_host_loaded_files(struct py_host *host, uint64_t *generation, char ***paths, size_t *n);
 
 /* len(sys.modules) after the last job. */
 size_t py_host_modules_loaded(struct py_host *host);

@@ -388,6 +388,16 @@ class ModuleIndex:
 index = ModuleIndex()
 
 
+def loaded_files(since):
+    """For the watcher's polled roots (the C side asks after every job): the realpaths of
+    the watched modules' files as (generation, [path, ...]) when the index changed since
+    generation `since`, else None."""
+    index.refresh()
+    if index.generation == since:
+        return None
+    return index.generation, list(index.by_path)
+
+
 def configure(roots, paths, venv=None):
     """Puts the watch roots, then the extra paths, at the front of sys.path; with venv,
     makes the virtual environment's packages importable."""

@@ -15,6 +15,7 @@ watch root, the real Unix socket (newline-delimited JSON), the real embedded int
 
 import ast
 import collections
+import contextlib
 import json
 import os
 import select
@@ -300,6 +301,17 @@ class Daemon:
 
     def status(self):
         return self.conn.call("status")
+
+    @contextlib.contextmanager
+    def one_batch(self, n_paths):
+        """Writes made inside go out as one batch: the watcher is paused until all
+        n_paths are pending, then resumed. (The adaptive settle sends a finished write at
+        once, so two writes in a row are two batches unless held together.)"""
+        self.conn.call("pause")
+        yield
+        wait_for(lambda: self.status()["watch"]["pending"] >= n_paths,
+                 what="%d paths pending" % n_paths)
+        self.conn.call("resume")
 
     def log(self):
         try:

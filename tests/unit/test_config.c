@@ -119,6 +119,9 @@ static void test_defaults(void **state) {
     assert_int_equal(cfg.strategy, CONFIG_STRATEGY_DEPENDENTS);
     assert_int_equal(cfg.mode, CONFIG_MODE_DEFINITIONS);
     assert_int_equal(cfg.exec_timeout_ms, 30000);
+    assert_int_equal(cfg.backend, CONFIG_BACKEND_INOTIFY);
+    assert_null(cfg.poll_dirs);
+    assert_int_equal(cfg.poll_interval_ms, 300);
     assert_false(cfg.check_config);
     assert_false(cfg.show_help);
     assert_false(cfg.show_version);
@@ -258,6 +261,10 @@ static void test_file_errors(void **state) {
          "log_level: expected error, warn, info or debug, got 'loud'"},
         {"[watch]\nimport = some\n", 2, "import: expected on-demand or all, got 'some'"},
         {"[reload]\nmode = lines\n", 2, "mode: expected definitions or module, got 'lines'"},
+        {"[watch]\nbackend = kqueue\n", 2, "backend: expected inotify, uv or poll, got 'kqueue'"},
+        {"[watch]\npoll_interval_ms = 10\n", 2,
+         "poll_interval_ms: expected an integer from 20 to 60000, got '10'"},
+        {"[watch]\npoll =\n", 2, "poll: empty value"},
         {"[reload]\nstrategy = all\n", 2, "strategy: expected dependents or module, got 'all'"},
         {"[python]\nentry = app\n", 2, "entry: expected MODULE:FUNCTION, got 'app'"},
         {"[python]\nentry = :main\n", 2, "entry: expected MODULE:FUNCTION, got ':main'"},
@@ -284,6 +291,22 @@ static void test_file_errors(void **state) {
         if (r != -EINVAL || strcmp(fx->err, want) != 0)
             fail_msg("case %zu: got %d '%s', want '%s'", i, r, fx->err, want);
     }
+}
+
+static void test_poll_keys(void **state) {
+    struct fixture *fx = *state;
+    make_dir(fx, "share");
+    assert_int_equal(load(fx, "[watch]\nbackend = poll\npoll = share\npoll = /mnt/later\n"
+                              "poll_interval_ms = 500\n"), 0);
+    assert_int_equal(fx->cfg.backend, CONFIG_BACKEND_POLL);
+    assert_int_equal(fx->cfg.poll_interval_ms, 500);
+    assert_int_equal(fx->cfg.n_poll_dirs, 2);
+    assert_int_equal(config_finish(&fx->cfg, fx->err, sizeof(fx->err)), 0);
+    char *real = realpath(in_dir(fx, "share"), NULL);
+    assert_non_null(real);
+    assert_string_equal(fx->cfg.poll_dirs[0], real);  /* realpath'd, to compare with roots */
+    assert_string_equal(fx->cfg.poll_dirs[1], "/mnt/later");  /* not there yet: as given */
+    free(real);
 }
 
 static void test_unopenable_file(void **state) {
@@ -626,6 +649,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_full_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relative_config_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_poll_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unopenable_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_args_override_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_replacement, setup, teardown),
