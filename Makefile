@@ -12,7 +12,9 @@ JOBS       ?= $(shell nproc)
 DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev libinih-dev \
                 libsystemd-dev libcmocka-dev libedit-dev python3-pytest inotify-tools systemd \
                 python3-flask python3-fastapi python3-uvicorn python3-django python3-aiohttp \
-                python3-sqlalchemy python3-click python3-numpy vim curl util-linux bindfs fuse3
+                python3-sqlalchemy python3-click python3-numpy vim curl util-linux bindfs fuse3 \
+                prometheus
+# prometheus: its promtool checks the metrics command's exposition in the tests.
 # Peers measured beside pyhotd by `make bench` only.
 BENCH_PACKAGES := watchman hyperfine python3-watchdog
 # clang and its runtime (libFuzzer, ASan) for `make fuzz`.

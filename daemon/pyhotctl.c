@@ -58,6 +58,22 @@ static const struct ctl_command commands[] = {
         0, 0, false, cmd_stats, 0,
     },
     {
+        "metrics", "", "counters, histograms and gauges for Prometheus",
+        "Prints the daemon's counters, histograms and gauges in the Prometheus text\n"
+        "exposition format (version 0.0.4), for node_exporter's textfile collector (see\n"
+        "docs/service.md). With --json, the response with the text and its content type.\n",
+        0, 0, false, cmd_metrics, 0,
+    },
+    {
+        "plugins", "", "the plugins of the plugin directories",
+        "Prints a table of the plugins pyhotd loaded from its plugin directories\n"
+        "(--plugins DIR): NAME, STATE (loaded, or error: its last run failed and it keeps\n"
+        "the exports of the last one that worked), LOADED (when those exports were made,\n"
+        "UTC) and the names it EXPORTS; a failed plugin's error on the line below it.\n"
+        "See docs/plugins.md.\n",
+        0, 0, false, cmd_plugins, 0,
+    },
+    {
         "modules", "[PATTERN]", "loaded modules and their files",
         "Prints a table of the loaded modules, NAME and PATH, sorted by name (\"-\" for a\n"
         "module without a file). PATTERN is an fnmatch(3) glob on the name, e.g. 'app.*'\n"
@@ -150,6 +166,9 @@ static const struct ctl_command commands[] = {
         "  --set NAME=JSON  a global of the script (runpy's init_globals); repeatable\n"
         "  --timeout S      the run's own limit: interrupt it with TimeoutError after S\n"
         "                   seconds (killed, with --isolate); exit status 124\n"
+        "  --get NAME       after the output, print NAME = the value the script left in\n"
+        "                   NAME (JSON, or its repr and type); '*': every public global\n"
+        "                   that is JSON. Repeatable; names not set go to stderr\n"
         "  --isolate        run in a child forked from the warm interpreter\n"
         "  --memory MB      (--isolate) address space the child may add (RLIMIT_AS)\n"
         "  --cpu S          (--isolate) CPU seconds (RLIMIT_CPU)\n"

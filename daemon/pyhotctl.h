@@ -131,7 +131,8 @@ void put_value(FILE *out, json_t *v);
 /* "[a, b, c]" of an array (strings as themselves); "[]" when empty or not an array. */
 void put_list(FILE *out, json_t *list);
 
-/* A result word (ok, error, rolled_back, skipped), coloured on a terminal. */
+/* A result word (ok, error, rolled_back, skipped; a plugin's loaded, reloaded, removed),
+ * coloured on a terminal. */
 void put_result(const struct ctl *ctl, FILE *out, const char *result);
 
 /* " TYPE: MESSAGE (FILE:LINE)" of an error object. */
@@ -219,6 +220,11 @@ int cmd_status(struct ctl *ctl, int argc, char **argv);
 int cmd_hello(struct ctl *ctl, int argc, char **argv);
 int cmd_stats(struct ctl *ctl, int argc, char **argv);
 int cmd_stop(struct ctl *ctl, int argc, char **argv);
+int cmd_metrics(struct ctl *ctl, int argc, char **argv);
+
+/* ---- verbs: pyhotctl_plugins.c ---- */
+
+int cmd_plugins(struct ctl *ctl, int argc, char **argv);
 
 /* ---- verbs: pyhotctl_python.c ---- */
 

@@ -129,11 +129,12 @@ void put_result(const struct ctl *ctl, FILE *out, const char *result) {
     if (result == NULL)
         result = "?";
     if (ctl->color) {
-        if (strcmp(result, "ok") == 0)
+        if (strcmp(result, "ok") == 0 || strcmp(result, "loaded") == 0 ||
+            strcmp(result, "reloaded") == 0)
             color = COLOR_GREEN;
         else if (strcmp(result, "error") == 0 || strcmp(result, "rolled_back") == 0)
             color = COLOR_RED;
-        else if (strcmp(result, "skipped") == 0)
+        else if (strcmp(result, "skipped") == 0 || strcmp(result, "removed") == 0)
             color = COLOR_DIM;
     }
     if (color != NULL)
@@ -334,6 +335,17 @@ void print_event(const struct ctl *ctl, FILE *out, json_t *ev) {
     } else if (strcmp(name, "overflow") == 0) {
         fputs(" overflow: ", out);
         put_value(out, json_object_get(ev, "message"));
+    } else if (strcmp(name, "plugin") == 0) {
+        /* A plugin file loaded, run again, failed or removed (docs/plugins.md). */
+        fputs(" plugin ", out);
+        put_value(out, json_object_get(ev, "name"));
+        fputc(' ', out);
+        put_result(ctl, out, jstr(ev, "result"));
+        put_ms(out, " ", ev, "duration_ms");
+        if (json_is_object(json_object_get(ev, "error"))) {
+            fputc(':', out);
+            put_error_summary(out, json_object_get(ev, "error"));
+        }
     } else if (strcmp(name, "watch_error") == 0) {
         fputs(" watch_error ", out);
         put_value(out, json_object_get(ev, "root"));

@@ -421,3 +421,21 @@ int cmd_stop(struct ctl *ctl, int argc, char **argv) {
     json_decref(resp);
     return r;
 }
+
+int cmd_metrics(struct ctl *ctl, int argc, char **argv) {
+    json_t *resp, *text;
+    int r;
+
+    (void)argc;
+    (void)argv;
+    r = ctl_call(ctl, "metrics", NULL, &resp, false);
+    if (r != EXIT_OK || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+    text = json_object_get(json_object_get(resp, "result"), "text");
+    if (json_is_string(text))
+        fwrite(json_string_value(text), 1, json_string_length(text), stdout);
+    json_decref(resp);
+    return EXIT_OK;
+}

@@ -74,10 +74,11 @@ struct run_options {
     bool isolate;
     long long timeout_ms, memory_mb, cpu_s;
     json_t *globals; /* --set NAME=JSON, an object */
+    json_t *get;     /* --get NAME..., an array, or NULL */
     json_t *argv;    /* ARGS after SCRIPT or -m MODULE, an array */
 };
 
-enum { RUN_ISOLATE = 256, RUN_TIMEOUT, RUN_MEMORY, RUN_CPU, RUN_CWD, RUN_SET };
+enum { RUN_ISOLATE = 256, RUN_TIMEOUT, RUN_MEMORY, RUN_CPU, RUN_CWD, RUN_SET, RUN_GET };
 
 static const struct option run_long_options[] = {
     { "isolate", no_argument, NULL, RUN_ISOLATE },
@@ -86,6 +87,7 @@ static const struct option run_long_options[] = {
     { "cpu", required_argument, NULL, RUN_CPU },
     { "cwd", required_argument, NULL, RUN_CWD },
     { "set", required_argument, NULL, RUN_SET },
+    { "get", required_argument, NULL, RUN_GET },
     { NULL, 0, NULL, 0 },
 };
 
@@ -110,6 +112,12 @@ static int run_option(int c, int argc, char **argv, struct run_options *o) {
         return 0;
     case RUN_SET:
         return add_global(o->globals, optarg);
+    case RUN_GET:
+        if (optarg[0] == '\0') {
+            fail("--get: empty name");
+            return -EINVAL;
+        }
+        return append_arg(&o->get, optarg, "--get name");
     case ':':
         if (optopt == 'm')
             fail("-m needs a module name");
@@ -210,6 +218,8 @@ static json_t *run_request(const struct run_options *o) {
     json_object_set(args, "argv", o->argv);
     if (json_object_size(o->globals) > 0)
         json_object_set(args, "globals", o->globals);
+    if (o->get != NULL)
+        json_object_set(args, "get", o->get);
     if (o->timeout_ms > 0)
         json_object_set_new(args, "timeout_ms", json_integer(o->timeout_ms));
     if (o->isolate)
@@ -219,6 +229,45 @@ static json_t *run_request(const struct run_options *o) {
     if (o->cpu_s > 0)
         json_object_set_new(args, "cpu_s", json_integer(o->cpu_s));
     return args;
+}
+
+/* Whether v is the form of a value that is not JSON by nature: {"repr", "type"} and maybe
+ * "truncated" (docs/run.md). */
+static bool is_repr(json_t *v) {
+    size_t n = json_object_size(v);
+
+    return json_is_string(json_object_get(v, "repr")) && json_is_string(json_object_get(v, "type")) &&
+           (n == 2 || (n == 3 && json_is_true(json_object_get(v, "truncated"))));
+}
+
+/* After the output: "NAME = value" for each value of --get (JSON compact, or a repr and its
+ * type), then the names the script did not set, on stderr. */
+static void print_globals(json_t *result) {
+    const char *name;
+    json_t *value, *names = json_object_get(result, "missing");
+    size_t i;
+
+    json_object_foreach(json_object_get(result, "globals"), name, value) {
+        put_clean(stdout, name);
+        fputs(" = ", stdout);
+        if (is_repr(value)) {
+            put_exact(stdout, json_object_get(value, "repr"));
+            fputs(json_is_true(json_object_get(value, "truncated")) ? "...    (" : "    (", stdout);
+            put_clean(stdout, jstr(value, "type"));
+            fputs(json_is_true(json_object_get(value, "truncated")) ? ", repr truncated)\n" : ")\n", stdout);
+        } else {
+            char *text = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
+
+            fputs(text != NULL ? text : "?", stdout);
+            fputc('\n', stdout);
+            free(text);
+        }
+    }
+    fflush(stdout);
+    json_array_foreach(names, i, value)
+        fail("run: %s: not set by the script", json_string_value(value));
+    json_array_foreach(json_object_get(result, "omitted"), i, value)
+        fail("run: %s: left out (the values before it reached 8 MiB)", json_string_value(value));
 }
 
 /*
@@ -250,6 +299,8 @@ static int run_line(const struct ctl *ctl, const char *line, size_t len) {
     } else if (!is_event(msg) && is_our_response(msg)) {
         if (json_is_true(json_object_get(msg, "ok"))) {
             r = run_status(json_object_get(msg, "result"));
+            if (!ctl->json)
+                print_globals(json_object_get(msg, "result"));
         } else {
             if (!ctl->json)
                 report_error(msg);
@@ -287,6 +338,7 @@ int cmd_run(struct ctl *ctl, int argc, char **argv) {
 out:
     json_decref(args);
     json_decref(o.globals);
+    json_decref(o.get);
     json_decref(o.argv);
     return r;
 }

@@ -17,6 +17,8 @@ command_exec_fn cmd_subscribe, cmd_history;                             /* cmd_e
 command_exec_fn cmd_watch, cmd_unwatch, cmd_pause, cmd_resume;          /* cmd_roots.c */
 command_exec_fn cmd_modules, cmd_reload, cmd_exec, cmd_repl, cmd_interrupt; /* cmd_python.c */
 command_exec_fn cmd_run;                                                /* cmd_runs.c */
+command_exec_fn cmd_plugins;                                            /* cmd_plugins.c */
+command_exec_fn cmd_metrics;                                            /* cmd_metrics.c */
 
 #define STRING(n) {.name = n, .kind = COMMAND_ARG_STRING}
 #define COUNT(n) {.name = n, .kind = COMMAND_ARG_INT, .min = 0, .max = INT32_MAX}
@@ -41,6 +43,10 @@ static const struct command_entry table[] = {
      true, {COUNT("n"), FILTERS}},
     {"stats", "counters, reload duration and save-to-reloaded latency histograms", cmd_stats, true,
      {}},
+    {"metrics", "counters, histograms and gauges in the Prometheus text format", cmd_metrics, true,
+     {}},
+    {"plugins", "the plugins of the plugin directories: state, exports, last error", cmd_plugins,
+     true, {}},
     {"exec", "run \"code\" in the interpreter's __main__ namespace", cmd_exec, false,
      {REQUIRED_STRING("code", "exec needs \"code\": Python source to run")}},
     {"run", "run a script (\"path\", \"module\" or \"source\") as __main__; output streams, then "
@@ -52,6 +58,7 @@ static const struct command_entry table[] = {
       COUNT("cpu_s"),
       {.name = "globals", .kind = COMMAND_ARG_OBJECT,
        .invalid = "argument \"globals\" must be an object of names to values"},
+      {.name = "get", .kind = COMMAND_ARG_STRING_LIST},
       {.name = "isolate", .kind = COMMAND_ARG_BOOL}}},
     {"repl", "one console input (\"source\"): incomplete, or run with its output", cmd_repl, false,
      {REQUIRED_STRING("source", "repl needs \"source\": the lines typed so far")}},

@@ -85,6 +85,11 @@ static bool entry_valid(const char *entry) {
     return colon != NULL && colon != entry && colon[1] != '\0' && strchr(colon + 1, ':') == NULL;
 }
 
+/* A plugin pattern: a glob matched against file names, so it holds no '/'. */
+static bool pattern_valid(const char *pattern) {
+    return pattern[0] != '\0' && strchr(pattern, '/') == NULL;
+}
+
 /* Joins a relative path onto dir; an absolute path is only tidied. Drops empty and "."
  * components so that sys.path entries read the way the user meant them; ".." is kept,
  * since resolving it lexically would be wrong across symlinks. */
@@ -141,6 +146,8 @@ enum key_kind {
     KEY_ENTRY,
     KEY_BOOL,       /* bool: yes/no, true/false, on/off, 1/0 */
     KEY_BACKEND,
+    KEY_API,        /* char *, MODULE:ATTR */
+    KEY_PATTERN,    /* char *, a file-name glob (no '/') */
 };
 
 struct config_key {
@@ -183,6 +190,9 @@ static const struct config_key config_keys[] = {
     {"reload", "strategy", KEY_STRATEGY, FIELD(strategy), 0, 0, 0},
     {"reload", "mode", KEY_MODE, FIELD(mode), 0, 0, 0},
     {"run", "timeout_ms", KEY_UINT, FIELD(exec_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
+    {"plugins", "dir", KEY_DIRS, LIST(plugin_dirs), 0, 0},
+    {"plugins", "pattern", KEY_PATTERN, FIELD(plugin_pattern), 0, 0, 0},
+    {"plugins", "api", KEY_API, FIELD(plugin_api), 0, 0, 0},
 };
 
 #define N_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -275,11 +285,16 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
     switch (key->kind) {
     case KEY_STRING:
     case KEY_PATH:
-    case KEY_ENTRY: {
+    case KEY_ENTRY:
+    case KEY_API:
+    case KEY_PATTERN: {
         if (value[0] == '\0')
             return load_fail(ctx, -EINVAL, "%s: empty value", key->name);
-        if (key->kind == KEY_ENTRY && !entry_valid(value))
-            return load_fail(ctx, -EINVAL, "%s: expected MODULE:FUNCTION, got '%s'",
+        if ((key->kind == KEY_ENTRY || key->kind == KEY_API) && !entry_valid(value))
+            return load_fail(ctx, -EINVAL, "%s: expected MODULE:%s, got '%s'", key->name,
+                             key->kind == KEY_API ? "ATTR" : "FUNCTION", value);
+        if (key->kind == KEY_PATTERN && !pattern_valid(value))
+            return load_fail(ctx, -EINVAL, "%s: expected a file-name glob without '/', got '%s'",
                              key->name, value);
         char *copy = key->kind == KEY_PATH ? path_join(ctx->dir, value) : strdup(value);
         if (copy == NULL)
@@ -504,6 +519,7 @@ enum {
     OPT_NO_IMPORT,
     OPT_LOG_LEVEL,
     OPT_CHECK_CONFIG,
+    OPT_PLUGINS,
 };
 
 static const struct option long_options[] = {
@@ -516,6 +532,7 @@ static const struct option long_options[] = {
     {"no-import", no_argument, NULL, OPT_NO_IMPORT},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
+    {"plugins", required_argument, NULL, OPT_PLUGINS},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -550,15 +567,18 @@ struct cli {
     size_t n_watch;
     char **python_paths;
     size_t n_python_paths;
+    char **plugins;
+    size_t n_plugins;
     unsigned settle_ms;
     enum log_level log_level;
-    bool has_settle_ms, has_log_level, has_watch, has_python_paths, no_import;
+    bool has_settle_ms, has_log_level, has_watch, has_python_paths, has_plugins, no_import;
     bool check_config, help, version;
 };
 
 static void cli_free(struct cli *cli) {
     strv_free(&cli->watch, &cli->n_watch);
     strv_free(&cli->python_paths, &cli->n_python_paths);
+    strv_free(&cli->plugins, &cli->n_plugins);
 }
 
 static int cli_parse(struct cli *cli, int argc, char **argv, char *err, size_t errlen) {
@@ -584,6 +604,17 @@ static int cli_parse(struct cli *cli, int argc, char **argv, char *err, size_t e
             if (r < 0)
                 goto nomem;
             cli->has_watch = true;
+            break;
+        case OPT_PLUGINS:
+            if (optarg[0] == '\0') {
+                snprintf(err, errlen, "--plugins: empty directory name");
+                return -EINVAL;
+            }
+            /* Resolved by config_finish(), as --watch is. */
+            r = strv_push_owned(&cli->plugins, &cli->n_plugins, strdup(optarg));
+            if (r < 0)
+                goto nomem;
+            cli->has_plugins = true;
             break;
         case 's':
             if (optarg[0] == '\0') {
@@ -723,6 +754,13 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
         cli.watch = NULL;
         cli.n_watch = 0;
     }
+    if (cli.has_plugins) {
+        strv_free(&cfg->plugin_dirs, &cfg->n_plugin_dirs);
+        cfg->plugin_dirs = cli.plugins;
+        cfg->n_plugin_dirs = cli.n_plugins;
+        cli.plugins = NULL;
+        cli.n_plugins = 0;
+    }
     if (cli.has_python_paths) {
         strv_free(&cfg->python_paths, &cfg->n_python_paths);
         cfg->python_paths = cli.python_paths;
@@ -765,6 +803,9 @@ void config_free(struct config *cfg) {
     free(cfg->socket_group);
     free(cfg->entry);
     free(cfg->venv);
+    free(cfg->plugin_pattern);
+    free(cfg->plugin_api);
+    strv_free(&cfg->plugin_dirs, &cfg->n_plugin_dirs);
     strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
     strv_free(&cfg->include, &cfg->n_include);
     strv_free(&cfg->exclude, &cfg->n_exclude);
@@ -806,24 +847,26 @@ static int finish_venv(struct config *cfg, char *err, size_t errlen) {
     return 0;
 }
 
-static int finish_roots(struct config *cfg, char *err, size_t errlen) {
+/* Replaces each directory of *list (as given) by its realpath, dropping duplicates; option
+ * names the list in messages ("--watch"). */
+static int finish_dirs(char ***list, size_t *count, const char *option, char *err, size_t errlen) {
     char **roots = NULL;
     size_t n = 0;
     int r = 0;
 
-    for (size_t i = 0; i < cfg->n_watch_roots; i++) {
-        const char *given = cfg->watch_roots[i];
+    for (size_t i = 0; i < *count; i++) {
+        const char *given = (*list)[i];
         char *real = realpath(given, NULL);
         struct stat st;
         if (real == NULL || stat(real, &st) < 0) {
             r = -errno;
-            snprintf(err, errlen, "--watch %s: %s", given, strerror(errno));
+            snprintf(err, errlen, "%s %s: %s", option, given, strerror(errno));
             free(real);
             goto fail;
         }
         if (!S_ISDIR(st.st_mode)) {
             r = -ENOTDIR;
-            snprintf(err, errlen, "--watch %s: not a directory", given);
+            snprintf(err, errlen, "%s %s: not a directory", option, given);
             free(real);
             goto fail;
         }
@@ -837,9 +880,9 @@ static int finish_roots(struct config *cfg, char *err, size_t errlen) {
             goto fail;
         }
     }
-    strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
-    cfg->watch_roots = roots;
-    cfg->n_watch_roots = n;
+    strv_free(list, count);
+    *list = roots;
+    *count = n;
     return 0;
 
 fail:
@@ -917,6 +960,20 @@ int config_finish(struct config *cfg, char *err, size_t errlen) {
         return -EINVAL;
     }
 
+    if (cfg->plugin_api != NULL && !entry_valid(cfg->plugin_api)) {
+        snprintf(err, errlen, "[plugins] api: expected MODULE:ATTR, got '%s'", cfg->plugin_api);
+        return -EINVAL;
+    }
+    if (cfg->plugin_pattern != NULL && !pattern_valid(cfg->plugin_pattern)) {
+        snprintf(err, errlen, "[plugins] pattern: expected a file-name glob without '/', got '%s'",
+                 cfg->plugin_pattern);
+        return -EINVAL;
+    }
+    if (cfg->plugin_pattern == NULL && (cfg->plugin_pattern = strdup(CONFIG_PLUGIN_PATTERN)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+
     if (cfg->poll_interval_ms < POLL_INTERVAL_MS_MIN ||
         cfg->poll_interval_ms > POLL_INTERVAL_MS_MAX) {
         snprintf(err, errlen, "poll_interval_ms: expected an integer from %u to %u, got %u",
@@ -932,7 +989,10 @@ int config_finish(struct config *cfg, char *err, size_t errlen) {
             cfg->poll_dirs[i] = real;
         }
     }
-    int r = finish_roots(cfg, err, errlen);
+    int r = finish_dirs(&cfg->watch_roots, &cfg->n_watch_roots, "--watch", err, errlen);
+    if (r < 0)
+        return r;
+    r = finish_dirs(&cfg->plugin_dirs, &cfg->n_plugin_dirs, "--plugins", err, errlen);
     if (r < 0)
         return r;
     r = finish_group(cfg, err, errlen);
@@ -972,8 +1032,9 @@ const char *config_usage(void) {
         "the changed modules in one persistent interpreter.\n"
         "\n"
         "Usage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N]\n"
-        "              [--python-path DIR]... [--entry MODULE:FUNCTION] [--no-import]\n"
-        "              [--log-level LEVEL] [--check-config] [--version] [--help]\n"
+        "              [--python-path DIR]... [--entry MODULE:FUNCTION]\n"
+        "              [--plugins DIR]... [--no-import] [--log-level LEVEL]\n"
+        "              [--check-config] [--version] [--help]\n"
         "\n"
         "Options:\n"
         "  -c, --config FILE       read FILE (INI; see pyhotd.conf) before the other\n"
@@ -994,6 +1055,9 @@ const char *config_usage(void) {
         "      --entry MODULE:FUNCTION\n"
         "                          after start, call FUNCTION of MODULE on a thread of\n"
         "                          its own (the app's main). Default: none.\n"
+        "      --plugins DIR       load DIR's plugin files (plugin_*.py) at start and\n"
+        "                          again when they change. Repeatable; replaces the\n"
+        "                          file's [plugins] dir list. Default: none.\n"
         "      --no-import         import nothing at start, even with [watch] import =\n"
         "                          all: modules load when the app, exec or run import\n"
         "                          them. Default: as [watch] import says.\n"

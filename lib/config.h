@@ -9,9 +9,9 @@
 
 /*
  * The daemon's configuration: defaults, then the INI file (libinih; sections [daemon],
- * [watch], [python], [reload], [run]; config/pyhotd.conf documents every key), then the
+ * [watch], [python], [reload], [run], [plugins]; config/pyhotd.conf documents every key), then the
  * command line, which overrides the file. A list option given on the command line
- * (--watch, --python-path) replaces the file's list rather than adding to it.
+ * (--watch, --python-path, --plugins) replaces the file's list rather than adding to it.
  *
  * String lists are NULL-terminated arrays of owned strings with a count beside them.
  */
@@ -35,6 +35,8 @@ enum config_mode {
     CONFIG_MODE_DEFINITIONS = 0, /* run only the statements that changed or read a changed name */
     CONFIG_MODE_MODULE = 1,      /* run each module's whole top level again */
 };
+
+#define CONFIG_PLUGIN_PATTERN "plugin_*.py"
 
 struct config {
     char *config_path;          /* file read, or NULL */
@@ -88,6 +90,14 @@ struct config {
     enum config_strategy strategy;
     enum config_mode mode;      /* default definitions (docs/reload.md) */
 
+    /* [plugins] (docs/plugins.md) */
+    char **plugin_dirs;         /* directories of plugin files; realpath'd by config_finish() */
+    size_t n_plugin_dirs;
+    char *plugin_pattern;       /* file-name glob; config_finish() defaults it to
+                                   CONFIG_PLUGIN_PATTERN */
+    char *plugin_api;           /* "MODULE:ATTR": a dict whose items are the plugins' injected
+                                   globals, or NULL */
+
     /* [run] */
     unsigned exec_timeout_ms;   /* deadline of exec and run jobs; default 30000 */
 
@@ -116,7 +126,9 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
 
 /* Validates and completes cfg after parsing: watch roots must be existing directories
  * (each replaced by its realpath), settle_ms within 0..60000, entry of the form
- * MODULE:FUNCTION, socket_group a known group name (getgrnam(3)) or a number, resolved
+ * MODULE:FUNCTION, plugin directories existing directories (realpath'd), the plugin
+ * pattern a glob without '/' (defaulted to CONFIG_PLUGIN_PATTERN), the plugin api
+ * MODULE:ATTR, socket_group a known group name (getgrnam(3)) or a number, resolved
  * into socket_gid, venv a virtual environment (pyvenv.cfg, PEP 405) for this Python
  * version (lib/pythonX.Y/site-packages), and socket_path defaulted
  * (protocol_default_socket_path()).

@@ -135,6 +135,10 @@ void config_reload(struct server *server, int argc, char **argv_in) {
         json_array_append_new(restart, json_string("venv"));
     if (!lists_equal(fresh.python_paths, fresh.n_python_paths, old->python_paths, old->n_python_paths))
         json_array_append_new(restart, json_string("python_paths"));
+    if (!lists_equal(fresh.plugin_dirs, fresh.n_plugin_dirs, old->plugin_dirs, old->n_plugin_dirs) ||
+        !strings_equal(fresh.plugin_pattern, old->plugin_pattern) ||
+        !strings_equal(fresh.plugin_api, old->plugin_api))
+        json_array_append_new(restart, json_string("plugins"));
     if (!lists_equal(fresh.include, fresh.n_include, old->include, old->n_include) ||
         !lists_equal(fresh.exclude, fresh.n_exclude, old->exclude, old->n_exclude))
         json_array_append_new(restart, json_string("include/exclude"));

@@ -15,6 +15,7 @@
 #include "events.h"
 #include "filter.h"
 #include "log.h"
+#include "plugins.h"
 #include "protocol.h"
 #include "py_host.h"
 #include "server.h"
@@ -177,6 +178,12 @@ static void on_batch_done(struct py_job *job, void *data) {
 
 static void on_batch(struct watch *watch, struct watch_batch *batch, void *data) {
     struct server *server = data;
+    if (server->plugins)
+        plugins_take_batch(server->plugins, batch);
+    if (batch->n_paths == 0) { /* plugin files only: the plugin host has them */
+        watch_batch_free(batch);
+        return;
+    }
     json_t *paths = json_array();
     for (size_t i = 0; i < batch->n_paths; i++)
         json_array_append_new(paths, json_string(batch->paths[i]));
@@ -334,6 +341,37 @@ static void on_watchdog(uv_timer_t *timer) {
 
 /* ---- run ---------------------------------------------------------------------------- */
 
+/* The plugin host's loop half (plugins.c), and a watch on each plugin directory that no
+ * watch root holds. Returns 0 or -ENOMEM (logged). */
+static int start_plugins(struct server *server) {
+    const struct config *cfg = server->config;
+    char err[1024];
+    struct plugins_options options = {
+        .dirs = (const char *const *)cfg->plugin_dirs,
+        .n_dirs = cfg->n_plugin_dirs,
+        .roots = (const char *const *)cfg->watch_roots,
+        .n_roots = cfg->n_watch_roots,
+        .pattern = cfg->plugin_pattern,
+        .api = cfg->plugin_api,
+        .timeout_ms = cfg->reload_timeout_ms,
+        .server = server,
+    };
+    if (plugins_new(&options, &server->plugins) < 0) {
+        log_error("out of memory");
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < cfg->n_plugin_dirs; i++) {
+        const char *dir = cfg->plugin_dirs[i];
+        if (!plugins_needs_watch(server->plugins, dir))
+            continue;
+        if (watch_add_root(server->watch, dir, err, sizeof(err)) < 0)
+            server_publish_watch_error(server, dir, err);
+        else
+            log_info("watching plugin directory %s", dir);
+    }
+    return 0;
+}
+
 /* The control socket and the watcher with its roots. Returns 0 or a negative errno (logged). */
 static int start_io(struct daemon *daemon) {
     struct server *server = &daemon->server;
@@ -391,6 +429,8 @@ static int start_io(struct daemon *daemon) {
                      watch_root_describe(server->watch, watch_root_count(server->watch) - 1,
                                          how, sizeof(how)));
     }
+    if (cfg->n_plugin_dirs > 0)
+        return start_plugins(server);
     if (cfg->n_watch_roots == 0)
         log_warn("no watch roots: nothing will be reloaded on change (use --watch DIR)");
     return 0;
@@ -421,8 +461,15 @@ static int start_jobs(struct server *server) {
              cfg->mode == CONFIG_MODE_MODULE ? "whole modules (mode = module)"
                                              : "what changed (mode = definitions)");
     /* The first imports run an app's top level: they get the exec deadline, not reload's. */
-    return server_submit(server, PY_JOB_STARTUP, input, cfg->exec_timeout_ms, on_startup_done,
-                         server);
+    int r = server_submit(server, PY_JOB_STARTUP, input, cfg->exec_timeout_ms, on_startup_done,
+                          server);
+    /* Plugins after the app's start, so that the module of [plugins] api is set up. */
+    if (r == 0 && server->plugins) {
+        int queued = plugins_load_all(server->plugins);
+        if (queued < 0)
+            log_error("cannot queue the plugins: %s", strerror(-queued));
+    }
+    return r;
 }
 
 static int start(struct daemon *daemon) {
@@ -523,6 +570,7 @@ int daemon_run(struct config *cfg, int argc, char **argv) {
         log_warn("handles were still open at exit");
     int code = daemon->exit_code;
     commands_free(server);
+    plugins_free(server->plugins);
     events_free(server->events);
     filter_free(daemon->filter);
     json_decref(server->last_batch);

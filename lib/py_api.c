@@ -27,13 +27,9 @@ static const struct {
 
 int py_api_init(void) {
     for (size_t i = 0; i < sizeof(embedded_modules) / sizeof(embedded_modules[0]); i++) {
-        PyObject *code = Py_CompileString(embedded_modules[i].source, embedded_modules[i].filename,
-                                          Py_file_input);
-        if (!code)
-            return -1;
         /* sys.modules holds the module from here on; our reference is not needed. */
-        PyObject *module = PyImport_ExecCodeModule(embedded_modules[i].name, code);
-        Py_DECREF(code);
+        PyObject *module = py_module_from_source(embedded_modules[i].name, embedded_modules[i].filename,
+                                                 embedded_modules[i].source);
         if (!module)
             return -1;
         Py_DECREF(module);

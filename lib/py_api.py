@@ -21,13 +21,19 @@ Hooks are kept by the definition that registered them (module and qualified name
 the module that registers a hook runs that registration again (a changed decorator line,
 or `mode = module`), the new function takes the old one's place instead of running twice.
 
+Plugins (docs/plugins.md): `pyhot.plugins` is a read-only mapping, plugin name -> its
+exports (a read-only mapping of the names its file defines), and `pyhot.on_plugin(callback)`
+tells the app about each plugin loaded, reloaded, failed or removed. They are the plugin
+host's (lib/py_plugins.py, `_pyhot_plugins`), which the daemon loads before this module.
+
 This module is compiled into the daemon (lib/py_api.py); it is the same file a reader
 sees there. Its names are stable: new ones are added, none is renamed or removed.
 """
 
 import _pyhot_reload
+from _pyhot_plugins import on_plugin, plugins
 
-__all__ = ["BatchInfo", "after_reload", "before_reload", "remove_hook"]
+__all__ = ["BatchInfo", "after_reload", "before_reload", "on_plugin", "plugins", "remove_hook"]
 
 BatchInfo = _pyhot_reload.BatchInfo
 BatchInfo.__doc__ = """What a reload batch does, as the hooks of pyhot see it.

@@ -88,6 +88,7 @@ static const char *const job_kind_names[] = {
     [PY_JOB_RUN] = "run",
     [PY_JOB_PRELOAD] = "preload",
     [PY_JOB_REPL] = "repl",
+    [PY_JOB_PLUGIN] = "plugin",
 };
 
 const char *py_job_kind_name(enum py_job_kind kind) {
@@ -193,11 +194,7 @@ static int interpreter_init(struct py_host *host) {
         return -EINVAL;
     }
 
-    PyObject *code = Py_CompileString(py_support_source, "<pyhot>/py_support.py", Py_file_input);
-    if (!code)
-        return fail_init(host, "compiling the support module");
-    support_module = PyImport_ExecCodeModule("_pyhot", code);
-    Py_DECREF(code);
+    support_module = py_module_from_source("_pyhot", "<pyhot>/py_support.py", py_support_source);
     if (!support_module)
         return fail_init(host, "loading the support module");
     PyObject *describe = PyObject_GetAttrString(support_module, "describe_exception");
@@ -239,6 +236,8 @@ static int interpreter_init(struct py_host *host) {
 
     if (py_reload_init() < 0)
         return fail_init(host, "loading the reload engine");
+    if (py_plugins_init() < 0)
+        return fail_init(host, "loading the plugin host");
     if (py_api_init() < 0)
         return fail_init(host, "loading the pyhot module and the framework adapters");
     if (py_run_init() < 0)
@@ -392,6 +391,12 @@ static void run_job(struct py_host *host, struct py_job *job) {
         job_set(job, result, error);
         break;
     }
+    case PY_JOB_PLUGIN: {
+        json_t *error = NULL;
+        json_t *result = py_plugins_load(job->input, &error);
+        job_set(job, result, error);
+        break;
+    }
     }
     /* What raised while our mark was on this job is the interrupt's doing. */
     if (atomic_load(&host->interrupt_job_id) == job->id) {
@@ -514,6 +519,7 @@ static void *python_thread_main(void *arg) {
 
     PyEval_RestoreThread(state);
     py_run_fini();
+    py_plugins_fini();
     py_json_set_describe(NULL);
     Py_CLEAR(support_module);
     if (Py_FinalizeEx() < 0)

@@ -41,6 +41,7 @@ enum py_job_kind {
                         --isolate {"pid", "stdout_fd", "stderr_fd"} (run_channel.h) */
     PY_JOB_PRELOAD,  /* input {"modules": [..]} -> {"imported": [..], "errors": [..]} */
     PY_JOB_REPL,     /* input {"source": str} -> {"incomplete": bool, "stdout", "stderr"} */
+    PY_JOB_PLUGIN,   /* input {"path", "api"} -> {"event", "plugin"} (py_plugins_load) */
 };
 
 /* Why a running job is interrupted; the python thread raises (lib/py_support.py):
@@ -144,7 +145,7 @@ size_t py_host_modules_loaded(struct py_host *host);
 const char *py_host_python_version(void);
 
 /* Name of a job kind ("startup", "reload", "exec", "modules", "configure", "run",
- * "preload", "repl"). */
+ * "preload", "repl", "plugin"). */
 const char *py_job_kind_name(enum py_job_kind kind);
 
 /* Stops the host: queued jobs are finished with ok=false, code "shutting_down"; the

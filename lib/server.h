@@ -11,6 +11,7 @@
 #include "config.h"
 #include "events.h"
 #include "histogram.h"
+#include "metrics.h"
 #include "py_host.h"
 
 /*
@@ -25,6 +26,7 @@
 struct control;
 struct watch;
 struct command_state; /* the commands' own state (status cache, runs), commands.c */
+struct plugins;
 
 struct server_counters {
     uint64_t batches;
@@ -34,6 +36,8 @@ struct server_counters {
     uint64_t responses, failed_responses;
     struct histogram reload_ms;  /* duration_ms of each module reloaded ok */
     struct histogram latency_ms; /* latency_ms of each file batch that applied (ok) */
+    struct metrics_run_results runs; /* runs ended, by how (cmd_runs.c) */
+    struct histogram run_ms;     /* duration_ms of each run that ended */
 };
 
 struct server {
@@ -53,6 +57,7 @@ struct server {
     bool ready;                /* the startup job finished */
     bool stopping;
     struct command_state *commands;
+    struct plugins *plugins;   /* plugin directories (plugins.c), or NULL without any */
 
     /* Sends line (len bytes, "\n"-terminated, malloc'd; stolen) to client: the daemon
      * queues it on the control socket, a test server keeps it. */

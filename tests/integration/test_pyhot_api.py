@@ -21,7 +21,7 @@ def test_import_pyhot_from_exec_run_and_entry(pyhotd, pyhotctl, tmp_path):
                args=["--entry", "app:main"])
     wait_for(lambda: d.eval("__import__('app').SEEN") == ["after_reload"], what="the entry")
     assert d.eval("__import__('pyhot').__all__") == ["BatchInfo", "after_reload", "before_reload",
-                                                     "remove_hook"]
+                                                     "on_plugin", "plugins", "remove_hook"]
     script = tmp_path / "script.py"
     script.write_text("import pyhot\nprint(pyhot.BatchInfo.__name__)\n")
     result = pyhotctl("run", str(script), socket=d.socket)

@@ -432,8 +432,9 @@ static void test_help_version(void **state) {
     /* The synopsis (DESIGN.md's command line), wrapped to fit 80 columns. */
     assert_non_null(strstr(usage,
         "\nUsage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N]\n"
-        "              [--python-path DIR]... [--entry MODULE:FUNCTION] [--no-import]\n"
-        "              [--log-level LEVEL] [--check-config] [--version] [--help]\n"));
+        "              [--python-path DIR]... [--entry MODULE:FUNCTION]\n"
+        "              [--plugins DIR]... [--no-import] [--log-level LEVEL]\n"
+        "              [--check-config] [--version] [--help]\n"));
     for (const char *line = usage; *line;) {
         const char *end = strchr(line, '\n');
         size_t len = end ? (size_t)(end - line) : strlen(line);
@@ -443,7 +444,7 @@ static void test_help_version(void **state) {
     }
     static const char *const words[] = {
         "--config FILE", "--watch DIR", "--socket PATH", "--settle-ms N", "--python-path DIR",
-        "--entry MODULE:FUNCTION", "--no-import", "--log-level LEVEL", "--check-config",
+        "--entry MODULE:FUNCTION", "--plugins DIR", "--no-import", "--log-level LEVEL", "--check-config",
         "--version", "--help", "Default: 10", "Default: info", "PYHOT_SOCKET",
         "JOURNAL_STREAM", "0  clean stop", "1  runtime failure", "2  usage or configuration error",
     };
@@ -565,7 +566,7 @@ static void test_shipped_file(void **state) {
     assert_int_equal(fx->cfg.n_include, 0);
     config_free(&fx->cfg);
 
-    /* Uncomment every example but the roots (they name directories that need not exist). */
+    /* Uncomment every example but the roots and plugin dirs (they name directories that need not exist). */
     FILE *in = fopen(shipped, "r");
     FILE *out = fopen(fx->conf, "w");
     assert_non_null(in);
@@ -573,7 +574,8 @@ static void test_shipped_file(void **state) {
     char line[512];
     int uncommented = 0;
     while (fgets(line, sizeof(line), in) != NULL) {
-        bool example = line[0] == ';' && strncmp(line, ";root", 5) != 0;
+        bool example = line[0] == ';' && strncmp(line, ";root", 5) != 0 &&
+                       strncmp(line, ";dir", 4) != 0;
         fputs(example ? line + 1 : line, out);
         uncommented += example;
     }
@@ -594,6 +596,51 @@ static void test_shipped_file(void **state) {
     assert_int_equal(fx->cfg.reload_timeout_ms, defaults.reload_timeout_ms);
     assert_int_equal(fx->cfg.strategy, defaults.strategy);
     assert_int_equal(fx->cfg.exec_timeout_ms, defaults.exec_timeout_ms);
+    assert_string_equal(fx->cfg.plugin_pattern, CONFIG_PLUGIN_PATTERN);
+    assert_string_equal(fx->cfg.plugin_api, "app:PLUGIN_API");
+}
+
+static void test_plugins(void **state) {
+    struct fixture *fx = *state;
+    make_dir(fx, "p1");
+    make_dir(fx, "p2");
+    assert_int_equal(load(fx, "[plugins]\ndir = p1\ndir = p2\ndir = p1\npattern = ext_*.py\n"
+                              "api = host.api:API\n"), 0);
+    assert_int_equal(fx->cfg.n_plugin_dirs, 2);
+    assert_string_equal(fx->cfg.plugin_dirs[0], in_dir(fx, "p1"));
+    assert_string_equal(fx->cfg.plugin_pattern, "ext_*.py");
+    assert_string_equal(fx->cfg.plugin_api, "host.api:API");
+
+    /* --plugins replaces the file's list; the pattern defaults. */
+    config_free(&fx->cfg);
+    assert_int_equal(chdir(fx->dir), 0);
+    assert_int_equal(PARSE(fx, "--plugins", "p2"), 0);
+    assert_int_equal(config_finish(&fx->cfg, fx->err, sizeof(fx->err)), 0);
+    assert_int_equal(fx->cfg.n_plugin_dirs, 1);
+    assert_string_equal(fx->cfg.plugin_dirs[0], in_dir(fx, "p2"));
+    assert_string_equal(fx->cfg.plugin_pattern, "plugin_*.py");
+    assert_null(fx->cfg.plugin_api);
+
+    config_free(&fx->cfg);
+    assert_int_equal(PARSE(fx, "--plugins", "nope"), 0);
+    assert_int_equal(config_finish(&fx->cfg, fx->err, sizeof(fx->err)), -ENOENT);
+    assert_string_equal(fx->err, "--plugins nope: No such file or directory");
+
+    /* Errors name the file and line. */
+    static const char *const bad[][2] = {
+        {"[plugins]\n\ndir = missing\n", ":3: dir = missing: No such file or directory"},
+        {"[plugins]\npattern = sub/plugin_*.py\n",
+         ":2: pattern: expected a file-name glob without '/', got 'sub/plugin_*.py'"},
+        {"[plugins]\napi = host\n", ":2: api: expected MODULE:ATTR, got 'host'"},
+        {"[plugins]\nfile = x\n", ":2: unknown key 'file' in section [plugins]"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        config_free(&fx->cfg);
+        assert_int_equal(load(fx, bad[i][0]), -EINVAL);
+        char expected[PATH_MAX + 200];
+        fmt(expected, sizeof(expected), "%s%s", fx->conf, bad[i][1]);
+        assert_string_equal(fx->err, expected);
+    }
 }
 
 int main(void) {
@@ -611,6 +658,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_bad_args, setup, teardown),
         cmocka_unit_test_setup_teardown(test_finish, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shipped_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_plugins, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
