@@ -7,9 +7,10 @@ PYTHON     := /usr/bin/python3
 JOBS       ?= $(shell nproc)
 
 DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev libinih-dev \
-                libsystemd-dev libcmocka-dev libedit-dev python3-pytest inotify-tools systemd
+                libsystemd-dev libseccomp-dev libcmocka-dev libedit-dev python3-pytest inotify-tools \
+                systemd
 # Peers measured beside pyhotd by `make bench` only.
-BENCH_PACKAGES := watchman hyperfine
+BENCH_PACKAGES := watchman hyperfine bubblewrap
 # clang and its runtime (libFuzzer, ASan) for `make fuzz`.
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 

@@ -1818,8 +1818,8 @@ static int cmd_run(struct ctl *ctl, int argc, char **argv)
 {
     json_t *args = json_object(), *globals = json_object(), *list = json_array();
     const char *module = NULL, *script = NULL, *cwd = NULL, *v;
-    bool isolate = false;
-    long long timeout_ms = 0, memory_mb = 0, cpu_s = 0;
+    bool isolate = false, sandbox = false;
+    long long timeout_ms = 0, memory_mb = 0, cpu_s = 0, pids = -1;
     int i, r = EXIT_USAGE;
 
     for (i = 0; i < argc && script == NULL && module == NULL; i++) {
@@ -1831,6 +1831,12 @@ static int cmd_run(struct ctl *ctl, int argc, char **argv)
             break;
         } else if (strcmp(a, "--isolate") == 0) {
             isolate = true;
+        } else if (strcmp(a, "--sandbox") == 0) {
+            sandbox = isolate = true;
+        } else if (is_option(a, "--pids")) {
+            if ((v = option_value(argc, argv, &i, "--pids")) == NULL ||
+                parse_whole("--pids", v, 65536, &pids) < 0)
+                goto out;
         } else if (is_option(a, "--timeout")) {
             if ((v = option_value(argc, argv, &i, "--timeout")) == NULL ||
                 parse_seconds("--timeout", v, &timeout_ms) < 0)
@@ -1908,6 +1914,10 @@ static int cmd_run(struct ctl *ctl, int argc, char **argv)
         json_object_set_new(args, "timeout_ms", json_integer(timeout_ms));
     if (isolate)
         json_object_set_new(args, "isolate", json_true());
+    if (sandbox)
+        json_object_set_new(args, "sandbox", json_true());
+    if (pids >= 0)
+        json_object_set_new(args, "pids", json_integer(pids));
     if (memory_mb > 0)
         json_object_set_new(args, "memory_mb", json_integer(memory_mb));
     if (cpu_s > 0)
@@ -2251,7 +2261,7 @@ static const struct ctl_command commands[] = {
         1, 1, true, cmd_exec, 0,
     },
     {
-        "run", "[--isolate] [--timeout S] [--memory MB] [--cpu S] [--cwd DIR] [--set NAME=JSON]... SCRIPT|-m MODULE [ARGS...]",
+        "run", "[--isolate|--sandbox] [--timeout S] [--memory MB] [--cpu S] [--pids N] [--cwd DIR] [--set NAME=JSON]... SCRIPT|-m MODULE [ARGS...]",
         "run a script in the warm interpreter, as python3 would",
         "Runs SCRIPT (a file, a directory with __main__.py, or a zip app) or -m MODULE as\n"
         "__main__ in pyhotd's warm interpreter, with sys.argv = [SCRIPT, ARGS...]. Its stdout\n"
@@ -2262,7 +2272,12 @@ static const struct ctl_command commands[] = {
         "  --memory MB      (--isolate) address space the child may add (RLIMIT_AS)\n"
         "  --cpu S          (--isolate) CPU seconds (RLIMIT_CPU)\n"
         "  --cwd DIR        (--isolate) working directory (default: the current one)\n"
-        "A run ended by signal N exits 128+N. See docs/run.md.\n",
+        "  --sandbox        --isolate, and no network, no files but the import paths,\n"
+        "                   the script's directory, --cwd and a private TMPDIR, no\n"
+        "                   privileges, no dangerous system calls ([sandbox] config)\n"
+        "  --pids N         (--sandbox) processes the run may have (default 64)\n"
+        "A run ended by signal N exits 128+N; a sandbox that cannot be set up, 125.\n"
+        "See docs/run.md.\n",
         1, -1, true, cmd_run, CTL_OPT_RAW,
     },
     {

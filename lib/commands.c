@@ -197,12 +197,12 @@ static void cmd_exec(struct daemon *daemon, uint64_t client, const struct protoc
 }
 
 /* run: "path" or "module", "argv", "globals", "cwd", "timeout_ms", "isolate", "memory_mb",
- * "cpu_s" (docs/protocol.md, docs/run.md). */
+ * "cpu_s", "sandbox" (implies isolate), "pids" (docs/protocol.md, docs/run.md). */
 static void cmd_run(struct daemon *daemon, uint64_t client, const struct protocol_request *req) {
     char err[ERR_LEN];
     const char *path = NULL, *module = NULL, *cwd = NULL;
     json_t *argv = NULL;
-    int64_t timeout_ms = 0, memory_mb = 0, cpu_s = 0;
+    int64_t timeout_ms = 0, memory_mb = 0, cpu_s = 0, pids = 0;
     int r = protocol_arg_string(req, "path", &path, err, sizeof(err));
     if (r == -ENOENT)
         r = protocol_arg_string(req, "module", &module, err, sizeof(err));
@@ -246,12 +246,23 @@ static void cmd_run(struct daemon *daemon, uint64_t client, const struct protoco
         r = -EINVAL;
         snprintf(err, sizeof(err), "argument \"globals\" must be an object of names to values");
     }
-    json_t *isolate = json_object_get(req->root, "isolate");
-    if (r == 0 && isolate && !json_is_boolean(isolate)) {
-        r = -EINVAL;
-        snprintf(err, sizeof(err), "argument \"isolate\" must be true or false");
+    if (r == 0) {
+        r = protocol_arg_int(req, "pids", 1, 65536, &pids, err, sizeof(err));
+        r = r == -ENOENT ? 0 : r;
     }
-    bool isolated = json_is_true(isolate);
+    json_t *isolate = json_object_get(req->root, "isolate");
+    json_t *sandbox = json_object_get(req->root, "sandbox");
+    if (r == 0 && ((isolate && !json_is_boolean(isolate)) || (sandbox && !json_is_boolean(sandbox)))) {
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "argument \"%s\" must be true or false",
+                 isolate && !json_is_boolean(isolate) ? "isolate" : "sandbox");
+    }
+    bool sandboxed = json_is_true(sandbox);
+    bool isolated = json_is_true(isolate) || sandboxed; /* a sandbox is an isolated run */
+    if (r == 0 && pids && !sandboxed) {
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "\"pids\" needs \"sandbox\": true");
+    }
     if (r == 0 && !isolated && (cwd || memory_mb || cpu_s)) {
         /* The working directory and rlimits are process-wide: only a child can have its own. */
         r = -EINVAL;
@@ -273,6 +284,10 @@ static void cmd_run(struct daemon *daemon, uint64_t client, const struct protoco
         json_object_set_new(input, "module", json_string(module));
     if (cwd)
         json_object_set_new(input, "cwd", json_string(cwd));
+    if (sandboxed)
+        json_object_set_new(input, "sandbox", json_true());
+    if (pids)
+        json_object_set_new(input, "pids", json_integer(pids));
     daemon_run_script(daemon, input, client, req->id);
 }
 

@@ -143,6 +143,7 @@ enum key_kind {
     KEY_ENTRY,
     KEY_BOOL,       /* bool: yes/no, true/false, on/off, 1/0 */
     KEY_BACKEND,
+    KEY_NETWORK,
 };
 
 struct config_key {
@@ -180,6 +181,12 @@ static const struct config_key config_keys[] = {
     {"reload", "timeout_ms", KEY_UINT, FIELD(reload_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
     {"reload", "strategy", KEY_STRATEGY, FIELD(strategy), 0, 0, 0},
     {"run", "timeout_ms", KEY_UINT, FIELD(exec_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
+    {"sandbox", "network", KEY_NETWORK, FIELD(sandbox_network), 0, 0, 0},
+    {"sandbox", "user", KEY_STRING, FIELD(sandbox_user), 0, 0, 0},
+    {"sandbox", "read", KEY_PATHS, LIST(sandbox_read), 0, 0},
+    {"sandbox", "write", KEY_PATHS, LIST(sandbox_write), 0, 0},
+    {"sandbox", "pids", KEY_UINT, FIELD(sandbox_pids), 0, 1, 65536},
+    {"sandbox", "tmp_size_mb", KEY_UINT, FIELD(sandbox_tmp_mb), 0, 1, 65536},
 };
 
 #define N_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -375,6 +382,15 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
             *(enum config_backend *)(base + key->offset) = CONFIG_BACKEND_UV;
         else
             return load_fail(ctx, -EINVAL, "%s: expected inotify or uv, got '%s'", key->name,
+                             value);
+        return 1;
+    case KEY_NETWORK:
+        if (strcmp(value, "none") == 0)
+            *(enum config_network *)(base + key->offset) = CONFIG_NETWORK_NONE;
+        else if (strcmp(value, "loopback") == 0)
+            *(enum config_network *)(base + key->offset) = CONFIG_NETWORK_LOOPBACK;
+        else
+            return load_fail(ctx, -EINVAL, "%s: expected none or loopback, got '%s'", key->name,
                              value);
         return 1;
     case KEY_STRATEGY:
@@ -753,6 +769,8 @@ void config_init(struct config *cfg)
     cfg->max_clients = 64;
     cfg->max_output_bytes = 4194304;
     cfg->request_timeout_ms = 10000;
+    cfg->sandbox_pids = 64;
+    cfg->sandbox_tmp_mb = 64;
 }
 
 void config_free(struct config *cfg)
@@ -769,6 +787,9 @@ void config_free(struct config *cfg)
     strv_free(&cfg->exclude, &cfg->n_exclude);
     strv_free(&cfg->python_paths, &cfg->n_python_paths);
     strv_free(&cfg->preload, &cfg->n_preload);
+    free(cfg->sandbox_user);
+    strv_free(&cfg->sandbox_read, &cfg->n_sandbox_read);
+    strv_free(&cfg->sandbox_write, &cfg->n_sandbox_write);
     config_init(cfg);
 }
 

@@ -20,6 +20,7 @@
 #include "protocol.h"
 #include "py_host.h"
 #include "py_run.h"
+#include "sandbox.h"
 #include "version.h"
 #include "watch.h"
 
@@ -62,6 +63,9 @@ struct daemon {
     uint64_t status_generation;   /* bumped by every command but the read-only ones */
     struct run_entry *runs;       /* runs started and not ended */
     uint64_t next_run_id;
+    struct {
+        uint64_t total, isolated, sandboxed, failed, timed_out;
+    } runs_ended;                 /* by the run events (docs/protocol.md) */
     bool ready;
     bool stopping;
     int exit_code;
@@ -92,7 +96,12 @@ struct run_entry {
     uint64_t client;   /* 0 once the client disconnected: output is dropped */
     json_t *id;
     bool isolate;
+    bool sandbox;
     unsigned timeout_ms;
+    uid_t peer_uid;    /* who asked for it (SO_PEERCRED), for the run event */
+    pid_t peer_pid;
+    char *target;      /* "path" or "module", for the run event */
+    char *tmpdir;      /* a sandboxed run's private TMPDIR mount point, removed at its end */
     struct run_entry *next;
 };
 
@@ -110,6 +119,12 @@ static struct run_entry *run_find(struct daemon *daemon, uint64_t run_id, bool u
 
 static void run_entry_free(struct run_entry *e) {
     json_decref(e->id);
+    int r = sandbox_tmpdir_remove(e->tmpdir);
+    if (r < 0)
+        log_warn("run %llu: cannot remove its temp directory %s: %s", (unsigned long long)e->run_id,
+                 e->tmpdir, strerror(-r));
+    free(e->tmpdir);
+    free(e->target);
     free(e);
 }
 
@@ -388,6 +403,9 @@ static void on_job_done(struct py_job *job, void *data) {
         }
         if (json_is_true(json_object_get(job->output, "isolated"))) {
             char err[256];
+            const char *tmpdir = json_string_value(json_object_get(job->output, "tmpdir"));
+            if (entry && tmpdir)
+                entry->tmpdir = strdup(tmpdir);
             int pid = (int)json_integer_value(json_object_get(job->output, "pid"));
             int out_fd = (int)json_integer_value(json_object_get(job->output, "stdout_fd"));
             int err_fd = (int)json_integer_value(json_object_get(job->output, "stderr_fd"));
@@ -607,10 +625,36 @@ static void on_disconnect(struct control *control, uint64_t client, void *data) 
 
 /* ---- runs --------------------------------------------------------------------------- */
 
+/* The run event of an ended run, and the counters status shows (docs/protocol.md). */
+static void publish_run(struct daemon *daemon, const struct run_entry *entry, json_t *result) {
+    json_t *exit_code = json_object_get(result, "exit_code");
+    json_t *sig = json_object_get(result, "signal");
+    bool timed_out = json_is_true(json_object_get(result, "timed_out"));
+    daemon->runs_ended.total++;
+    daemon->runs_ended.isolated += entry->isolate;
+    daemon->runs_ended.sandboxed += entry->sandbox;
+    daemon->runs_ended.timed_out += timed_out;
+    daemon->runs_ended.failed += json_integer_value(exit_code) != 0 || json_integer_value(sig) != 0;
+    json_t *event = json_pack("{s:I, s:s, s:i, s:i, s:b, s:b, s:O, s:O, s:b, s:O, s:O, s:O}",
+                              "run", (json_int_t)entry->run_id, "script", entry->target ? entry->target : "",
+                              "peer_uid", (int)entry->peer_uid, "peer_pid", (int)entry->peer_pid,
+                              "isolated", entry->isolate, "sandboxed", entry->sandbox,
+                              "exit_code", exit_code ? exit_code : json_null(),
+                              "signal", sig ? sig : json_null(), "timed_out", timed_out,
+                              "duration_ms", json_object_get(result, "duration_ms") ?: json_null(),
+                              "cpu_ms", json_object_get(result, "cpu_ms") ?: json_null(),
+                              "max_rss_kb", json_object_get(result, "max_rss_kb") ?: json_null());
+    if (event && json_object_get(result, "signal_name"))
+        json_object_set(event, "signal_name", json_object_get(result, "signal_name"));
+    events_publish(daemon->events, "run", event);
+}
+
 static void on_run_message(uint64_t run_id, json_t *msg, void *data) {
     struct daemon *daemon = data;
     bool end = json_is_true(json_object_get(msg, "end"));
     struct run_entry *entry = run_find(daemon, run_id, end);
+    if (end && entry)
+        publish_run(daemon, entry, json_object_get(msg, "result"));
     if (entry && entry->client && daemon->control) {
         if (end) {
             daemon_reply_ok(daemon, entry->client, entry->id, json_incref(json_object_get(msg, "result")));
@@ -638,6 +682,21 @@ static void on_run_message(uint64_t run_id, json_t *msg, void *data) {
     json_decref(msg);
 }
 
+/* What a sandboxed run's child applies ([sandbox] of the configuration; docs/run.md): the
+ * input's "sandbox" object, read by py_run.c. pids is the request's --pids, or NULL. */
+static json_t *sandbox_settings(const struct config *cfg, json_t *pids) {
+    json_t *read = json_array(), *write = json_array();
+    for (size_t i = 0; i < cfg->n_sandbox_read; i++)
+        json_array_append_new(read, json_string(cfg->sandbox_read[i]));
+    for (size_t i = 0; i < cfg->n_sandbox_write; i++)
+        json_array_append_new(write, json_string(cfg->sandbox_write[i]));
+    return json_pack("{s:s, s:s, s:o, s:o, s:I, s:I}",
+                     "network", cfg->sandbox_network == CONFIG_NETWORK_LOOPBACK ? "loopback" : "none",
+                     "user", cfg->sandbox_user ? cfg->sandbox_user : "nobody", "read", read, "write", write,
+                     "pids", json_is_integer(pids) ? json_integer_value(pids) : (json_int_t)cfg->sandbox_pids,
+                     "tmp_size_mb", (json_int_t)cfg->sandbox_tmp_mb);
+}
+
 int daemon_run_script(struct daemon *daemon, json_t *input, uint64_t client, json_t *id) {
     struct run_entry *entry = calloc(1, sizeof(*entry));
     if (!entry) {
@@ -649,7 +708,15 @@ int daemon_run_script(struct daemon *daemon, json_t *input, uint64_t client, jso
     entry->client = client;
     entry->id = json_incref(id);
     entry->isolate = json_is_true(json_object_get(input, "isolate"));
+    entry->sandbox = json_is_true(json_object_get(input, "sandbox"));
     entry->timeout_ms = (unsigned)json_integer_value(json_object_get(input, "timeout_ms"));
+    entry->peer_uid = (uid_t)-1;
+    if (daemon->control)
+        control_peer(daemon->control, client, &entry->peer_uid, &entry->peer_pid);
+    const char *target = json_string_value(json_object_get(input, "path"));
+    entry->target = strdup(target ? target : json_string_value(json_object_get(input, "module")) ?: "");
+    if (entry->sandbox)
+        json_object_set_new(input, "sandbox", sandbox_settings(daemon->config, json_object_get(input, "pids")));
     json_object_set_new(input, "run_id", json_integer((json_int_t)entry->run_id));
     entry->next = daemon->runs;
     daemon->runs = entry;
@@ -943,8 +1010,15 @@ json_t *daemon_status(struct daemon *daemon) {
         "subscribers", (json_int_t)control_subscriber_count(daemon->control),
         "ready", daemon->ready,
         "watch", watch);
-    if (status)
+    if (status) {
         json_object_set_new(status, "runs", json_integer((json_int_t)daemon_runs_active(daemon)));
+        json_object_set_new(status, "runs_ended",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I}", "total", (json_int_t)daemon->runs_ended.total,
+                                      "isolated", (json_int_t)daemon->runs_ended.isolated,
+                                      "sandboxed", (json_int_t)daemon->runs_ended.sandboxed,
+                                      "failed", (json_int_t)daemon->runs_ended.failed,
+                                      "timed_out", (json_int_t)daemon->runs_ended.timed_out));
+    }
     return status;
 }
 

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "protocol.h"
+#include "sandbox.h"
 
 #define PIPE_READ_SIZE (64 * 1024)
 
@@ -116,6 +118,7 @@ struct child {
     bool ended;                /* the end message went out */
     bool timed_out;
     int status;                /* waitpid's */
+    struct rusage usage;       /* wait4's: the child's CPU time and peak RSS */
     uint64_t started_ns;
     char pending[2][4];        /* an incomplete UTF-8 sequence held for the next read */
     size_t n_pending[2];
@@ -246,6 +249,9 @@ static void child_maybe_end(struct child *c) {
     json_object_set_new(result, "isolated", json_true());
     json_object_set_new(result, "pid", json_integer(c->pid));
     json_object_set_new(result, "duration_ms", json_real((double)(uv_hrtime() - c->started_ns) / 1e6));
+    json_object_set_new(result, "cpu_ms", json_real((double)(c->usage.ru_utime.tv_sec + c->usage.ru_stime.tv_sec) * 1e3 +
+                                                    (double)(c->usage.ru_utime.tv_usec + c->usage.ru_stime.tv_usec) / 1e3));
+    json_object_set_new(result, "max_rss_kb", json_integer(c->usage.ru_maxrss));
     uint64_t run_id = c->run_id;
     child_close(c);
     channel.cb(run_id, json_pack("{s:b, s:o}", "end", 1, "result", result), channel.data);
@@ -273,14 +279,24 @@ static void on_pipe_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
     }
 }
 
+/* SIGKILL to the child and, when it leads one (a sandboxed run), its process group. */
+static void child_kill(pid_t pid) {
+    sandbox_kill_group(pid);
+    kill(pid, SIGKILL);
+}
+
 static void on_child_exit(uv_poll_t *poll, int status, int events) {
     struct child *c = poll->data;
     (void)status;
     (void)events;
-    int st;
-    pid_t r = waitpid(c->pid, &st, WNOHANG);
-    if (r == 0)
+    siginfo_t info = {0};
+    if (waitid(P_PID, (id_t)c->pid, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid == 0)
         return; /* not yet (spurious wake-up) */
+    /* Its descendants go with it: while it is an unreaped zombie its pid, and so the id of
+     * the process group a sandboxed run made, cannot be reused. */
+    sandbox_kill_group(c->pid);
+    int st;
+    pid_t r = wait4(c->pid, &st, 0, &c->usage);
     uv_poll_stop(poll);
     uv_timer_stop(&c->timer);
     c->exited = true;
@@ -293,7 +309,7 @@ static void on_child_timeout(uv_timer_t *timer) {
     if (c->exited)
         return;
     c->timed_out = true;
-    kill(c->pid, SIGKILL);
+    child_kill(c->pid);
 }
 
 int py_run_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, unsigned timeout_ms,
@@ -346,7 +362,7 @@ int py_run_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, unsigne
 int py_run_kill_child(uint64_t run_id) {
     for (struct child *c = channel.children; c; c = c->next) {
         if (c->run_id == run_id && !c->exited) {
-            kill(c->pid, SIGKILL);
+            child_kill(c->pid);
             return 0;
         }
     }
@@ -373,7 +389,7 @@ void py_run_channel_close(void) {
     while (channel.children) {
         struct child *c = channel.children;
         if (!c->exited) {
-            kill(c->pid, SIGKILL);
+            child_kill(c->pid);
             waitpid(c->pid, NULL, 0);
         }
         child_close(c);
@@ -642,8 +658,81 @@ static void child_fail(const char *what) {
     _exit(2);
 }
 
-/* The child: never returns. */
-static void child_main(json_t *input, int out_w, int err_w) {
+/* A sandboxed run's plan (docs/run.md "Sandbox"), built on the python thread before the
+ * fork, so that the user lookup (NSS), the Python call for the import paths and the
+ * allocations stay out of the child; the child reads its copy. */
+struct sandbox_plan {
+    struct sandbox_spec spec;
+    json_t *read;             /* owned: the read paths; spec's strings point into it */
+    json_t *write;            /* owned: the write paths */
+    const char **paths;       /* spec.read_paths then spec.write_paths, malloc'd */
+    char tmpdir[PATH_MAX];    /* its private TMPDIR's mount point, or "" */
+};
+
+static void sandbox_plan_free(struct sandbox_plan *plan, bool remove_tmpdir) {
+    json_decref(plan->read);
+    json_decref(plan->write);
+    free(plan->paths);
+    if (remove_tmpdir)
+        sandbox_tmpdir_remove(plan->tmpdir);
+    memset(plan, 0, sizeof(*plan));
+}
+
+/* Builds plan from input's "sandbox" settings (daemon.c sandbox_settings). Returns 0, or -1
+ * with *error set (the plan freed). */
+static int sandbox_plan_build(json_t *input, struct sandbox_plan *plan, json_t **error) {
+    json_t *settings = json_object_get(input, "sandbox");
+    char err[PATH_MAX + 128] = "";
+    memset(plan, 0, sizeof(*plan));
+    const char *network = json_string_value(json_object_get(settings, "network"));
+    plan->spec.network = network && strcmp(network, "loopback") == 0 ? SANDBOX_NETWORK_LOOPBACK
+                                                                     : SANDBOX_NETWORK_NONE;
+    plan->spec.pids = (unsigned)json_integer_value(json_object_get(settings, "pids"));
+    plan->spec.tmp_size_mb = (unsigned)json_integer_value(json_object_get(settings, "tmp_size_mb"));
+    int r = 0;
+    if (geteuid() == 0) {
+        const char *user = json_string_value(json_object_get(settings, "user"));
+        plan->spec.change_user = true;
+        r = sandbox_resolve_user(user ? user : "nobody", &plan->spec.uid, &plan->spec.gid, err, sizeof(err));
+    }
+    json_t *args = json_pack("[O]", input);
+    plan->read = r == 0 ? py_support_call("sandbox_read_paths", args, error) : NULL;
+    json_decref(args);
+    if (r == 0 && !plan->read)
+        return -1;
+    plan->write = json_deep_copy(json_object_get(settings, "write"));
+    if (plan->read && plan->write) {
+        json_array_extend(plan->read, json_object_get(settings, "read"));
+        const char *cwd = json_string_value(json_object_get(input, "cwd"));
+        if (cwd)
+            json_array_append_new(plan->write, json_string(cwd));
+        const char *base = getenv("TMPDIR");
+        r = sandbox_tmpdir_create(base && base[0] == '/' ? base : "/tmp", plan->tmpdir,
+                                  sizeof(plan->tmpdir), err, sizeof(err));
+    }
+    size_t n_read = json_array_size(plan->read), n_write = json_array_size(plan->write);
+    plan->paths = r == 0 ? calloc(n_read + n_write + 1, sizeof(*plan->paths)) : NULL;
+    if (!plan->paths) {
+        *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_SANDBOX, "message",
+                           err[0] ? err : "out of memory");
+        sandbox_plan_free(plan, true);
+        return -1;
+    }
+    for (size_t i = 0; i < n_read; i++)
+        plan->paths[i] = json_string_value(json_array_get(plan->read, i));
+    for (size_t i = 0; i < n_write; i++)
+        plan->paths[n_read + i] = json_string_value(json_array_get(plan->write, i));
+    plan->spec.read_paths = plan->paths;
+    plan->spec.n_read = n_read;
+    plan->spec.write_paths = plan->paths + n_read;
+    plan->spec.n_write = n_write;
+    plan->spec.tmpdir = plan->tmpdir;
+    json_object_set_new(input, "tmpdir", json_string(plan->tmpdir));
+    return 0;
+}
+
+/* The child: never returns. sandbox is NULL for a run that is only isolated. */
+static void child_main(json_t *input, int out_w, int err_w, const struct sandbox_spec *sandbox) {
     if (dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
         _exit(2);
     int null = open("/dev/null", O_RDONLY);
@@ -673,6 +762,18 @@ static void child_main(json_t *input, int out_w, int err_w) {
     const char *cwd = json_string_value(json_object_get(input, "cwd"));
     if (cwd && chdir(cwd) < 0)
         child_fail(cwd);
+    if (sandbox) {
+        /* Every layer before any of the script's code, or the script does not run at all
+         * (exit status 125, as env(1) and timeout(1) use for their own failures). */
+        char why[PATH_MAX + 256];
+        if (sandbox_enter(sandbox, why, sizeof(why)) < 0) {
+            char line[sizeof(why) + 64];
+            int n = snprintf(line, sizeof(line), "pyhot: sandbox: %s; the script did not run\n", why);
+            if (n > 0 && write(2, line, (size_t)n) < 0)
+                _exit(125);
+            _exit(125);
+        }
+    }
 
     json_t *error = NULL;
     json_t *args = json_pack("[O]", input);
@@ -690,12 +791,20 @@ static void child_main(json_t *input, int out_w, int err_w) {
 
 static json_t *start_isolated(json_t *input, json_t **error) {
     int out[2], err[2];
+    struct sandbox_plan plan;
+    bool sandboxed = json_is_object(json_object_get(input, "sandbox"));
+    if (sandboxed && sandbox_plan_build(input, &plan, error) < 0)
+        return NULL;
     if (pipe2(out, O_CLOEXEC) < 0) {
+        if (sandboxed)
+            sandbox_plan_free(&plan, true);
         *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(errno));
         return NULL;
     }
     if (pipe2(err, O_CLOEXEC) < 0) {
         *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(errno));
+        if (sandboxed)
+            sandbox_plan_free(&plan, true);
         close(out[0]);
         close(out[1]);
         return NULL;
@@ -704,7 +813,7 @@ static json_t *start_isolated(json_t *input, json_t **error) {
     pid_t pid = fork();
     if (pid == 0) {
         PyOS_AfterFork_Child();
-        child_main(input, out[1], err[1]);
+        child_main(input, out[1], err[1], sandboxed ? &plan.spec : NULL);
         _exit(2);
     }
     int e = errno;
@@ -715,10 +824,18 @@ static json_t *start_isolated(json_t *input, json_t **error) {
         close(out[0]);
         close(err[0]);
         *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(e));
+        if (sandboxed)
+            sandbox_plan_free(&plan, true);
         return NULL;
     }
-    return json_pack("{s:i, s:i, s:i, s:b}", "pid", (int)pid, "stdout_fd", out[0], "stderr_fd",
-                     err[0], "isolated", 1);
+    json_t *output = json_pack("{s:i, s:i, s:i, s:b}", "pid", (int)pid, "stdout_fd", out[0], "stderr_fd",
+                               err[0], "isolated", 1);
+    if (sandboxed) {
+        /* The daemon removes the temp directory when the run ends (daemon.c). */
+        json_object_set_new(output, "tmpdir", json_string(plan.tmpdir));
+        sandbox_plan_free(&plan, false);
+    }
+    return output;
 }
 
 json_t *py_run_start(json_t *input, json_t **error) {

@@ -696,6 +696,7 @@ def _run_thread(run_id, spec):
     import _pyhot_run
     import time as time_module
     started = time_module.monotonic()
+    cpu_started = time_module.thread_time()
     ident = threading.get_ident()
     out, err = _RunOutput(run_id, "stdout"), _RunOutput(run_id, "stderr")
     out.other, err.other = err, out
@@ -745,10 +746,43 @@ def _run_thread(run_id, spec):
                 if _active_runs[0] == 0 and isinstance(sys.argv, _ArgvProxy):
                     sys.argv = _real_argv[0]
                     _real_argv[0] = None
+            import resource
             _pyhot_run.finish(run_id, {
                 "exit_code": code, "timed_out": bool(timed_out), "signal": None,
                 "isolated": False,
-                "duration_ms": (time_module.monotonic() - started) * 1000.0})
+                "duration_ms": (time_module.monotonic() - started) * 1000.0,
+                # The run thread's own CPU time; the peak RSS is the daemon's (one process).
+                "cpu_ms": (time_module.thread_time() - cpu_started) * 1000.0,
+                "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+
+
+# What a sandboxed run may read besides [sandbox] read (docs/run.md "Sandbox"): what the
+# dynamic loader needs to load an extension module's libraries, and the child's own
+# /proc/self (resolved in the child, so only its own process).
+_SANDBOX_SYSTEM_READ = ("/usr/lib", "/usr/local/lib", "/etc/ld.so.cache", "/proc/self")
+
+
+def sandbox_read_paths(spec):
+    """The paths a sandboxed run of spec may read (py_run.c hands them to sandbox.c's
+    Landlock step): the interpreter's and the daemon's import paths (sys.path, the standard
+    library), the script's directory, and _SANDBOX_SYSTEM_READ; only those that exist,
+    each once, in that order."""
+    import sysconfig
+    candidates = list(sys.path)
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        candidates.append(sysconfig.get_path(key))
+    target = spec.get("path")
+    if target:
+        candidates.append(target if os.path.isdir(target) else os.path.dirname(target))
+    candidates.extend(_SANDBOX_SYSTEM_READ)
+    paths, seen = [], set()
+    for path in candidates:
+        if not path or not os.path.isabs(path) or path in seen:
+            continue
+        seen.add(path)
+        if path == "/proc/self" or os.path.exists(path):
+            paths.append(path)
+    return paths
 
 
 def run_isolated(spec):
@@ -763,6 +797,10 @@ def run_isolated(spec):
                                   errors="backslashreplace", line_buffering=True)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     code = 1
+    if spec.get("tmpdir"):
+        # The sandbox's private TMPDIR; tempfile caches its choice, so it is told too.
+        import tempfile
+        os.environ["TMPDIR"] = tempfile.tempdir = spec["tmpdir"]
     try:
         try:
             sys.argv = [spec.get("path") or spec.get("module") or ""] + list(spec.get("argv") or [])
