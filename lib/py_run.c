@@ -689,8 +689,8 @@ static int sandbox_plan_build(json_t *input, struct sandbox_plan *plan, json_t *
                                                                      : SANDBOX_NETWORK_NONE;
     plan->spec.pids = (unsigned)json_integer_value(json_object_get(settings, "pids"));
     plan->spec.tmp_size_mb = (unsigned)json_integer_value(json_object_get(settings, "tmp_size_mb"));
-    int r = 0;
-    if (geteuid() == 0) {
+    int r = sandbox_prepare(err, sizeof(err));
+    if (r == 0 && geteuid() == 0) {
         const char *user = json_string_value(json_object_get(settings, "user"));
         plan->spec.change_user = true;
         r = sandbox_resolve_user(user ? user : "nobody", &plan->spec.uid, &plan->spec.gid, err, sizeof(err));

@@ -798,9 +798,11 @@ def run_isolated(spec):
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     code = 1
     if spec.get("tmpdir"):
-        # The sandbox's private TMPDIR; tempfile caches its choice, so it is told too.
-        import tempfile
-        os.environ["TMPDIR"] = tempfile.tempdir = spec["tmpdir"]
+        # The sandbox's private TMPDIR; tempfile caches its choice once imported, so it is
+        # told too (not imported here: that costs a run milliseconds).
+        os.environ["TMPDIR"] = spec["tmpdir"]
+        if "tempfile" in sys.modules:
+            sys.modules["tempfile"].tempdir = spec["tmpdir"]
     try:
         try:
             sys.argv = [spec.get("path") or spec.get("module") or ""] + list(spec.get("argv") or [])

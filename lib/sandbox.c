@@ -5,7 +5,9 @@
 #include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/landlock.h>
+#include <linux/seccomp.h>
 #include <net/if.h>
 #include <pwd.h>
 #include <sched.h>
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -373,10 +376,12 @@ static const unsigned long namespace_flags[] = {
     CLONE_NEWCGROUP,
 };
 
-static int step_seccomp(char *err, size_t errlen) {
-    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
-    if (!ctx)
-        return step_fail(err, errlen, "seccomp", -ENOMEM, "seccomp_init");
+/* The filter, compiled once by sandbox_prepare() (libseccomp's seccomp_export_bpf(3)) so
+ * that a child only hands it to the kernel: building it costs more than the rest of the
+ * sandbox together. Written on the forking thread only, read by the forked children. */
+static struct sock_fprog filter_program;
+
+static int build_filter(scmp_filter_ctx ctx, char *err, size_t errlen) {
     int r = 0;
     for (size_t i = 0; r == 0 && i < sizeof(denied_syscalls) / sizeof(denied_syscalls[0]); i++) {
         int nr = seccomp_syscall_resolve_name(denied_syscalls[i]);
@@ -407,10 +412,48 @@ static int step_seccomp(char *err, size_t errlen) {
     if (r == 0 && (r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(ioctl), 1,
                                         SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffUL, TIOCLINUX))) < 0)
         step_fail(err, errlen, "seccomp", r, "rule for ioctl(TIOCLINUX)");
-    if (r == 0 && (r = seccomp_load(ctx)) < 0)
-        step_fail(err, errlen, "seccomp", r, "seccomp_load");
-    seccomp_release(ctx);
     return r;
+}
+
+int sandbox_prepare(char *err, size_t errlen) {
+    if (filter_program.filter)
+        return 0;
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    if (!ctx)
+        return step_fail(err, errlen, "seccomp", -ENOMEM, "seccomp_init");
+    int r = build_filter(ctx, err, errlen);
+    int fd = r == 0 ? memfd_create("pyhot-seccomp", MFD_CLOEXEC) : -1;
+    if (r == 0 && fd < 0)
+        r = step_fail(err, errlen, "seccomp", -errno, "memfd_create");
+    if (r == 0 && (r = seccomp_export_bpf(ctx, fd)) < 0)
+        step_fail(err, errlen, "seccomp", r, "seccomp_export_bpf");
+    seccomp_release(ctx);
+    off_t size = r == 0 ? lseek(fd, 0, SEEK_END) : -1;
+    if (r == 0 && (size <= 0 || size % (off_t)sizeof(struct sock_filter) != 0 ||
+                   size / (off_t)sizeof(struct sock_filter) > BPF_MAXINSNS))
+        r = step_fail(err, errlen, "seccomp", -EINVAL, "the exported filter has %lld bytes", (long long)size);
+    struct sock_filter *program = r == 0 ? malloc((size_t)size) : NULL;
+    if (r == 0 && !program)
+        r = step_fail(err, errlen, "seccomp", -ENOMEM, "the filter");
+    if (r == 0 && pread(fd, program, (size_t)size, 0) != size)
+        r = step_fail(err, errlen, "seccomp", errno ? -errno : -EIO, "reading the exported filter");
+    if (fd >= 0)
+        close(fd);
+    if (r < 0) {
+        free(program);
+        return r;
+    }
+    filter_program.len = (unsigned short)(size / (off_t)sizeof(struct sock_filter));
+    filter_program.filter = program;
+    return 0;
+}
+
+static int step_seccomp(char *err, size_t errlen) {
+    if (!filter_program.filter)
+        return step_fail(err, errlen, "seccomp", -EINVAL, "no filter (sandbox_prepare was not called)");
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &filter_program) < 0)
+        return step_fail(err, errlen, "seccomp", -errno, "seccomp(SECCOMP_SET_MODE_FILTER)");
+    return 0;
 }
 
 /* ---- all of it ------------------------------------------------------------------------- */

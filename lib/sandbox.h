@@ -71,9 +71,14 @@ int sandbox_tmpdir_create(const char *base, char *out, size_t outlen, char *err,
  * NULL-safe. Returns 0 or a negative errno. */
 int sandbox_tmpdir_remove(const char *path);
 
+/* Compiles the seccomp filter of step 5 once (later calls return at once). Call it before
+ * forking, on the thread that forks (it allocates; sandbox_enter only loads the result).
+ * Returns 0, or a negative errno with err filled ("seccomp: ..."). */
+int sandbox_prepare(char *err, size_t errlen);
+
 /* Applies every layer of spec to the calling process, in the order above. Call it in a
- * forked, single-threaded child, before any untrusted code; it allocates (libseccomp) and
- * leaves open no descriptor of its own. Returns 0, or a negative errno with err filled as
+ * forked, single-threaded child, before any untrusted code, after sandbox_prepare() in the
+ * parent; it allocates nothing and leaves open no descriptor of its own. Returns 0, or a negative errno with err filled as
  * "STEP: what failed: why" (STEP one of network, filesystem, privileges, processes,
  * seccomp): the caller must then end the process without running the script. */
 int sandbox_enter(const struct sandbox_spec *spec, char *err, size_t errlen);
