@@ -2261,11 +2261,12 @@ static const struct ctl_command commands[] = {
         1, 1, true, cmd_exec, 0,
     },
     {
-        "run", "[--isolate|--sandbox] [--timeout S] [--memory MB] [--cpu S] [--pids N] [--cwd DIR] [--set NAME=JSON]... SCRIPT|-m MODULE [ARGS...]",
+        "run", "[OPTION]... SCRIPT|-m MODULE [ARGS...]",
         "run a script in the warm interpreter, as python3 would",
         "Runs SCRIPT (a file, a directory with __main__.py, or a zip app) or -m MODULE as\n"
-        "__main__ in pyhotd's warm interpreter, with sys.argv = [SCRIPT, ARGS...]. Its stdout\n"
-        "and stderr stream here as it writes them; pyhotctl exits with its exit code.\n"
+        "__main__ in pyhotd's warm interpreter, with sys.argv = [SCRIPT, ARGS...]. Its\n"
+        "stdout and stderr stream here as it writes them; pyhotctl exits with its exit\n"
+        "code.\n"
         "  --set NAME=JSON  a global of the script (runpy's init_globals)\n"
         "  --timeout S      interrupt it with TimeoutError after S seconds; exit status 124\n"
         "  --isolate        run in a child forked from the warm interpreter\n"

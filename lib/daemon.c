@@ -117,13 +117,20 @@ static struct run_entry *run_find(struct daemon *daemon, uint64_t run_id, bool u
     return NULL;
 }
 
-static void run_entry_free(struct run_entry *e) {
-    json_decref(e->id);
+/* Removes a sandboxed run's temp directory (its tmpfs went with the run's mount namespace:
+ * what is left is the empty mount point). */
+static void run_entry_remove_tmpdir(struct run_entry *e) {
     int r = sandbox_tmpdir_remove(e->tmpdir);
     if (r < 0)
         log_warn("run %llu: cannot remove its temp directory %s: %s", (unsigned long long)e->run_id,
                  e->tmpdir, strerror(-r));
     free(e->tmpdir);
+    e->tmpdir = NULL;
+}
+
+static void run_entry_free(struct run_entry *e) {
+    json_decref(e->id);
+    run_entry_remove_tmpdir(e);
     free(e->target);
     free(e);
 }
@@ -625,8 +632,10 @@ static void on_disconnect(struct control *control, uint64_t client, void *data) 
 
 /* ---- runs --------------------------------------------------------------------------- */
 
-/* The run event of an ended run, and the counters status shows (docs/protocol.md). */
-static void publish_run(struct daemon *daemon, const struct run_entry *entry, json_t *result) {
+/* An ended run: its temp directory goes before its client hears of the end, then the run
+ * event and the counters status shows (docs/protocol.md). */
+static void run_ended(struct daemon *daemon, struct run_entry *entry, json_t *result) {
+    run_entry_remove_tmpdir(entry);
     json_t *exit_code = json_object_get(result, "exit_code");
     json_t *sig = json_object_get(result, "signal");
     bool timed_out = json_is_true(json_object_get(result, "timed_out"));
@@ -654,7 +663,7 @@ static void on_run_message(uint64_t run_id, json_t *msg, void *data) {
     bool end = json_is_true(json_object_get(msg, "end"));
     struct run_entry *entry = run_find(daemon, run_id, end);
     if (end && entry)
-        publish_run(daemon, entry, json_object_get(msg, "result"));
+        run_ended(daemon, entry, json_object_get(msg, "result"));
     if (entry && entry->client && daemon->control) {
         if (end) {
             daemon_reply_ok(daemon, entry->client, entry->id, json_incref(json_object_get(msg, "result")));

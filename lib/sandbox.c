@@ -265,7 +265,10 @@ static int landlock_apply(const struct sandbox_spec *spec, char *err, size_t err
                                             : "this kernel has no Landlock (it needs Linux 5.13 or "
                                               "later built with CONFIG_SECURITY_LANDLOCK)");
     struct ruleset_attr attr = {.handled_access_fs = fs_rights_of_abi(abi)};
-    if (abi >= 4)
+    /* With no usable network, no TCP either, a second wall behind the namespace; with a
+     * loopback of its own the run may use TCP on it (Landlock's rules name ports, not
+     * addresses, so the namespace alone keeps it in). */
+    if (abi >= 4 && spec->network == SANDBOX_NETWORK_NONE)
         attr.handled_access_net = SANDBOX_LANDLOCK_NET_BIND_TCP | SANDBOX_LANDLOCK_NET_CONNECT_TCP;
     if (abi >= 6)
         attr.scoped = SANDBOX_LANDLOCK_SCOPE_ABSTRACT_UNIX | SANDBOX_LANDLOCK_SCOPE_SIGNAL;

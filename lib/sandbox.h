@@ -21,7 +21,7 @@
  *                 its own (gone with the namespace), then Landlock (landlock(7), raw
  *                 syscalls, the best ABI the kernel has): read under the read paths, read
  *                 and write under the write paths, nothing else; from ABI 4 no TCP bind or
- *                 connect, from ABI 6 no signals to and no abstract Unix sockets of
+ *                 connect (network none), from ABI 6 no signals to and no abstract Unix sockets of
  *                 processes outside the sandbox.
  *  3. privileges  when root: no supplementary groups (setgroups(2)), the sandbox user's gid
  *                 and uid (setresgid(2), setresuid(2)); always: the capability bounding set
