@@ -2268,7 +2268,7 @@ static const struct ctl_command commands[] = {
         "stdout and stderr stream here as it writes them; pyhotctl exits with its exit\n"
         "code.\n"
         "  --set NAME=JSON  a global of the script (runpy's init_globals)\n"
-        "  --timeout S      interrupt it with TimeoutError after S seconds; exit status 124\n"
+        "  --timeout S      TimeoutError in the script after S seconds; exit status 124\n"
         "  --isolate        run in a child forked from the warm interpreter\n"
         "  --memory MB      (--isolate) address space the child may add (RLIMIT_AS)\n"
         "  --cpu S          (--isolate) CPU seconds (RLIMIT_CPU)\n"
