@@ -636,6 +636,7 @@ static void on_disconnect(struct control *control, uint64_t client, void *data) 
  * event and the counters status shows (docs/protocol.md). */
 static void run_ended(struct daemon *daemon, struct run_entry *entry, json_t *result) {
     run_entry_remove_tmpdir(entry);
+    json_object_set_new(result, "sandboxed", json_boolean(entry->sandbox));
     json_t *exit_code = json_object_get(result, "exit_code");
     json_t *sig = json_object_get(result, "signal");
     bool timed_out = json_is_true(json_object_get(result, "timed_out"));
