@@ -6,7 +6,7 @@
 # socket given on the command line if any.
 
 _pyhotctl_commands="hello ping status stats modules reload watch unwatch pause resume tail history exec run repl stop help"
-_pyhotctl_events="reload batch started stopping watch_error import_error startup_error"
+_pyhotctl_events="reload batch run started stopping watch_error import_error startup_error"
 
 # Module names loaded in the daemon whose socket is $1 (may be empty).
 _pyhotctl_modules()
@@ -62,6 +62,8 @@ _pyhotctl()
         case $cmd in
             tail) COMPREPLY=($(compgen -W "$global --lines --event --module" -- "$cur")) ;;
             history) COMPREPLY=($(compgen -W "$global --lines --event --module" -- "$cur")) ;;
+            run) COMPREPLY=($(compgen -W "$global --isolate --sandbox --memory --cpu --pids --cwd --set"\
+                                         -- "$cur")) ;;
             *) COMPREPLY=($(compgen -W "$global" -- "$cur")) ;;
         esac
         return
@@ -79,6 +81,9 @@ _pyhotctl()
                        $(compgen -f -X '!*.py' -- "$cur") $(compgen -d -- "$cur")) ;;
         modules)
             COMPREPLY=($(compgen -W "$(_pyhotctl_modules "$socket")" -- "$cur")) ;;
+        run)
+            compopt -o filenames 2>/dev/null
+            COMPREPLY=($(compgen -f -X '!*.py' -- "$cur") $(compgen -d -- "$cur")) ;;
         *)
             COMPREPLY=() ;;
     esac
