@@ -101,7 +101,6 @@ struct run_entry {
     uid_t peer_uid;    /* who asked for it (SO_PEERCRED), for the run event */
     pid_t peer_pid;
     char *target;      /* "path" or "module", for the run event */
-    char *tmpdir;      /* a sandboxed run's private TMPDIR mount point, removed at its end */
     struct run_entry *next;
 };
 
@@ -117,20 +116,8 @@ static struct run_entry *run_find(struct daemon *daemon, uint64_t run_id, bool u
     return NULL;
 }
 
-/* Removes a sandboxed run's temp directory (its tmpfs went with the run's mount namespace:
- * what is left is the empty mount point). */
-static void run_entry_remove_tmpdir(struct run_entry *e) {
-    int r = sandbox_tmpdir_remove(e->tmpdir);
-    if (r < 0)
-        log_warn("run %llu: cannot remove its temp directory %s: %s", (unsigned long long)e->run_id,
-                 e->tmpdir, strerror(-r));
-    free(e->tmpdir);
-    e->tmpdir = NULL;
-}
-
 static void run_entry_free(struct run_entry *e) {
     json_decref(e->id);
-    run_entry_remove_tmpdir(e);
     free(e->target);
     free(e);
 }
@@ -410,9 +397,6 @@ static void on_job_done(struct py_job *job, void *data) {
         }
         if (json_is_true(json_object_get(job->output, "isolated"))) {
             char err[256];
-            const char *tmpdir = json_string_value(json_object_get(job->output, "tmpdir"));
-            if (entry && tmpdir)
-                entry->tmpdir = strdup(tmpdir);
             int pid = (int)json_integer_value(json_object_get(job->output, "pid"));
             int out_fd = (int)json_integer_value(json_object_get(job->output, "stdout_fd"));
             int err_fd = (int)json_integer_value(json_object_get(job->output, "stderr_fd"));
@@ -632,10 +616,8 @@ static void on_disconnect(struct control *control, uint64_t client, void *data) 
 
 /* ---- runs --------------------------------------------------------------------------- */
 
-/* An ended run: its temp directory goes before its client hears of the end, then the run
- * event and the counters status shows (docs/protocol.md). */
+/* An ended run: the run event and the counters status shows (docs/protocol.md). */
 static void run_ended(struct daemon *daemon, struct run_entry *entry, json_t *result) {
-    run_entry_remove_tmpdir(entry);
     json_object_set_new(result, "sandboxed", json_boolean(entry->sandbox));
     json_t *exit_code = json_object_get(result, "exit_code");
     json_t *sig = json_object_get(result, "signal");
@@ -1050,6 +1032,7 @@ static void on_host_stopped(void *data) {
     struct daemon *daemon = data;
     daemon->host = NULL;
     py_run_channel_close();
+    sandbox_release(); /* the python thread that prepared it has ended */
     while (daemon->runs) {
         struct run_entry *e = daemon->runs;
         daemon->runs = e->next;

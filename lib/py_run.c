@@ -666,16 +666,35 @@ struct sandbox_plan {
     json_t *read;             /* owned: the read paths; spec's strings point into it */
     json_t *write;            /* owned: the write paths */
     const char **paths;       /* spec.read_paths then spec.write_paths, malloc'd */
-    char tmpdir[PATH_MAX];    /* its private TMPDIR's mount point, or "" */
 };
 
-static void sandbox_plan_free(struct sandbox_plan *plan, bool remove_tmpdir) {
+static void sandbox_plan_free(struct sandbox_plan *plan) {
     json_decref(plan->read);
     json_decref(plan->write);
     free(plan->paths);
-    if (remove_tmpdir)
-        sandbox_tmpdir_remove(plan->tmpdir);
     memset(plan, 0, sizeof(*plan));
+}
+
+/* The last [sandbox] user resolved: NSS is asked again only when the name changes. */
+static struct {
+    char name[256];
+    uid_t uid;
+    gid_t gid;
+} user_cache;
+
+static int resolve_user_cached(const char *user, uid_t *uid, gid_t *gid, char *err, size_t errlen) {
+    if (user_cache.name[0] && strcmp(user_cache.name, user) == 0) {
+        *uid = user_cache.uid;
+        *gid = user_cache.gid;
+        return 0;
+    }
+    int r = sandbox_resolve_user(user, uid, gid, err, errlen);
+    if (r == 0 && strlen(user) < sizeof(user_cache.name)) {
+        snprintf(user_cache.name, sizeof(user_cache.name), "%s", user);
+        user_cache.uid = *uid;
+        user_cache.gid = *gid;
+    }
+    return r;
 }
 
 /* Builds plan from input's "sandbox" settings (daemon.c sandbox_settings). Returns 0, or -1
@@ -689,11 +708,12 @@ static int sandbox_plan_build(json_t *input, struct sandbox_plan *plan, json_t *
                                                                      : SANDBOX_NETWORK_NONE;
     plan->spec.pids = (unsigned)json_integer_value(json_object_get(settings, "pids"));
     plan->spec.tmp_size_mb = (unsigned)json_integer_value(json_object_get(settings, "tmp_size_mb"));
-    int r = sandbox_prepare(err, sizeof(err));
+    const char *base = getenv("TMPDIR");
+    int r = sandbox_prepare(base && base[0] == '/' ? base : "/tmp", err, sizeof(err));
     if (r == 0 && geteuid() == 0) {
         const char *user = json_string_value(json_object_get(settings, "user"));
         plan->spec.change_user = true;
-        r = sandbox_resolve_user(user ? user : "nobody", &plan->spec.uid, &plan->spec.gid, err, sizeof(err));
+        r = resolve_user_cached(user ? user : "nobody", &plan->spec.uid, &plan->spec.gid, err, sizeof(err));
     }
     json_t *args = json_pack("[O]", input);
     plan->read = r == 0 ? py_support_call("sandbox_read_paths", args, error) : NULL;
@@ -706,16 +726,13 @@ static int sandbox_plan_build(json_t *input, struct sandbox_plan *plan, json_t *
         const char *cwd = json_string_value(json_object_get(input, "cwd"));
         if (cwd)
             json_array_append_new(plan->write, json_string(cwd));
-        const char *base = getenv("TMPDIR");
-        r = sandbox_tmpdir_create(base && base[0] == '/' ? base : "/tmp", plan->tmpdir,
-                                  sizeof(plan->tmpdir), err, sizeof(err));
     }
     size_t n_read = json_array_size(plan->read), n_write = json_array_size(plan->write);
     plan->paths = r == 0 ? calloc(n_read + n_write + 1, sizeof(*plan->paths)) : NULL;
     if (!plan->paths) {
         *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_SANDBOX, "message",
                            err[0] ? err : "out of memory");
-        sandbox_plan_free(plan, true);
+        sandbox_plan_free(plan);
         return -1;
     }
     for (size_t i = 0; i < n_read; i++)
@@ -726,8 +743,8 @@ static int sandbox_plan_build(json_t *input, struct sandbox_plan *plan, json_t *
     plan->spec.n_read = n_read;
     plan->spec.write_paths = plan->paths + n_read;
     plan->spec.n_write = n_write;
-    plan->spec.tmpdir = plan->tmpdir;
-    json_object_set_new(input, "tmpdir", json_string(plan->tmpdir));
+    plan->spec.tmpdir = sandbox_tmpdir();
+    json_object_set_new(input, "tmpdir", json_string(plan->spec.tmpdir));
     return 0;
 }
 
@@ -797,14 +814,14 @@ static json_t *start_isolated(json_t *input, json_t **error) {
         return NULL;
     if (pipe2(out, O_CLOEXEC) < 0) {
         if (sandboxed)
-            sandbox_plan_free(&plan, true);
+            sandbox_plan_free(&plan);
         *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(errno));
         return NULL;
     }
     if (pipe2(err, O_CLOEXEC) < 0) {
         *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(errno));
         if (sandboxed)
-            sandbox_plan_free(&plan, true);
+            sandbox_plan_free(&plan);
         close(out[0]);
         close(out[1]);
         return NULL;
@@ -825,16 +842,13 @@ static json_t *start_isolated(json_t *input, json_t **error) {
         close(err[0]);
         *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(e));
         if (sandboxed)
-            sandbox_plan_free(&plan, true);
+            sandbox_plan_free(&plan);
         return NULL;
     }
     json_t *output = json_pack("{s:i, s:i, s:i, s:b}", "pid", (int)pid, "stdout_fd", out[0], "stderr_fd",
                                err[0], "isolated", 1);
-    if (sandboxed) {
-        /* The daemon removes the temp directory when the run ends (daemon.c). */
-        json_object_set_new(output, "tmpdir", json_string(plan.tmpdir));
-        sandbox_plan_free(&plan, false);
-    }
+    if (sandboxed)
+        sandbox_plan_free(&plan);
     return output;
 }
 

@@ -760,6 +760,7 @@ def _run_thread(run_id, spec):
 # dynamic loader needs to load an extension module's libraries, and the child's own
 # /proc/self (resolved in the child, so only its own process).
 _SANDBOX_SYSTEM_READ = ("/usr/lib", "/usr/local/lib", "/etc/ld.so.cache", "/proc/self")
+_sandbox_stdlib_paths = []
 
 
 def sandbox_read_paths(spec):
@@ -767,10 +768,11 @@ def sandbox_read_paths(spec):
     Landlock step): the interpreter's and the daemon's import paths (sys.path, the standard
     library), the script's directory, and _SANDBOX_SYSTEM_READ; only those that exist,
     each once, in that order."""
-    import sysconfig
-    candidates = list(sys.path)
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        candidates.append(sysconfig.get_path(key))
+    if not _sandbox_stdlib_paths:
+        import sysconfig  # asked once: get_path costs half a millisecond a call
+        _sandbox_stdlib_paths.extend(sysconfig.get_path(key) for key in
+                                     ("stdlib", "platstdlib", "purelib", "platlib"))
+    candidates = list(sys.path) + _sandbox_stdlib_paths
     target = spec.get("path")
     if target:
         candidates.append(target if os.path.isdir(target) else os.path.dirname(target))

@@ -127,27 +127,6 @@ int sandbox_resolve_user(const char *user, uid_t *uid, gid_t *gid, char *err, si
     return 0;
 }
 
-int sandbox_tmpdir_create(const char *base, char *out, size_t outlen, char *err, size_t errlen) {
-    int n = snprintf(out, outlen, "%s/pyhot-run-XXXXXX", base);
-    if (n < 0 || (size_t)n >= outlen) {
-        snprintf(err, errlen, "the temp directory base %s is too long", base);
-        return -ENAMETOOLONG;
-    }
-    if (!mkdtemp(out)) {
-        int e = errno;
-        snprintf(err, errlen, "cannot create the run's temp directory in %s: %s", base, strerror(e));
-        out[0] = '\0';
-        return -e;
-    }
-    return 0;
-}
-
-int sandbox_tmpdir_remove(const char *path) {
-    if (!path || !path[0])
-        return 0;
-    return rmdir(path) < 0 ? -errno : 0;
-}
-
 int sandbox_kill_group(pid_t pid) {
     return kill(-pid, SIGKILL) < 0 ? -errno : 0;
 }
@@ -418,7 +397,39 @@ static int build_filter(scmp_filter_ctx ctx, char *err, size_t errlen) {
     return r;
 }
 
-int sandbox_prepare(char *err, size_t errlen) {
+static char tmpdir_path[PATH_MAX];
+
+const char *sandbox_tmpdir(void) {
+    return tmpdir_path[0] ? tmpdir_path : NULL;
+}
+
+void sandbox_release(void) {
+    if (tmpdir_path[0])
+        rmdir(tmpdir_path);
+    tmpdir_path[0] = '\0';
+    free(filter_program.filter);
+    filter_program.filter = NULL;
+    filter_program.len = 0;
+}
+
+static int make_tmpdir(const char *tmp_base, char *err, size_t errlen) {
+    char path[PATH_MAX];
+    int n = snprintf(path, sizeof(path), "%s/pyhotd-sandbox-XXXXXX", tmp_base);
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return step_fail(err, errlen, "filesystem", -ENAMETOOLONG, "the TMPDIR base %s", tmp_base);
+    if (!mkdtemp(path))
+        return step_fail(err, errlen, "filesystem", -errno, "creating the TMPDIR mount point in %s",
+                         tmp_base);
+    memcpy(tmpdir_path, path, (size_t)n + 1);
+    return 0;
+}
+
+int sandbox_prepare(const char *tmp_base, char *err, size_t errlen) {
+    if (!tmpdir_path[0]) {
+        int r = make_tmpdir(tmp_base, err, errlen);
+        if (r < 0)
+            return r;
+    }
     if (filter_program.filter)
         return 0;
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);

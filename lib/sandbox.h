@@ -18,7 +18,9 @@
  *                 that is not root first enters a new user namespace (user_namespaces(7))
  *                 mapping its own uid and gid, which gives it the capabilities to do so.
  *  2. filesystem  a private mount namespace (mount_namespaces(7)) whose TMPDIR is a tmpfs of
- *                 its own (gone with the namespace), then Landlock (landlock(7), raw
+ *                 its own, mounted on sandbox_tmpdir() (every run mounts its own there, in
+ *                 its own namespace; the host sees an empty directory) and gone with the
+ *                 namespace when the run's last process ends; then Landlock (landlock(7), raw
  *                 syscalls, the best ABI the kernel has): read under the read paths, read
  *                 and write under the write paths, nothing else; from ABI 4 no TCP bind or
  *                 connect (network none), from ABI 6 no signals to and no abstract Unix sockets of
@@ -50,7 +52,7 @@ struct sandbox_spec {
     size_t n_read;
     const char *const *write_paths;  /* read and write beneath; must exist */
     size_t n_write;
-    const char *tmpdir;         /* an empty directory: the private TMPDIR is mounted on it */
+    const char *tmpdir;         /* sandbox_tmpdir(): the private TMPDIR is mounted on it */
     unsigned tmp_size_mb;       /* size of that tmpfs, MiB (1..) */
     unsigned pids;              /* RLIMIT_NPROC: processes (threads) of the uid, >= 1 */
 };
@@ -60,21 +62,19 @@ struct sandbox_spec {
  * for the forked child: NSS may take locks (getpwnam_r(3)). */
 int sandbox_resolve_user(const char *user, uid_t *uid, gid_t *gid, char *err, size_t errlen);
 
-/* Creates the mount point of a run's private TMPDIR: an empty 0700 directory under base
- * (e.g. "/tmp"), its path written into out (outlen bytes, at least 64). Returns 0, or a
- * negative errno with err filled. The caller removes it with sandbox_tmpdir_remove() after
- * the run (the tmpfs mounted on it lived in the run's mount namespace and is gone). */
-int sandbox_tmpdir_create(const char *base, char *out, size_t outlen, char *err, size_t errlen);
+/* Makes what every sandboxed run shares, once (later calls return at once): the seccomp
+ * filter of step 5, compiled, and the mount point of the private TMPDIRs, an empty 0700
+ * directory made under tmp_base (e.g. "/tmp"; mkdtemp(3)). Call it before forking, on the
+ * thread that forks (it allocates; sandbox_enter only uses the results). Returns 0, or a
+ * negative errno with err filled ("seccomp: ..." or "filesystem: ..."). */
+int sandbox_prepare(const char *tmp_base, char *err, size_t errlen);
 
-/* Removes a directory made by sandbox_tmpdir_create (rmdir(2): it must be empty, which it
- * is unless the run wrote into it without its tmpfs, which sandbox_enter never lets happen).
- * NULL-safe. Returns 0 or a negative errno. */
-int sandbox_tmpdir_remove(const char *path);
+/* The TMPDIR mount point made by sandbox_prepare, or NULL before it. */
+const char *sandbox_tmpdir(void);
 
-/* Compiles the seccomp filter of step 5 once (later calls return at once). Call it before
- * forking, on the thread that forks (it allocates; sandbox_enter only loads the result).
- * Returns 0, or a negative errno with err filled ("seccomp: ..."). */
-int sandbox_prepare(char *err, size_t errlen);
+/* Removes the mount point (rmdir(2): the host's side of it is always empty) and frees the
+ * filter. For the daemon's stop, when no run can start any more. Idempotent. */
+void sandbox_release(void);
 
 /* Applies every layer of spec to the calling process, in the order above. Call it in a
  * forked, single-threaded child, before any untrusted code, after sandbox_prepare() in the
