@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import PYHOTCTL, SCALE, TIMEOUT, QUIET, clean_env, wait_for, write
+from conftest import PYHOTCTL, QUIET, SANITIZED, SCALE, TIMEOUT, clean_env, wait_for, write
 
 NOT_CAGED = 99
 
@@ -313,6 +313,35 @@ print(pid, flush=True)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     pid = int(r.stdout.split()[-1])
     wait_for(lambda: gone(pid), what="the background child %d to be killed" % pid)
+
+
+def test_limits_apply_and_a_timeout_kills_the_whole_run(pyhotd, cage):
+    d = pyhotd()
+    marker = os.path.join(cage["work"], "child")
+    path = script(cage, "hang.py", r'''
+import os, time
+pid = os.fork()
+if pid == 0:
+    time.sleep(60)
+    os._exit(0)
+open("child", "w").write(str(pid))
+x = bytearray(64 * 1024 * 1024) if BIG else b""
+time.sleep(60)
+''')
+    t0 = time.monotonic()
+    r = run_sandboxed(d, cage, path, "--timeout", "0.5", "--set", "BIG=false")
+    assert r.returncode == 124 and time.monotonic() - t0 < 30, (r.returncode, r.stderr)
+    pid = int(open(marker).read())
+    wait_for(lambda: gone(pid), what="the run's child %d to be killed with it" % pid)
+    # --memory as for --isolate: what the child may add to the image it was forked with.
+    r = run_sandboxed(d, cage, path, "--timeout", "5", "--memory", "32", "--set", "BIG=true")
+    if SANITIZED:
+        # ASan's allocator reserves its own address space and gives up first.
+        assert r.returncode != 0 and ("MemoryError" in r.stderr or "AddressSanitizer" in r.stderr), r.stderr
+    else:
+        assert r.returncode == 1 and r.stderr.rstrip().endswith("MemoryError"), (r.returncode, r.stderr)
+    pid = int(open(marker).read())
+    wait_for(lambda: gone(pid), what="the run's child %d to be killed with it" % pid)
 
 
 def test_a_failing_step_stops_the_run(pyhotd, cage):
