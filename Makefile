@@ -82,6 +82,7 @@ bench: deps-bench build
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_setup.py --keep-tree
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_idle.py
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_storm.py
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/sandbox.py
 
 # Installs into a temporary prefix and runs systemd-analyze verify on every unit there
 # (ExecStart must name an installed binary, so the units are checked as installed).
