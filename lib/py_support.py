@@ -17,6 +17,7 @@ import importlib
 import io
 import linecache
 import os
+import runpy  # here, not in run_isolated: a forked child would import it afresh each run
 import sys
 import threading
 import traceback
@@ -636,7 +637,6 @@ def _main_spec_of(path):
 def _execute(spec, argv):
     """Runs spec's script as __main__ in a fresh namespace (runpy._run_code semantics)."""
     import pkgutil
-    import runpy
     init_globals = spec.get("globals") or None
     module = spec.get("module")
     if module is not None:
@@ -791,7 +791,6 @@ def run_isolated(spec):
     """In the forked child (py_run.c): fd 1 and 2 are the daemon's pipes. Runs spec as
     python3 would (runpy, sys.modules['__main__'] and sys.argv are the child's own) and
     returns the exit status."""
-    import runpy
     _captures.clear()
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True)
