@@ -11,6 +11,7 @@ touch live in a directory of their own under /tmp, never in a watch root.
 
 import json
 import os
+import signal
 import pwd
 import shutil
 import socket
@@ -22,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import PYHOTCTL, QUIET, SANITIZED, SCALE, TIMEOUT, clean_env, wait_for, write
+from conftest import PYHOTCTL, PYHOTD, QUIET, SANITIZED, SCALE, TIMEOUT, clean_env, wait_for, write
 
 NOT_CAGED = 99
 
@@ -401,3 +402,54 @@ def test_every_run_is_logged(pyhotd, cage, tmp_path):
     assert status["runs_ended"] == {"total": 3, "isolated": 2, "sandboxed": 1, "failed": 2,
                                     "timed_out": 0}, status["runs_ended"]
     assert "(sandboxed) for uid %d" % os.getuid() in d.log()
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("setpriv"), reason="needs root to start a daemon as nobody")
+def test_a_daemon_that_is_not_root(cage):
+    """A daemon that is not root cages its runs in a user namespace of their own: the same
+    layers, its own uid kept; the run cannot reach the daemon's socket (same uid)."""
+    nobody = pwd.getpwnam("nobody")
+    sockdir = os.path.join(cage["base"], "sock")
+    root = os.path.join(cage["base"], "root")
+    for path in (sockdir, root):
+        os.mkdir(path, 0o700)
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    sock = os.path.join(sockdir, "pyhotd.sock")
+    log = open(os.path.join(cage["base"], "pyhotd.log"), "wb")
+    daemon = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=%d" % nobody.pw_gid, "--clear-groups",
+                               PYHOTD, "--socket", sock, "--watch", root], stdin=subprocess.DEVNULL,
+                              stdout=log, stderr=log, env=clean_env())
+    try:
+        wait_for(lambda: subprocess.run([PYHOTCTL, "--socket", sock, "ping"], capture_output=True,
+                                        env=clean_env()).returncode == 0, what="pyhotd as nobody")
+        path = script(cage, "nonroot.py", r"""
+import ctypes, errno, json, os, socket
+fields = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+out = {"uid": os.getuid(), "caps": int(fields["CapEff"], 16), "userns": os.readlink("/proc/self/ns/user")}
+for name, fn in (("connect", lambda: socket.create_connection(("127.0.0.1", 9), timeout=2)),
+                 ("daemon_socket", lambda: socket.socket(socket.AF_UNIX).connect(SOCK)),
+                 ("write_outside", lambda: open(os.path.join(OUTSIDE_W, "x"), "w"))):
+    try:
+        fn()
+        out[name] = "ok"
+    except OSError as exc:
+        out[name] = exc.__class__.__name__
+print(json.dumps(out))
+""")
+        r = subprocess.run([PYHOTCTL, "--socket", sock, "run", "--sandbox", "--cwd", cage["work"],
+                            "--set", "HOST_NETNS=%s" % json.dumps(HOST_NETNS), "--set", "SOCK=%s" % json.dumps(sock),
+                            "--set", "OUTSIDE_W=%s" % json.dumps(cage["outside_w"]), path],
+                           capture_output=True, text=True, timeout=TIMEOUT * 3, env=clean_env())
+        result = ok_json(r)
+        assert result["uid"] == nobody.pw_uid and result["caps"] == 0, result
+        assert result["userns"] != os.readlink("/proc/self/ns/user"), result
+        assert result["connect"] != "ok" and result["write_outside"] == "PermissionError", result
+        assert result["daemon_socket"] == "PermissionError", result
+    finally:
+        subprocess.run([PYHOTCTL, "--socket", sock, "stop"], capture_output=True, env=clean_env())
+        try:
+            daemon.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait()
+        log.close()
