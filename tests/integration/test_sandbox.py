@@ -370,6 +370,13 @@ def test_sandbox_arguments(pyhotd, cage):
         assert r["error"]["code"] == "bad_argument", r
         r = c.request("run", path=os.path.join(cage["scripts"], "x.py"), sandbox=True, pids=0)
         assert r["error"]["code"] == "bad_argument", r
+    if ROOT:
+        d = pyhotd(config="[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n"
+                          "[sandbox]\nuser = no_such_user_pyhot\n")
+        with d.client() as c:
+            r = c.request("run", path=os.path.join(cage["scripts"], "x.py"), sandbox=True)
+            assert r["error"]["code"] == "sandbox_failed", r
+            assert 'sandbox user "no_such_user_pyhot": no such user' in r["error"]["message"], r
     r = subprocess.run([PYHOTCTL, "run", "--help"], capture_output=True, text=True, env=clean_env())
     assert "--sandbox" in r.stdout and max(len(line) for line in r.stdout.splitlines()) <= 80, r.stdout
 
@@ -402,6 +409,12 @@ def test_every_run_is_logged(pyhotd, cage, tmp_path):
     assert status["runs_ended"] == {"total": 3, "isolated": 2, "sandboxed": 1, "failed": 2,
                                     "timed_out": 0}, status["runs_ended"]
     assert "(sandboxed) for uid %d" % os.getuid() in d.log()
+    shown = subprocess.run([PYHOTCTL, "--socket", d.socket, "status"], capture_output=True, text=True,
+                           env=clean_env()).stdout
+    assert "0 running, 3 ended (2 isolated, 1 sandboxed, 2 failed, 0 timed out)" in shown, shown
+    tail = subprocess.run([PYHOTCTL, "--socket", d.socket, "history", "-e", "run"], capture_output=True,
+                          text=True, env=clean_env()).stdout
+    assert " run 3 %s sandboxed exited 0 in " % caged in tail, tail
 
 
 @pytest.mark.skipif(not ROOT or not shutil.which("setpriv"), reason="needs root to start a daemon as nobody")
