@@ -202,6 +202,27 @@ print(json.dumps({
     assert os.path.isdir(result["tmpdir"]) and os.listdir(result["tmpdir"]) == [], result["tmpdir"]
 
 
+def test_private_tmpdir_is_limited(pyhotd, cage):
+    d = pyhotd(config="[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n"
+                      "[sandbox]\ntmp_size_mb = 1\n")
+    path = script(cage, "tmpfull.py", r'''
+import errno, json, os
+written = 0
+try:
+    with open(os.path.join(os.environ["TMPDIR"], "big"), "wb") as f:
+        for _ in range(64):          # 4 MiB at most, into a 1 MiB tmpfs
+            f.write(b"x" * 65536)
+            f.flush()
+            written += 65536
+    result = "fits"
+except OSError as exc:
+    result = errno.errorcode[exc.errno]
+print(json.dumps({"result": result, "written": written}))
+''')
+    result = ok_json(run_sandboxed(d, cage, path))
+    assert result["result"] == "ENOSPC" and result["written"] <= 1024 * 1024, result
+
+
 def test_privileges(pyhotd, cage):
     d = pyhotd()
     path = script(cage, "priv.py", r'''
