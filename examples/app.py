@@ -1,6 +1,6 @@
 """The demo app: a small HTTP server whose responses come from handlers.py.
 
-pyhotd imports every module here at start and runs main() on a thread of its own
+pyhotd imports this module and runs main() on a thread of its own
 (`--entry app:main`), so the server keeps serving while you edit. Each request looks
 `handlers.respond` up on the module, so an edit to handlers.py is served by the very next
 request; the request count in state.py survives every reload.

@@ -30,8 +30,7 @@
 
 /* ---- string lists (NULL-terminated, with a count) ---------------------------------- */
 
-static void strv_free(char ***v, size_t *n)
-{
+static void strv_free(char ***v, size_t *n) {
     if (*v != NULL) {
         for (size_t i = 0; i < *n; i++)
             free((*v)[i]);
@@ -42,8 +41,7 @@ static void strv_free(char ***v, size_t *n)
 }
 
 /* Appends s, taking ownership of it (freed on failure). */
-static int strv_push_owned(char ***v, size_t *n, char *s)
-{
+static int strv_push_owned(char ***v, size_t *n, char *s) {
     if (s == NULL)
         return -ENOMEM;
     char **nv = realloc(*v, (*n + 2) * sizeof(*nv));
@@ -57,8 +55,7 @@ static int strv_push_owned(char ***v, size_t *n, char *s)
     return 0;
 }
 
-static bool strv_contains(char *const *v, size_t n, const char *s)
-{
+static bool strv_contains(char *const *v, size_t n, const char *s) {
     for (size_t i = 0; i < n; i++)
         if (strcmp(v[i], s) == 0)
             return true;
@@ -68,8 +65,7 @@ static bool strv_contains(char *const *v, size_t n, const char *s)
 /* ---- values --------------------------------------------------------------------- */
 
 /* A full decimal integer in min..max: digits only (no sign, no spaces, no 0x). */
-static int parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
-{
+static int parse_uint(const char *s, unsigned min, unsigned max, unsigned *out) {
     if (s == NULL || !isdigit((unsigned char)s[0]))
         return -EINVAL;
     errno = 0;
@@ -81,8 +77,7 @@ static int parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
     return 0;
 }
 
-static bool entry_valid(const char *entry)
-{
+static bool entry_valid(const char *entry) {
     const char *colon = strchr(entry, ':');
     return colon != NULL && colon != entry && colon[1] != '\0' && strchr(colon + 1, ':') == NULL;
 }
@@ -90,8 +85,7 @@ static bool entry_valid(const char *entry)
 /* Joins a relative path onto dir; an absolute path is only tidied. Drops empty and "."
  * components so that sys.path entries read the way the user meant them; ".." is kept,
  * since resolving it lexically would be wrong across symlinks. */
-static char *path_join(const char *dir, const char *path)
-{
+static char *path_join(const char *dir, const char *path) {
     size_t dlen = path[0] == '/' || dir == NULL ? 0 : strlen(dir);
     size_t plen = strlen(path);
     char *joined = malloc(dlen + 1 + plen + 1);
@@ -140,6 +134,7 @@ enum key_kind {
     KEY_LOG_LEVEL,
     KEY_IMPORT,
     KEY_STRATEGY,
+    KEY_MODE,
     KEY_ENTRY,
     KEY_BOOL,       /* bool: yes/no, true/false, on/off, 1/0 */
     KEY_BACKEND,
@@ -180,6 +175,7 @@ static const struct config_key config_keys[] = {
     {"python", "preload", KEY_GLOBS, LIST(preload), 0, 0},
     {"reload", "timeout_ms", KEY_UINT, FIELD(reload_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
     {"reload", "strategy", KEY_STRATEGY, FIELD(strategy), 0, 0, 0},
+    {"reload", "mode", KEY_MODE, FIELD(mode), 0, 0, 0},
     {"run", "timeout_ms", KEY_UINT, FIELD(exec_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
     {"sandbox", "network", KEY_NETWORK, FIELD(sandbox_network), 0, 0, 0},
     {"sandbox", "user", KEY_STRING, FIELD(sandbox_user), 0, 0, 0},
@@ -191,8 +187,7 @@ static const struct config_key config_keys[] = {
 
 #define N_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))
 
-static bool section_known(const char *section)
-{
+static bool section_known(const char *section) {
     for (size_t i = 0; i < N_KEYS; i++)
         if (strcmp(config_keys[i].section, section) == 0)
             return true;
@@ -215,8 +210,7 @@ static int load_fail(struct load_ctx *ctx, int err, const char *fmt, ...)
 
 /* Records the first error only (inih keeps parsing after one); returns 0, the handler's
  * "error" answer to inih. */
-static int load_fail(struct load_ctx *ctx, int err, const char *fmt, ...)
-{
+static int load_fail(struct load_ctx *ctx, int err, const char *fmt, ...) {
     if (ctx->err_line == 0) {
         va_list ap;
         va_start(ap, fmt);
@@ -232,8 +226,7 @@ static int load_fail(struct load_ctx *ctx, int err, const char *fmt, ...)
  * inih without INI_HANDLER_LINENO). It also catches what inih would get wrong silently: a
  * line longer than its buffer (inih would parse the rest as a further line) and a section
  * header with an unknown name (inih reports nothing for a section without keys). */
-static char *load_reader(char *str, int num, void *stream)
-{
+static char *load_reader(char *str, int num, void *stream) {
     struct load_ctx *ctx = stream;
     if (fgets(str, num, ctx->file) == NULL)
         return NULL;
@@ -272,8 +265,7 @@ static char *load_reader(char *str, int num, void *stream)
     return str;
 }
 
-static int set_value(struct load_ctx *ctx, const struct config_key *key, const char *value)
-{
+static int set_value(struct load_ctx *ctx, const struct config_key *key, const char *value) {
     char *base = (char *)ctx->cfg;
     char **str = (char **)(base + key->offset);
     char ***list = (char ***)(base + key->offset);
@@ -358,10 +350,10 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
     case KEY_IMPORT:
         if (strcmp(value, "all") == 0)
             *(enum config_import *)(base + key->offset) = CONFIG_IMPORT_ALL;
-        else if (strcmp(value, "none") == 0)
-            *(enum config_import *)(base + key->offset) = CONFIG_IMPORT_NONE;
+        else if (strcmp(value, "on-demand") == 0 || strcmp(value, "none") == 0)
+            *(enum config_import *)(base + key->offset) = CONFIG_IMPORT_ON_DEMAND;
         else
-            return load_fail(ctx, -EINVAL, "%s: expected all or none, got '%s'", key->name,
+            return load_fail(ctx, -EINVAL, "%s: expected on-demand or all, got '%s'", key->name,
                              value);
         return 1;
     case KEY_BOOL: {
@@ -402,14 +394,22 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
             return load_fail(ctx, -EINVAL, "%s: expected dependents or module, got '%s'",
                              key->name, value);
         return 1;
+    case KEY_MODE:
+        if (strcmp(value, "definitions") == 0)
+            *(enum config_mode *)(base + key->offset) = CONFIG_MODE_DEFINITIONS;
+        else if (strcmp(value, "module") == 0)
+            *(enum config_mode *)(base + key->offset) = CONFIG_MODE_MODULE;
+        else
+            return load_fail(ctx, -EINVAL, "%s: expected definitions or module, got '%s'",
+                             key->name, value);
+        return 1;
     }
     if (r < 0)
         return load_fail(ctx, r, "out of memory");
     return 1;
 }
 
-static int load_handler(void *user, const char *section, const char *name, const char *value)
-{
+static int load_handler(void *user, const char *section, const char *name, const char *value) {
     struct load_ctx *ctx = user;
     if (section[0] == '\0')
         return load_fail(ctx, -EINVAL, "key '%s' outside any section", name);
@@ -424,8 +424,7 @@ static int load_handler(void *user, const char *section, const char *name, const
 }
 
 /* The absolute directory of path, for resolving the relative paths inside it. */
-static int file_dir(const char *path, char *out)
-{
+static int file_dir(const char *path, char *out) {
     char dir[PATH_MAX];
     const char *slash = strrchr(path, '/');
     if (slash == NULL) {
@@ -442,8 +441,7 @@ static int file_dir(const char *path, char *out)
     return 0;
 }
 
-int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen)
-{
+int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen) {
     struct load_ctx *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL) {
         snprintf(err, errlen, "%s: out of memory", path);
@@ -530,8 +528,7 @@ static const struct option long_options[] = {
     {NULL, 0, NULL, 0},
 };
 
-static const char *option_name(int val)
-{
+static const char *option_name(int val) {
     for (const struct option *o = long_options; o->name != NULL; o++)
         if (o->val == val)
             return o->name;
@@ -540,8 +537,7 @@ static const char *option_name(int val)
 
 /* How many long options "--arg" abbreviates; getopt_long(3) reports an ambiguous prefix
  * the same way as an unknown option. */
-static int long_prefix_matches(const char *arg)
-{
+static int long_prefix_matches(const char *arg) {
     if (strncmp(arg, "--", 2) != 0)
         return 0;
     arg += 2;
@@ -567,14 +563,12 @@ struct cli {
     bool check_config, help, version;
 };
 
-static void cli_free(struct cli *cli)
-{
+static void cli_free(struct cli *cli) {
     strv_free(&cli->watch, &cli->n_watch);
     strv_free(&cli->python_paths, &cli->n_python_paths);
 }
 
-static int cli_parse(struct cli *cli, int argc, char **argv, char *err, size_t errlen)
-{
+static int cli_parse(struct cli *cli, int argc, char **argv, char *err, size_t errlen) {
     char cwd[PATH_MAX];
     bool have_cwd = false;
     int c, r;
@@ -691,8 +685,7 @@ nomem:
     return -ENOMEM;
 }
 
-static int replace_string(char **field, const char *value)
-{
+static int replace_string(char **field, const char *value) {
     char *copy = strdup(value);
     if (copy == NULL)
         return -ENOMEM;
@@ -701,8 +694,7 @@ static int replace_string(char **field, const char *value)
     return 0;
 }
 
-int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
-{
+int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size_t errlen) {
     struct cli cli = {0};
     int r = cli_parse(&cli, argc, argv, err, errlen);
     if (r < 0)
@@ -730,7 +722,7 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
     if (cli.has_log_level)
         cfg->log_level = cli.log_level;
     if (cli.no_import)
-        cfg->import = CONFIG_IMPORT_NONE;
+        cfg->import = CONFIG_IMPORT_ON_DEMAND;
     if (cli.has_watch) {
         strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
         cfg->watch_roots = cli.watch;
@@ -756,12 +748,11 @@ out:
 
 /* ---- the whole ----------------------------------------------------------------- */
 
-void config_init(struct config *cfg)
-{
+void config_init(struct config *cfg) {
     memset(cfg, 0, sizeof(*cfg));
     cfg->log_level = LOG_LEVEL_INFO;
     cfg->settle_ms = 10;
-    cfg->import = CONFIG_IMPORT_ALL;
+    cfg->import = CONFIG_IMPORT_ON_DEMAND;
     cfg->defer_vcs_ms = 30000;
     cfg->reload_timeout_ms = 10000;
     cfg->strategy = CONFIG_STRATEGY_DEPENDENTS;
@@ -773,8 +764,7 @@ void config_init(struct config *cfg)
     cfg->sandbox_tmp_mb = 64;
 }
 
-void config_free(struct config *cfg)
-{
+void config_free(struct config *cfg) {
     if (cfg == NULL)
         return;
     free(cfg->config_path);
@@ -796,8 +786,7 @@ void config_free(struct config *cfg)
 /* PEP 405: a virtual environment is a directory with pyvenv.cfg; its packages for this
  * interpreter are in lib/pythonX.Y/site-packages. One made for another Python version
  * would import extension modules built for another ABI, so it is refused. */
-static int finish_venv(struct config *cfg, char *err, size_t errlen)
-{
+static int finish_venv(struct config *cfg, char *err, size_t errlen) {
     if (cfg->venv == NULL)
         return 0;
     char *real = realpath(cfg->venv, NULL);
@@ -826,8 +815,7 @@ static int finish_venv(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
-static int finish_roots(struct config *cfg, char *err, size_t errlen)
-{
+static int finish_roots(struct config *cfg, char *err, size_t errlen) {
     char **roots = NULL;
     size_t n = 0;
     int r = 0;
@@ -869,8 +857,7 @@ fail:
 }
 
 /* socket_group: a group name (getgrnam_r(3)) or a decimal gid. */
-static int finish_group(struct config *cfg, char *err, size_t errlen)
-{
+static int finish_group(struct config *cfg, char *err, size_t errlen) {
     const char *name = cfg->socket_group;
     cfg->has_socket_gid = false;
     if (name == NULL)
@@ -898,8 +885,7 @@ static int finish_group(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
-int config_finish(struct config *cfg, char *err, size_t errlen)
-{
+int config_finish(struct config *cfg, char *err, size_t errlen) {
     if (cfg->settle_ms > SETTLE_MS_MAX) {
         snprintf(err, errlen, "settle_ms: expected an integer from 0 to %u, got %u",
                  SETTLE_MS_MAX, cfg->settle_ms);
@@ -969,8 +955,7 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
-const char *config_usage(void)
-{
+const char *config_usage(void) {
     return
         "pyhotd - hot-reload daemon for Python: watches script directories and reloads the\n"
         "changed modules in one persistent interpreter.\n"
@@ -982,9 +967,9 @@ const char *config_usage(void)
         "Options:\n"
         "  -c, --config FILE         read FILE (INI; see pyhotd.conf) before the other\n"
         "                            options, which override it. Default: none.\n"
-        "  -w, --watch DIR           watch DIR recursively, put it on sys.path and import its\n"
-        "                            modules at start (unless --no-import). Repeatable;\n"
-        "                            replaces the file's [watch] root list. Default: none.\n"
+        "  -w, --watch DIR           watch DIR recursively and put it on sys.path; its\n"
+        "                            modules reload once loaded. Repeatable; replaces the\n"
+        "                            file's [watch] root list. Default: none.\n"
         "  -s, --socket PATH         control socket. Default: $PYHOT_SOCKET, else\n"
         "                            $XDG_RUNTIME_DIR/pyhot/pyhotd.sock, else\n"
         "                            /run/pyhotd/pyhotd.sock for root, else\n"
@@ -996,8 +981,9 @@ const char *config_usage(void)
         "      --entry MODULE:FUNCTION\n"
         "                            after start, call FUNCTION of MODULE on a thread of its\n"
         "                            own (the app's main). Default: none.\n"
-        "      --no-import           do not import the watch roots' modules at start; leave\n"
-        "                            importing to the app. Default: import all.\n"
+        "      --no-import           import nothing at start, even with [watch]\n"
+        "                            import = all: modules load when the app, exec or\n"
+        "                            run import them. Default: as [watch] import says.\n"
         "      --log-level LEVEL     error, warn, info or debug. Default: info.\n"
         "      --check-config        validate the configuration and exit: 0 when it is\n"
         "                            valid, 2 with the error when it is not.\n"

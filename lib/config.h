@@ -16,8 +16,8 @@
  * String lists are NULL-terminated arrays of owned strings with a count beside them.
  */
 enum config_import {
-    CONFIG_IMPORT_ALL = 0,  /* import every module under the watch roots at start */
-    CONFIG_IMPORT_NONE = 1, /* leave importing to the app and to exec */
+    CONFIG_IMPORT_ON_DEMAND = 0, /* modules load when the app, exec, run or a plugin import them */
+    CONFIG_IMPORT_ALL = 1,       /* import every module under the watch roots at start */
 };
 
 enum config_network {
@@ -33,6 +33,11 @@ enum config_backend {
 enum config_strategy {
     CONFIG_STRATEGY_DEPENDENTS = 0, /* reload changed modules and every module importing them */
     CONFIG_STRATEGY_MODULE = 1,     /* reload only the changed modules */
+};
+
+enum config_mode {
+    CONFIG_MODE_DEFINITIONS = 0, /* run only the statements that changed or read a changed name */
+    CONFIG_MODE_MODULE = 1,      /* run each module's whole top level again */
 };
 
 struct config {
@@ -54,7 +59,7 @@ struct config {
     char **watch_roots;         /* absolute, as given after realpath(3) by config_finish() */
     size_t n_watch_roots;
     unsigned settle_ms;         /* default 10; 0..60000 */
-    enum config_import import;  /* default all; --no-import sets none */
+    enum config_import import;  /* default on demand; --no-import sets it too */
     char **include;             /* globs; default none given = "*.py" (filter.h) */
     size_t n_include;
     char **exclude;
@@ -77,6 +82,7 @@ struct config {
     /* [reload] */
     unsigned reload_timeout_ms; /* deadline of a reload batch; default 10000 */
     enum config_strategy strategy;
+    enum config_mode mode;      /* default definitions (docs/reload.md) */
 
     /* [run] */
     unsigned exec_timeout_ms;   /* deadline of exec and run jobs; default 30000 */

@@ -29,16 +29,14 @@ static const char *const ignored_files[] = {
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-static void globs_free(char **globs, size_t n)
-{
+static void globs_free(char **globs, size_t n) {
     for (size_t i = 0; i < n; i++)
         free(globs[i]);
     free(globs);
 }
 
 static int globs_copy(const char *const *src, size_t n, const char *what, char ***out,
-                      char *err, size_t errlen)
-{
+                      char *err, size_t errlen) {
     char **globs = calloc(n > 0 ? n : 1, sizeof(*globs));
     if (globs == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -62,8 +60,7 @@ static int globs_copy(const char *const *src, size_t n, const char *what, char *
 }
 
 int filter_new(const char *const *include, size_t n_include, const char *const *exclude,
-               size_t n_exclude, struct filter **out, char *err, size_t errlen)
-{
+               size_t n_exclude, struct filter **out, char *err, size_t errlen) {
     if (include == NULL || n_include == 0) {
         include = default_include;
         n_include = COUNT(default_include);
@@ -92,8 +89,7 @@ int filter_new(const char *const *include, size_t n_include, const char *const *
     return 0;
 }
 
-void filter_free(struct filter *filter)
-{
+void filter_free(struct filter *filter) {
     if (filter == NULL)
         return;
     globs_free(filter->include, filter->n_include);
@@ -101,21 +97,18 @@ void filter_free(struct filter *filter)
     free(filter);
 }
 
-static bool glob_matches(const char *glob, const char *relpath, const char *name)
-{
+static bool glob_matches(const char *glob, const char *relpath, const char *name) {
     return fnmatch(glob, strchr(glob, '/') != NULL ? relpath : name, 0) == 0;
 }
 
-static bool any_matches(char *const *globs, size_t n, const char *relpath, const char *name)
-{
+static bool any_matches(char *const *globs, size_t n, const char *relpath, const char *name) {
     for (size_t i = 0; i < n; i++)
         if (glob_matches(globs[i], relpath, name))
             return true;
     return false;
 }
 
-bool filter_ignores_dir(const struct filter *filter, const char *relpath, const char *name)
-{
+bool filter_ignores_dir(const struct filter *filter, const char *relpath, const char *name) {
     for (size_t i = 0; i < COUNT(ignored_dirs); i++)
         if (strcmp(name, ignored_dirs[i]) == 0)
             return true;
@@ -144,8 +137,7 @@ bool filter_ignores_dir(const struct filter *filter, const char *relpath, const 
     return ignored;
 }
 
-bool filter_accepts_file(const struct filter *filter, const char *relpath, const char *name)
-{
+bool filter_accepts_file(const struct filter *filter, const char *relpath, const char *name) {
     for (size_t i = 0; i < COUNT(ignored_files); i++)
         if (fnmatch(ignored_files[i], name, 0) == 0)
             return false;

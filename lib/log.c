@@ -23,16 +23,14 @@ static const char *const level_labels[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 /* sd-daemon(3) priorities: LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG. */
 static const char *const level_prefixes[] = {"<3>", "<4>", "<6>", "<7>"};
 
-static bool level_valid(enum log_level level)
-{
+static bool level_valid(enum log_level level) {
     return (int)level >= LOG_LEVEL_ERROR && (int)level <= LOG_LEVEL_DEBUG;
 }
 
 /* systemd.exec(5): JOURNAL_STREAM is "DEVICE:INODE" of the stream systemd connected; a
  * process that inherited the variable but whose stderr goes elsewhere (a shell started
  * from a unit, a redirect) must not use journal prefixes. */
-static bool stderr_is_journal(void)
-{
+static bool stderr_is_journal(void) {
     const char *stream = getenv("JOURNAL_STREAM");
     unsigned long long dev, ino;
     struct stat st;
@@ -43,27 +41,23 @@ static bool stderr_is_journal(void)
     return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
-void log_init(enum log_level level)
-{
+void log_init(enum log_level level) {
     log_set_level(level);
     if (atomic_exchange(&log_initialized, true))
         return;
     atomic_store(&log_journal, stderr_is_journal());
 }
 
-void log_set_level(enum log_level level)
-{
+void log_set_level(enum log_level level) {
     if (level_valid(level))
         atomic_store(&log_threshold, (int)level);
 }
 
-enum log_level log_get_level(void)
-{
+enum log_level log_get_level(void) {
     return (enum log_level)atomic_load(&log_threshold);
 }
 
-int log_level_parse(const char *name, enum log_level *out)
-{
+int log_level_parse(const char *name, enum log_level *out) {
     if (name == NULL)
         return -EINVAL;
     for (int i = LOG_LEVEL_ERROR; i <= LOG_LEVEL_DEBUG; i++) {
@@ -79,15 +73,13 @@ int log_level_parse(const char *name, enum log_level *out)
     return -EINVAL;
 }
 
-const char *log_level_name(enum log_level level)
-{
+const char *log_level_name(enum log_level level) {
     return level_valid(level) ? level_names[level] : "unknown";
 }
 
 /* Cuts len back so that buf[0..len) does not end inside a UTF-8 sequence: a truncated
  * line must still be valid UTF-8 for the journal and for JSON consumers of the log. */
-static size_t utf8_boundary(const char *buf, size_t len)
-{
+static size_t utf8_boundary(const char *buf, size_t len) {
     size_t end = len;
     size_t back = 0;
     while (end > 0 && back < 4 && ((unsigned char)buf[end - 1] & 0xC0) == 0x80) {
@@ -111,8 +103,7 @@ static size_t utf8_boundary(const char *buf, size_t len)
     return back + 1 >= need ? len : end - 1;
 }
 
-static void log_write(enum log_level level, const char *fmt, va_list ap)
-{
+static void log_write(enum log_level level, const char *fmt, va_list ap) {
     if ((int)level > atomic_load(&log_threshold))
         return;
 

@@ -23,8 +23,7 @@
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
     va_list ap;
 
     if (err == NULL || errlen == 0)
@@ -36,8 +35,7 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0 (RFC 3629: no overlong
  * forms, no surrogates, nothing above U+10FFFF). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
+static size_t utf8_seq(const unsigned char *s, size_t n) {
     size_t need, i;
 
     if (s[0] < 0x80)
@@ -67,8 +65,7 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
  * the client's bytes (jansson's "near '...'") and may be cut by a short buffer, and an
  * error that is not UTF-8 could not be sent back at all.
  */
-static void utf8_sanitize(char *str)
-{
+static void utf8_sanitize(char *str) {
     unsigned char *s = (unsigned char *)str;
     size_t n = strlen(str), k;
 
@@ -83,8 +80,7 @@ static void utf8_sanitize(char *str)
     }
 }
 
-static const char *type_name(const json_t *v)
-{
+static const char *type_name(const json_t *v) {
     switch (json_typeof(v)) {
     case JSON_OBJECT:  return "an object";
     case JSON_ARRAY:   return "an array";
@@ -99,8 +95,7 @@ static const char *type_name(const json_t *v)
 }
 
 /* Fills the failure outputs of protocol_decode_request; id may be NULL (not usable). */
-static int decode_fail(const char **code, const char *what, json_t **id_out, json_t *id)
-{
+static int decode_fail(const char **code, const char *what, json_t **id_out, json_t *id) {
     if (code != NULL)
         *code = what;
     if (id_out != NULL)
@@ -109,8 +104,7 @@ static int decode_fail(const char **code, const char *what, json_t **id_out, jso
 }
 
 int protocol_decode_request(const char *line, size_t len, struct protocol_request *req,
-                            const char **code, json_t **id_out, char *err, size_t errlen)
-{
+                            const char **code, json_t **id_out, char *err, size_t errlen) {
     json_error_t jerr;
     json_t *root, *id, *cmd;
     const char *nul;
@@ -194,8 +188,7 @@ invalid:
     return -EINVAL;
 }
 
-void protocol_request_clear(struct protocol_request *req)
-{
+void protocol_request_clear(struct protocol_request *req) {
     if (req == NULL)
         return;
     json_decref(req->root);
@@ -205,8 +198,7 @@ void protocol_request_clear(struct protocol_request *req)
 }
 
 /* The member `name` of the request, or NULL when absent or null. */
-static json_t *arg_get(const struct protocol_request *req, const char *name)
-{
+static json_t *arg_get(const struct protocol_request *req, const char *name) {
     json_t *v;
 
     if (req == NULL || req->root == NULL)
@@ -216,8 +208,7 @@ static json_t *arg_get(const struct protocol_request *req, const char *name)
 }
 
 int protocol_arg_string(const struct protocol_request *req, const char *name,
-                        const char **out, char *err, size_t errlen)
-{
+                        const char **out, char *err, size_t errlen) {
     json_t *v = arg_get(req, name);
 
     if (v == NULL) {
@@ -233,8 +224,7 @@ int protocol_arg_string(const struct protocol_request *req, const char *name,
 }
 
 int protocol_arg_int(const struct protocol_request *req, const char *name, int64_t min,
-                     int64_t max, int64_t *out, char *err, size_t errlen)
-{
+                     int64_t max, int64_t *out, char *err, size_t errlen) {
     json_t *v = arg_get(req, name);
     int64_t n;
 
@@ -258,8 +248,7 @@ int protocol_arg_int(const struct protocol_request *req, const char *name, int64
 }
 
 int protocol_arg_string_list(const struct protocol_request *req, const char *name,
-                             json_t **out, char *err, size_t errlen)
-{
+                             json_t **out, char *err, size_t errlen) {
     json_t *v = arg_get(req, name);
     json_t *list, *item;
     size_t i;
@@ -314,8 +303,7 @@ struct out {
     int failed;
 };
 
-static int out_reserve(struct out *o, size_t n)
-{
+static int out_reserve(struct out *o, size_t n) {
     size_t cap;
     char *data;
 
@@ -336,16 +324,14 @@ static int out_reserve(struct out *o, size_t n)
     return 0;
 }
 
-static void out_put(struct out *o, const char *s, size_t n)
-{
+static void out_put(struct out *o, const char *s, size_t n) {
     if (out_reserve(o, n) == 0) {
         memcpy(o->data + o->len, s, n);
         o->len += n;
     }
 }
 
-static int out_dump(const char *buffer, size_t size, void *data)
-{
+static int out_dump(const char *buffer, size_t size, void *data) {
     struct out *o = data;
 
     out_put(o, buffer, size);
@@ -353,15 +339,13 @@ static int out_dump(const char *buffer, size_t size, void *data)
 }
 
 /* Appends value compactly; marks o failed on error. */
-static void out_value(struct out *o, const json_t *value)
-{
+static void out_value(struct out *o, const json_t *value) {
     if (json_dump_callback(value, out_dump, o, ENCODE_FLAGS | JSON_ENCODE_ANY) < 0)
         o->failed = 1;
 }
 
 /* Ends o with "\n" and a NUL; returns its buffer (owned by the caller) or NULL. */
-static char *out_finish(struct out *o, size_t *len)
-{
+static char *out_finish(struct out *o, size_t *len) {
     out_put(o, "\n", 2);
     if (o->failed) {
         free(o->data);
@@ -373,8 +357,7 @@ static char *out_finish(struct out *o, size_t *len)
 }
 
 /* Dumps value compactly and appends "\n". */
-static char *encode(const json_t *value, size_t *len)
-{
+static char *encode(const json_t *value, size_t *len) {
     struct out o = { 0 };
 
     out_value(&o, value);
@@ -382,8 +365,7 @@ static char *encode(const json_t *value, size_t *len)
 }
 
 /* {"id": id, "ok": ok, ...}; id is not stolen. */
-static json_t *response_new(json_t *id, int ok)
-{
+static json_t *response_new(json_t *id, int ok) {
     json_t *resp = json_object();
 
     if (resp == NULL)
@@ -396,8 +378,7 @@ static json_t *response_new(json_t *id, int ok)
     return resp;
 }
 
-char *protocol_encode_ok(json_t *id, json_t *result, size_t *len)
-{
+char *protocol_encode_ok(json_t *id, json_t *result, size_t *len) {
     /* {"id":ID,"ok":true,"result":RESULT}, written directly (no response object). */
     struct out o = { 0 };
 
@@ -410,8 +391,7 @@ char *protocol_encode_ok(json_t *id, json_t *result, size_t *len)
     return out_finish(&o, len);
 }
 
-char *protocol_encode_ok_encoded(json_t *id, const char *result, size_t result_len, size_t *len)
-{
+char *protocol_encode_ok_encoded(json_t *id, const char *result, size_t result_len, size_t *len) {
     struct out o = { 0 };
 
     out_put(&o, "{\"id\":", sizeof("{\"id\":") - 1);
@@ -422,8 +402,7 @@ char *protocol_encode_ok_encoded(json_t *id, const char *result, size_t result_l
     return out_finish(&o, len);
 }
 
-char *protocol_encode_value(json_t *value, size_t *len)
-{
+char *protocol_encode_value(json_t *value, size_t *len) {
     struct out o = { 0 };
 
     out_value(&o, value);
@@ -438,8 +417,7 @@ char *protocol_encode_value(json_t *value, size_t *len)
 }
 
 /* message as a JSON string, its invalid UTF-8 replaced (json_string() refuses it). */
-static json_t *message_string(const char *message)
-{
+static json_t *message_string(const char *message) {
     json_t *v;
     char *copy;
 
@@ -458,8 +436,7 @@ static json_t *message_string(const char *message)
 }
 
 char *protocol_encode_error(json_t *id, const char *code, const char *message,
-                            json_t *details, size_t *len)
-{
+                            json_t *details, size_t *len) {
     json_t *resp = response_new(id, 0);
     json_t *error = json_object();
     char *line = NULL;
@@ -489,15 +466,13 @@ out:
     return line;
 }
 
-char *protocol_encode_line(json_t *value, size_t *len)
-{
+char *protocol_encode_line(json_t *value, size_t *len) {
     if (value == NULL)
         return NULL;
     return encode(value, len);
 }
 
-char *protocol_encode_request(int64_t id, const char *cmd, json_t *args, size_t *len)
-{
+char *protocol_encode_request(int64_t id, const char *cmd, json_t *args, size_t *len) {
     json_t *req = json_object();
     char *line = NULL;
     int r = 0;
@@ -521,8 +496,7 @@ char *protocol_encode_request(int64_t id, const char *cmd, json_t *args, size_t 
     return line;
 }
 
-char *protocol_format_time(char *buf, size_t len)
-{
+char *protocol_format_time(char *buf, size_t len) {
     struct timespec ts;
     struct tm tm;
     char date[32];
@@ -538,8 +512,7 @@ char *protocol_format_time(char *buf, size_t len)
     return buf;
 }
 
-int protocol_default_socket_path(char *buf, size_t len)
-{
+int protocol_default_socket_path(char *buf, size_t len) {
     const char *env;
     size_t max = sizeof(((struct sockaddr_un *)NULL)->sun_path);
     int n;

@@ -38,7 +38,7 @@ enum py_job_kind {
     PY_JOB_CONFIGURE, /* input {"add_roots", "remove_roots", "import", "strategy"} ->
                          {"imported", "errors"}: a configuration reload's interpreter side */
     PY_JOB_RUN,      /* input: the run request (docs/run.md) + "run_id" -> started, or for
-                        --isolate {"pid", "stdout_fd", "stderr_fd"} (py_run.h) */
+                        --isolate {"pid", "stdout_fd", "stderr_fd"} (run_channel.h) */
     PY_JOB_PRELOAD,  /* input {"modules": [..]} -> {"imported": [..], "errors": [..]} */
     PY_JOB_REPL,     /* input {"source": str} -> {"incomplete": bool, "stdout", "stderr"} */
 };

@@ -10,6 +10,8 @@
 
 #include <jansson.h>
 
+/* ---- py_json.c ---- */
+
 /* Converts dict (str keys), list, tuple, str, int, float, bool and None to JSON; any other
  * object becomes its repr() string. Returns a new reference; NULL only on ENOMEM (the
  * Python error state is cleared either way). Depth is capped at 64 levels. */
@@ -19,30 +21,51 @@ json_t *py_to_json(PyObject *obj);
  * Returns NULL with a Python exception set on failure. */
 PyObject *py_from_json(json_t *value);
 
+/* The pending exception as one normalised object with its traceback attached, and the
+ * error state cleared (what PyErr_GetRaisedException does from 3.12 on). New reference,
+ * or NULL when nothing was raised. */
+PyObject *py_take_exception(void);
+
 /* Turns the pending Python exception into a protocol error object {"code": code,
  * "message", "type", "file", "line", "traceback"} through _pyhot.describe_exception, and
  * clears it. Returns a new reference (never NULL except on ENOMEM). */
 json_t *py_error_from_exception(const char *code);
+
+/* The function that turns an exception into an error object for py_error_from_exception
+ * (_pyhot.describe_exception; a new reference is kept), or NULL to drop it (before
+ * Py_FinalizeEx). Without one, the error object has only type and message. */
+void py_json_set_describe(PyObject *fn);
+
+/* Calls module.<name>(*args) for any module object (borrowed), e.g. _pyhot_reload, where
+ * args is a JSON array (borrowed; NULL: no arguments) converted to Python. Returns the
+ * result converted to JSON (new reference), or NULL with *error set to a new error object
+ * (internal_error when there is no such attribute, python_error when it raised). */
+json_t *py_module_call(PyObject *module, const char *name, json_t *args, json_t **error);
+
+/* ---- py_host.c ---- */
 
 /* Calls _pyhot.<name>(*args) where args is a JSON array (borrowed) converted to Python.
  * Returns the result converted to JSON (new reference), or NULL with *error set to a new
  * error object (py_error_from_exception with code python_error) when it raised. */
 json_t *py_support_call(const char *name, json_t *args, json_t **error);
 
-/* The same for any module object (borrowed), e.g. _pyhot_reload. */
-json_t *py_module_call(PyObject *module, const char *name, json_t *args, json_t **error);
+/* ---- py_reload.c ---- */
 
 /* Compiles lib/py_reload.py (built in) and runs it as module _pyhot_reload, after _pyhot.
  * Returns 0, or -1 with a Python exception set. */
 int py_reload_init(void);
 
-/* Sets the reload strategy ("dependents" or "module"). Returns 0, or -1 with *error set
- * to a new protocol error object. */
-int py_reload_set_strategy(const char *strategy, json_t **error);
+/* Sets the engine's options from a job's input: "strategy" ("dependents" or "module") and
+ * "mode" ("definitions" or "module"), each only when present. Returns 0, or -1 with *error
+ * set to a new protocol error object. */
+int py_reload_configure(json_t *input, json_t **error);
 
-/* Creates the _pyhot_run module (lib/py_run.c: emit, finish, register, unregister,
- * cancel, sleep) in sys.modules and keeps the original time.sleep. Returns 0, or -1 with
- * a Python exception set. */
+/* ---- py_run.c ---- */
+
+/* Creates the _pyhot_run module in sys.modules: the C functions of lib/py_run.c (emit,
+ * finish, register, unregister, cancel, sleep) and lib/py_run.py run in the same
+ * namespace, after _pyhot. Keeps the original time.sleep. Returns 0, or -1 with a Python
+ * exception set. */
 int py_run_init(void);
 
 /* Drops py_run's references before Py_FinalizeEx. */

@@ -18,13 +18,19 @@ int py_reload_init(void) {
     return engine ? 0 : -1;
 }
 
-int py_reload_set_strategy(const char *strategy, json_t **error) {
-    json_t *args = json_pack("[s]", strategy);
-    json_t *result = py_module_call(engine, "set_strategy", args, error);
-    json_decref(args);
-    if (!result)
-        return -1;
-    json_decref(result);
+int py_reload_configure(json_t *input, json_t **error) {
+    static const char *const options[][2] = {{"strategy", "set_strategy"}, {"mode", "set_mode"}};
+    for (size_t i = 0; i < sizeof(options) / sizeof(options[0]); i++) {
+        json_t *value = json_object_get(input, options[i][0]);
+        if (!json_is_string(value))
+            continue;
+        json_t *args = json_pack("[O]", value);
+        json_t *result = py_module_call(engine, options[i][1], args, error);
+        json_decref(args);
+        if (!result)
+            return -1;
+        json_decref(result);
+    }
     return 0;
 }
 
@@ -60,7 +66,9 @@ json_t *py_reload_run(json_t *input, json_t **error) {
             return NULL;
     }
     json_t *path_list = json_is_array(paths) ? json_incref(paths) : json_array();
-    json_t *args = json_pack("[oo]", path_list, names ? names : json_array());
+    json_t *batch = json_object_get(input, "batch");
+    json_t *args = json_pack("[ooO]", path_list, names ? names : json_array(),
+                             json_is_integer(batch) ? batch : json_null());
     json_t *result = py_module_call(engine, "reload_batch", args, error);
     json_decref(args);
     return result;

@@ -8,8 +8,7 @@
 #define STRSET_MIN_SLOTS 16
 #define STRSET_MIN_ITEMS 8
 
-static uint64_t fnv1a(const char *s)
-{
+static uint64_t fnv1a(const char *s) {
     uint64_t h = 14695981039346656037ULL;
     for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
         h ^= *p;
@@ -19,8 +18,7 @@ static uint64_t fnv1a(const char *s)
 }
 
 /* The slot holding s, or the empty slot where it would go. n_slots must be non-zero. */
-static size_t find_slot(const struct strset *set, const char *s, uint64_t hash)
-{
+static size_t find_slot(const struct strset *set, const char *s, uint64_t hash) {
     size_t mask = set->n_slots - 1;
     size_t i = (size_t)hash & mask;
     while (set->slots[i] != 0 && strcmp(set->items[set->slots[i] - 1], s) != 0)
@@ -28,8 +26,7 @@ static size_t find_slot(const struct strset *set, const char *s, uint64_t hash)
     return i;
 }
 
-static int rehash(struct strset *set, size_t n_slots)
-{
+static int rehash(struct strset *set, size_t n_slots) {
     size_t *slots = calloc(n_slots, sizeof(*slots));
     if (slots == NULL)
         return -ENOMEM;
@@ -46,13 +43,11 @@ static int rehash(struct strset *set, size_t n_slots)
     return 0;
 }
 
-void strset_init(struct strset *set)
-{
+void strset_init(struct strset *set) {
     memset(set, 0, sizeof(*set));
 }
 
-int strset_add(struct strset *set, const char *s)
-{
+int strset_add(struct strset *set, const char *s) {
     uint64_t hash = fnv1a(s);
     if (set->n_slots > 0 && set->slots[find_slot(set, s, hash)] != 0)
         return 0;
@@ -86,15 +81,13 @@ int strset_add(struct strset *set, const char *s)
     return 1;
 }
 
-bool strset_contains(const struct strset *set, const char *s)
-{
+bool strset_contains(const struct strset *set, const char *s) {
     if (set->n_slots == 0)
         return false;
     return set->slots[find_slot(set, s, fnv1a(s))] != 0;
 }
 
-char **strset_steal(struct strset *set, size_t *len)
-{
+char **strset_steal(struct strset *set, size_t *len) {
     char **items = set->items;
     size_t n = set->len;
     free(set->slots);
@@ -108,8 +101,7 @@ char **strset_steal(struct strset *set, size_t *len)
     return items;
 }
 
-void strset_clear(struct strset *set)
-{
+void strset_clear(struct strset *set) {
     for (size_t k = 0; k < set->len; k++)
         free(set->items[k]);
     free(set->items);

@@ -4,6 +4,18 @@ Standard library only; the benches import it from their own directory.
 """
 
 
+def whole_module_config(directory):
+    """Writes directory/pyhotd.conf for benches whose modules count their top-level runs:
+    every module imported at start ([watch] import = all) and run whole on each reload
+    ([reload] mode = module), as the benches measured before definition-level reload became
+    the default. Returns the file's path, for --config."""
+    import os
+    path = os.path.join(directory, "pyhotd.conf")
+    with open(path, "w") as f:
+        f.write("[watch]\nimport = all\n[reload]\nmode = module\n")
+    return path
+
+
 def cpu_model(default="?"):
     """The CPU's model name from /proc/cpuinfo, or default."""
     try:

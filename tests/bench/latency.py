@@ -8,7 +8,9 @@ sends it with VALUE in one datagram to a Unix socket the bench has bound. CLOCK_
 is system-wide, so the difference is the save -> new-code-ran latency. The two subjects
 run in the same invocation and their edits alternate:
 
-  (a) pyhotd --watch DIR --socket SOCK --settle-ms 0
+  (a) pyhotd --config C --watch DIR --socket SOCK --settle-ms 0, C saying [watch]
+      import = all and [reload] mode = module: the module's whole top level runs on each
+      reload, as with the floor's importlib.reload
   (b) the floor: a separate /usr/bin/python3 process that imports the same kind of module,
       watches its directory with raw inotify through ctypes (IN_CLOSE_WRITE|IN_MOVED_TO,
       blocking read) and calls importlib.reload on it when its file changes; no .pyc is
@@ -38,7 +40,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_model, percentile
+from benchlib import cpu_model, percentile, whole_module_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE = "bench_target"
@@ -369,7 +371,8 @@ def run(args):
         subjects = [daemon, floor]
 
         # (a) pyhotd
-        daemon.start([pyhotd, "--watch", daemon.dir, "--socket", sock_path, "--settle-ms", "0"])
+        daemon.start([pyhotd, "--config", whole_module_config(workdir), "--watch", daemon.dir,
+                      "--socket", sock_path, "--settle-ms", "0"])
         deadline = time.monotonic() + 10.0
         while True:
             daemon.check_alive()

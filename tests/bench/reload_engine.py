@@ -1,16 +1,19 @@
 #!/usr/bin/python3
-"""Reload engine benchmarks (issue: reload engine). Prints figures; never fails on time.
+"""Reload engine benchmarks (issues: reload engine, 10). Prints figures; never fails on time.
 
-(a) Cost of one module's reload through the engine (read, hash, pre-check compile,
-    snapshot, importlib.reload with the pre-compiled code, patch in place) against a plain
-    `importlib.reload` of the same module, both in pyhotd's interpreter, each after an edit
-    (so plain reload compiles the source too, as it must after a real edit).
+(a) One module (25 decorated functions, 25 classes) with one function's body edited:
+    its reload through the engine (the whole batch: read, hash, diff or compile, plan, run,
+    commit) against a plain `importlib.reload` of an identical copy after the same edit,
+    both in pyhotd's interpreter (plain reload compiles the source, as it must after a real
+    edit). [reload] mode = definitions (the default; goal: at most 1.0x), and (a') mode =
+    module, for reference.
+(c) The same for a module of about --lines lines (default 2,000; goal: under 5 ms).
 (b) A chain of N modules (default 200) where each imports the previous: time from the
     edit of the first to the end of the batch that reloads all N in dependency order, as
     reported by the batch event (latency_ms) and as seen by the bench (wall clock until
     the batch event arrives).
 
-Usage: /usr/bin/python3 tests/bench/reload_engine.py [--runs N] [--chain N]
+Usage: /usr/bin/python3 tests/bench/reload_engine.py [--runs N] [--chain N] [--lines N]
 Binaries come from $PYHOT_BIN (default: build/bin next to this repository).
 """
 import argparse
@@ -72,11 +75,13 @@ class Client:
                 return message
 
 
-def start_daemon(root, sock, settle):
+def start_daemon(root, sock, settle, config=None):
     log = open(os.path.join(os.path.dirname(sock), "pyhotd.log"), "w")
-    proc = subprocess.Popen([os.path.join(BIN, "pyhotd"), "--watch", root, "--socket", sock,
-                             "--settle-ms", str(settle), "--log-level", "warn"],
-                            stdout=log, stderr=log)
+    argv = [os.path.join(BIN, "pyhotd"), "--watch", root, "--socket", sock,
+            "--settle-ms", str(settle), "--log-level", "warn"]
+    if config:
+        argv += ["--config", config]
+    proc = subprocess.Popen(argv, stdout=log, stderr=log)
     return proc, Client(sock)
 
 
@@ -92,7 +97,7 @@ def stop_daemon(proc, client):
         proc.wait()
 
 
-MODULE = '''"""A module of realistic size: functions, classes with methods, a decorator."""
+MODULE_HEAD = '''"""A module of realistic size: functions, classes with methods, a decorator."""
 import functools
 
 VERSION = {version}
@@ -104,7 +109,8 @@ def decorate(fn):
         return fn(*args, **kwargs)
     return wrapper
 
-''' + "".join('''
+'''
+FUNCTION = '''
 @decorate
 def function_{i}(x, y={i}):
     """Function {i}."""
@@ -112,7 +118,8 @@ def function_{i}(x, y={i}):
     for k in range(x):
         total += k * y
     return total + VERSION
-
+'''
+CLASS = '''
 
 class Class{i}:
     limit = {i}
@@ -130,59 +137,99 @@ class Class{i}:
     @staticmethod
     def helper(x):
         return x + {i}
-'''.format(i=i) for i in range(25))
+'''
+MODULE = MODULE_HEAD + "".join(FUNCTION.format(i=i) + CLASS.format(i=i) for i in range(25))
 
 
 BENCH_A = r'''
-import importlib, importlib.machinery, importlib._bootstrap_external, os, sys, time, _pyhot_reload
-import bench_target
-path = bench_target.__file__
-source = open(path).read()
+import importlib, importlib._bootstrap_external as bx, time, _pyhot_reload
+import {engine_mod}, {plain_mod}
+engine_path, plain_path = {engine_mod}.__file__, {plain_mod}.__file__
+source = open(engine_path).read()
+target = "    return total + VERSION\n"
+assert source.count(target) == {functions}
+nth = source.index(target, source.index("def function_7("))
+
+
+def edited(run):
+    # One function's body changes ({edit}); everything else stays as it was.
+    if "{edit}" == "body":
+        return source[:nth] + "    return total + VERSION + %d\n" % run + source[nth + len(target):]
+    return source.replace("VERSION = 0", "VERSION = %d" % run)
+
+
 # Wall time, and the reloading thread's CPU time (time.thread_time_ns), which other
 # processes on the machine cannot inflate.
 engine, plain, engine_cpu, plain_cpu = [], [], [], []
 for i in range({runs}):
-    with open(path, "w") as f:
-        f.write(source.replace("VERSION = 0", "VERSION = %d" % (2 * i + 1)))
+    with open(engine_path, "w") as f:
+        f.write(edited(i + 1))
     c, t = time.thread_time_ns(), time.perf_counter_ns()
-    result = _pyhot_reload.reload_batch([path], [])
+    result = _pyhot_reload.reload_batch([engine_path], [])
     engine.append((time.perf_counter_ns() - t) / 1e6)
     engine_cpu.append((time.thread_time_ns() - c) / 1e6)
     assert result["batch"]["result"] == "ok", result
-    with open(path, "w") as f:
-        f.write(source.replace("VERSION = 0", "VERSION = %d" % (2 * i + 2)))
-    # The stdlib's own importlib.reload: pyhot's loader hook (which compiles watched
-    # modules itself) is taken out for this call, so plain reload compiles the edited
-    # source and writes its .pyc as it does in any Python process.
-    hooked = importlib._bootstrap_external.SourceLoader.get_code
-    importlib._bootstrap_external.SourceLoader.get_code = _pyhot_reload._original_get_code
+    assert result["reloads"][0]["mode"] == "{mode}", result
+    with open(plain_path, "w") as f:
+        f.write(edited(i + 1))
+    # The stdlib's own importlib.reload of an identical module: pyhot's loader hooks
+    # (which compile watched modules themselves and route reloads through the engine) are
+    # taken out for this call, so plain reload compiles the edited source and writes its
+    # .pyc as it does in any Python process.
+    hooks = bx.SourceLoader.get_code, bx._LoaderBasics.exec_module
+    bx.SourceLoader.get_code = _pyhot_reload._original_get_code
+    bx._LoaderBasics.exec_module = _pyhot_reload._original_exec_module
     try:
         c, t = time.thread_time_ns(), time.perf_counter_ns()
-        importlib.reload(bench_target)
+        importlib.reload({plain_mod})
         plain.append((time.perf_counter_ns() - t) / 1e6)
         plain_cpu.append((time.thread_time_ns() - c) / 1e6)
     finally:
-        importlib._bootstrap_external.SourceLoader.get_code = hooked
-with open(path, "w") as f:
-    f.write(source)
-print(repr((engine, plain, engine_cpu, plain_cpu)))
+        bx.SourceLoader.get_code, bx._LoaderBasics.exec_module = hooks
+    if i == 0:
+        first_engine, first_engine_cpu = engine.pop(), engine_cpu.pop()
+        plain.pop(); plain_cpu.pop()
+assert {engine_mod}.function_7(3, 1) == 3 + ({runs} if "{edit}" == "body" else 0) or "{edit}" != "body"
+print(repr((engine, plain, engine_cpu, plain_cpu, first_engine, first_engine_cpu)))
 '''
 
 
-def bench_cost(runs):
+def big_module(lines):
+    # About `lines` lines: functions of 10 lines and a class every tenth function.
+    parts, count, i = [MODULE_HEAD.format(version=0)], MODULE_HEAD.count("\n"), 0
+    while count < lines:
+        parts.append(FUNCTION.format(i=i))
+        count += FUNCTION.count("\n")
+        if i % 10 == 9:
+            parts.append(CLASS.format(i=i))
+            count += CLASS.count("\n")
+        i += 1
+    return "".join(parts), i
+
+
+def bench_cost(runs, source, functions, mode, edit):
+    """(engine, plain, engine CPU, plain CPU, first engine, first engine CPU), ms: source
+    reloaded `runs` times through the engine ([reload] mode) and with plain
+    importlib.reload, each after the same edit of its own copy of the module."""
     work = tempfile.mkdtemp(prefix="pyhot-bench-")
     try:
         root = os.path.join(work, "root")
         sockdir = os.path.join(work, "run")
         os.mkdir(root)
         os.mkdir(sockdir, 0o700)
-        with open(os.path.join(root, "bench_target.py"), "w") as f:
-            f.write(MODULE.format(version=0))
+        for name in ("bench_engine", "bench_plain"):
+            with open(os.path.join(root, name + ".py"), "w") as f:
+                f.write(source)
+        with open(os.path.join(work, "pyhotd.conf"), "w") as f:
+            f.write("[reload]\nmode = %s\n" % mode)
         # The watcher is kept out of this measurement: the module is edited and reloaded
         # from inside the interpreter, so a long settle window keeps batches from racing.
-        proc, client = start_daemon(root, os.path.join(sockdir, "pyhotd.sock"), 60000)
+        proc, client = start_daemon(root, os.path.join(sockdir, "pyhotd.sock"), 60000,
+                                    os.path.join(work, "pyhotd.conf"))
         try:
-            reply = client.request("exec", code=BENCH_A.format(runs=runs))
+            code = BENCH_A.format(runs=runs + 1, engine_mod="bench_engine", plain_mod="bench_plain",
+                                  functions=functions, mode=mode, edit=edit)
+            reply = client.request("exec", code=code)
             if not reply["ok"]:
                 raise SystemExit("bench failed: %s" % reply["error"])
             figures = eval(reply["result"]["stdout"])
@@ -209,6 +256,10 @@ def bench_chain(length, runs):
         proc, client = start_daemon(root, os.path.join(sockdir, "pyhotd.sock"), 0)
         walls, latencies, durations = [], [], []
         try:
+            # Loaded first to last (importing the last one first would recurse N deep).
+            reply = client.request("exec", code="for i in range(%d):\n    __import__('chain_%%03d' %% i)" % length)
+            if not reply["ok"]:
+                raise SystemExit("chain import failed: %s" % reply["error"])
             client.request("subscribe")
             first = os.path.join(root, "chain_000.py")
             for run in range(1, runs + 1):
@@ -243,24 +294,36 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50, help="reloads per figure (default 50)")
     parser.add_argument("--chain", type=int, default=200, help="modules in the chain (default 200)")
+    parser.add_argument("--lines", type=int, default=2000, help="lines of the big module of (c) (default 2000)")
     parser.add_argument("--chain-runs", type=int, default=10, help="edits of the chain's first module (default 10)")
     args = parser.parse_args()
     print("machine: %s" % machine())
     print("command: %s" % " ".join([sys.executable] + sys.argv))
     print("pyhotd:  %s" % os.path.join(BIN, "pyhotd"))
     print()
-    engine, plain, engine_cpu, plain_cpu = bench_cost(args.runs)
-    print("(a) one module (25 functions, 25 classes), %d reloads each, ms:" % args.runs)
-    print("%-44s %8s %8s %8s %8s" % ("", "p50", "p90", "p99", "mean"))
-    print(row("plain importlib.reload, wall", plain))
-    print(row("pyhot engine, wall", engine))
-    print(row("plain importlib.reload, thread CPU", plain_cpu))
-    print(row("pyhot engine, thread CPU", engine_cpu))
-    ratio = statistics.median(engine) / statistics.median(plain)
-    ratio_cpu = statistics.median(engine_cpu) / statistics.median(plain_cpu)
-    print("engine / plain (p50), wall: %.2f -> extra work %+.0f%%; thread CPU: %.2f -> %+.0f%% "
-          "(goal: under +30%%)" % (ratio, (ratio - 1) * 100, ratio_cpu, (ratio_cpu - 1) * 100))
-    print()
+    cases = [
+        ("(a) one module (25 functions, 25 classes), one function's body edited",
+         MODULE.format(version=0), 25, "definitions", "body", "goal: at most 1.00"),
+        ("(a') the same, [reload] mode = module (the whole top level runs)",
+         MODULE.format(version=0), 25, "module", "body", "for reference"),
+    ]
+    big, functions = big_module(args.lines)
+    cases.append(("(c) one module of %d lines (%d functions), one function's body edited"
+                  % (big.count("\n"), functions), big, functions, "definitions", "body",
+                  "goal: engine p50 under 5 ms"))
+    for title, source, functions, mode, edit, goal in cases:
+        engine, plain, engine_cpu, plain_cpu, first, first_cpu = bench_cost(args.runs, source, functions, mode, edit)
+        print("%s, %d reloads each, ms:" % (title, args.runs))
+        print("%-44s %8s %8s %8s %8s" % ("", "p50", "p90", "p99", "mean"))
+        print(row("plain importlib.reload, wall", plain))
+        print(row("pyhot engine, wall", engine))
+        print(row("plain importlib.reload, thread CPU", plain_cpu))
+        print(row("pyhot engine, thread CPU", engine_cpu))
+        ratio = statistics.median(engine) / statistics.median(plain)
+        ratio_cpu = statistics.median(engine_cpu) / statistics.median(plain_cpu)
+        print("engine / plain (p50): wall %.2f, thread CPU %.2f (%s); first reload of the module "
+              "(builds its statement index): %.3f ms wall, %.3f ms CPU" % (ratio, ratio_cpu, goal, first, first_cpu))
+        print()
     walls, latencies, durations = bench_chain(args.chain, args.chain_runs)
     print("(b) chain of %d modules, each importing the previous; %d edits of the first, ms:" % (args.chain, args.chain_runs))
     print("%-44s %8s %8s %8s %8s" % ("", "p50", "p90", "p99", "mean"))

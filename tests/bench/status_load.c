@@ -50,16 +50,14 @@ struct samples {
     size_t len, cap;
 };
 
-static uint64_t now_ns(void)
-{
+static uint64_t now_ns(void) {
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static int samples_add(struct samples *s, uint64_t v)
-{
+static int samples_add(struct samples *s, uint64_t v) {
     if (s->len == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 1 << 20;
         uint64_t *ns = realloc(s->ns, cap * sizeof(*ns));
@@ -73,16 +71,14 @@ static int samples_add(struct samples *s, uint64_t v)
     return 0;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
+static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 
     return x < y ? -1 : x > y;
 }
 
 /* The nearest-rank percentile p (0..100) of sorted values. */
-static uint64_t percentile(const struct samples *s, double p)
-{
+static uint64_t percentile(const struct samples *s, double p) {
     size_t rank;
 
     if (s->len == 0)
@@ -95,8 +91,7 @@ static uint64_t percentile(const struct samples *s, double p)
     return s->ns[rank - 1];
 }
 
-static int send_request(struct conn *c, const char *cmd)
-{
+static int send_request(struct conn *c, const char *cmd) {
     char line[256];
     int n = snprintf(line, sizeof(line), "{\"id\":%llu,\"cmd\":\"%s\"}\n",
                      (unsigned long long)++c->next_id, cmd);
@@ -116,8 +111,7 @@ static int send_request(struct conn *c, const char *cmd)
     return 0;
 }
 
-static int connect_unix(const char *path)
-{
+static int connect_unix(const char *path) {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
     int fd;
 
@@ -136,14 +130,12 @@ static int connect_unix(const char *path)
     return fd;
 }
 
-static void usage(FILE *out)
-{
+static void usage(FILE *out) {
     fprintf(out, "Usage: status_load --socket PATH [--clients N] [--seconds S] [--warmup S]\n"
                  "                   [--cmd NAME] [--json]\n");
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     static const struct option options[] = {
         { "socket", required_argument, NULL, 's' },
         { "clients", required_argument, NULL, 'c' },

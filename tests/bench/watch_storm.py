@@ -2,8 +2,9 @@
 """Storm: N files (default 5,000) rewritten at once. How many batches does pyhotd make,
 is every module reloaded exactly once, and is any edit lost?
 
-The root holds 50 packages of N/50 modules each, all imported at start (pyhotd's default
-import = all). Each module counts its own runs (LOADS). The bench subscribes, then
+The root holds 50 packages of N/50 modules each, all imported at start ([watch] import =
+all), each run whole on reload ([reload] mode = module). Each module counts its own runs
+(LOADS). The bench subscribes, then
 rewrites every file with a new VALUE as fast as one Python thread can (open, write,
 close), and reads events until every module has been reloaded. Then it asks the daemon
 (exec) how many modules hold the new VALUE and how many ran exactly twice (import +
@@ -24,6 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import whole_module_config  # noqa: E402
 from watch_common import Pyhotd, command_line, machine  # noqa: E402
 
 TEMPLATE = "try:\n    LOADS += 1\nexcept NameError:\n    LOADS = 1\nVALUE = {value}\n"
@@ -54,7 +56,9 @@ def main():
             paths.append(path)
     names = {path: "p%s.%s" % (os.path.basename(os.path.dirname(path))[1:],
                                 os.path.basename(path)[:-3]) for path in paths}
-    d = Pyhotd(["--watch", root, "--settle-ms", str(a.settle_ms), "--log-level", "warn"], work)
+    config = whole_module_config(work)
+    d = Pyhotd(["--config", config, "--watch", root, "--settle-ms", str(a.settle_ms),
+                "--log-level", "warn"], work)
     try:
         d.connect()
         t = time.monotonic()

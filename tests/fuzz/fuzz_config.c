@@ -33,8 +33,7 @@
 static char dir[PATH_MAX];
 static char path[PATH_MAX];
 
-static void cleanup(void)
-{
+static void cleanup(void) {
     unlink(path);
     rmdir(dir);
 }
@@ -42,8 +41,7 @@ static void cleanup(void)
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
     const char *tmp = getenv("TMPDIR");
 
     (void)argc;
@@ -59,8 +57,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-static void check_list(char **v, size_t n)
-{
+static void check_list(char **v, size_t n) {
     if ((n == 0) != (v == NULL) || (v != NULL && v[n] != NULL))
         abort();
     for (size_t i = 0; i < n; i++)
@@ -68,8 +65,7 @@ static void check_list(char **v, size_t n)
             abort();
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     struct config cfg;
     char err[1024];
     int fd, r;

@@ -33,8 +33,7 @@
  * past it and no longer parse ("real number overflow"). No duration gets there; the
  * round trip is not checked for such requests.
  */
-static int has_huge_real(const json_t *v)
-{
+static int has_huge_real(const json_t *v) {
     const char *key;
     json_t *item;
     size_t i;
@@ -63,8 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define JANSSON_FLAGS (JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15))
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static json_t poison;
     struct protocol_request req = { &poison, &poison, "poison" };
     struct protocol_request again;

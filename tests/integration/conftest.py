@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -382,19 +383,29 @@ def short_tmp():
 @pytest.fixture
 def pyhotd(request, tmp_path, short_tmp):
     """Factory: pyhotd(modules=None, args=(), roots=1, config=None, socket_path=None,
-    ready=True, env=None, watch=True, log_level="debug", prepare=None, cwd=None) -> Daemon.
+    ready=True, env=None, watch=True, log_level="debug", prepare=None, cwd=None,
+    import_all=True, mode=None) -> Daemon.
 
     modules maps relative paths to sources ("pkg/mod.py": "..."), written into the first
     root before the daemon starts. args are extra command-line arguments. config (text)
     is written to a file passed with --config; its "{root}" and "{socket}" are replaced.
     prepare(root) runs after the modules are written, before the daemon starts. The daemon
     runs in the test's directory for that daemon (base), or in cwd.
+
+    [watch] import = all is added to config (or, without config, is the whole of a small
+    file): the suite's modules are live at start without an `import` of each.
+    import_all=False keeps pyhotd's default, on-demand. mode adds [reload] mode; a test
+    file marked `pytestmark = pytest.mark.reload_mode("module")` sets it for its tests.
     """
     started = []
     request.node._pyhot_daemons = started
 
     def start(modules=None, args=(), roots=1, config=None, socket_path=None, ready=True,
-              env=None, watch=True, log_level="debug", prepare=None, cwd=None):
+              env=None, watch=True, log_level="debug", prepare=None, cwd=None,
+              import_all=True, mode=None):
+        if mode is None:
+            marker = request.node.get_closest_marker("reload_mode")
+            mode = marker.args[0] if marker else None
         n = len(started)
         base = tmp_path / ("d%d" % n)
         base.mkdir()
@@ -416,10 +427,21 @@ def pyhotd(request, tmp_path, short_tmp):
         log_path = str(base / "pyhotd.stderr")
         argv = [PYHOTD]
         if config is not None:
+            if import_all and "import =" not in config:
+                config = (config.replace("[watch]\n", "[watch]\nimport = all\n", 1)
+                          if "[watch]\n" in config else config + "\n[watch]\nimport = all\n")
+            if mode:
+                config += "\n[reload]\nmode = %s\n" % mode
             cfg = base / "pyhotd.conf"
             cfg.write_text(config.replace("{root}", root_paths[0]).replace("{socket}", socket_path))
             argv += ["--config", str(cfg)]
         else:
+            lines = (["[watch]", "import = all"] if import_all else []) + \
+                (["[reload]", "mode = %s" % mode] if mode else [])
+            if lines:
+                cfg = base / "pyhotd.conf"
+                cfg.write_text("\n".join(lines) + "\n")
+                argv += ["--config", str(cfg)]
             argv += ["--socket", socket_path]
             if watch:
                 for r in root_paths:
@@ -496,6 +518,10 @@ def pytest_report_header(config):
     return "pyhot binaries: %s%s" % (BIN, " (sanitized: timeouts x%d)" % SCALE if SANITIZED else "")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "reload_mode(mode): [reload] mode of the daemons a test starts")
+
+
 def pytest_sessionstart(session):
     if not os.access(PYHOTD, os.X_OK):
         raise pytest.UsageError("pyhotd not found at %s: build first (cmake --build build) "
@@ -523,3 +549,21 @@ def read_lines_until(proc, predicate, timeout=TIMEOUT):
             if predicate(lines[-1]):
                 return lines
     raise AssertionError("no matching line on stdout within %.1f s: %r" % (timeout, lines))
+
+
+def exec_in_thread(d, code):
+    """Sends exec code from a thread of its own (a client with a long timeout): (thread,
+    box), box getting "reply" or "exception", and "elapsed" seconds."""
+    box = {}
+    c = d.client(timeout=TIMEOUT + 30)
+
+    def run():
+        start = time.monotonic()
+        try:
+            box["reply"] = c.request("exec", code=code)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            box["exception"] = exc
+        box["elapsed"] = time.monotonic() - start
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box

@@ -12,6 +12,10 @@ import pytest
 
 from conftest import QUIET, SCALE, TIMEOUT, Client, Closed, wait_for, write
 
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
+
 MIB = 1024 * 1024
 MAX_LINE = MIB
 

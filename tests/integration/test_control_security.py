@@ -6,12 +6,17 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 
 import pytest
 
 from conftest import PYHOTD, TIMEOUT, Client, clean_env, run, wait_for
+
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
 
 SETPRIV = shutil.which("setpriv")
 GROUP = 4242            # a gid no one has; setpriv can give it to the peer anyway
@@ -86,7 +91,9 @@ def test_socket_directory_that_is_a_file_is_refused(pyhotd, short_tmp):
 
 def test_socket_and_lock_modes(pyhotd):
     d = pyhotd({"m.py": "X = 1\n"})
+    assert stat.S_ISSOCK(os.lstat(d.socket).st_mode)
     assert stat.S_IMODE(os.lstat(d.socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(d.sockdir).st_mode) == 0o700
     lock = d.socket + ".lock"
     assert stat.S_ISREG(os.lstat(lock).st_mode)
     assert stat.S_IMODE(os.lstat(lock).st_mode) == 0o600
@@ -252,3 +259,87 @@ def test_two_daemons_started_at_once_one_wins(pyhotd, short_tmp, tmp_path):
                 p.send_signal(signal.SIGTERM)
                 assert p.wait(TIMEOUT) == 0
     assert os.listdir(sockdir) == []
+
+
+# ---- the directory when missing or open, one daemon per path, stale files ----------------
+
+def test_missing_socket_directory_is_created_private(pyhotd, short_tmp):
+    path = os.path.join(short_tmp, "run", "pyhot", "pyhotd.sock")
+    d = pyhotd({"m.py": "X = 1\n"}, socket_path=path)
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    assert d.conn.call("ping")["pong"] is True
+    assert d.shutdown() == 0
+    assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o710, 0o701], ids=["0755", "0710", "0701"])
+def test_socket_directory_open_to_others_is_refused(pyhotd, short_tmp, mode):
+    base = os.path.join(short_tmp, "open")
+    os.mkdir(base)
+    os.chmod(base, mode)
+    path = os.path.join(base, "pyhotd.sock")
+    d = pyhotd({"m.py": "X = 1\n"}, socket_path=path, ready=False)
+    d.expect_clean_exit = False
+    code = d.wait_exit()
+    assert code in (1, 2), code
+    log = d.log()
+    assert base in log, log
+    assert "%04o" % mode in log or "mode" in log, log
+    assert not os.path.exists(path)
+    assert stat.S_IMODE(os.stat(base).st_mode) == mode   # not "fixed" behind our back
+
+
+def test_socket_directory_of_another_user_is_refused(pyhotd, short_tmp):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown a directory")
+    base = os.path.join(short_tmp, "theirs")
+    os.mkdir(base, 0o700)
+    os.chown(base, 65534, 65534)
+    d = pyhotd({"m.py": "X = 1\n"}, socket_path=os.path.join(base, "pyhotd.sock"), ready=False)
+    d.expect_clean_exit = False
+    assert d.wait_exit() in (1, 2)
+    assert base in d.log()
+
+
+def test_second_daemon_on_same_socket_refuses(pyhotd):
+    first = pyhotd({"m.py": "X = 1\n"})
+    keep = first.client()
+    assert keep.request("ping")["ok"] is True
+    second = pyhotd({"m.py": "X = 1\n"}, socket_path=first.socket, ready=False)
+    second.expect_clean_exit = False
+    code = second.wait_exit()
+    assert code in (1, 2), code
+    assert first.socket in second.log()
+    assert "already" in second.log()
+    # The first one is untouched: its socket file is there and new clients get in.
+    assert stat.S_ISSOCK(os.lstat(first.socket).st_mode)
+    assert keep.request("ping")["result"]["pid"] == first.proc.pid
+    with Client(first.socket) as c:
+        assert c.request("ping")["result"]["pid"] == first.proc.pid
+
+
+def test_stale_socket_is_replaced(pyhotd, short_tmp):
+    sockdir = os.path.join(short_tmp, "stale")
+    os.mkdir(sockdir, 0o700)
+    path = os.path.join(sockdir, "pyhotd.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    d = pyhotd({"m.py": "X = 1\n"}, socket_path=path)
+    assert d.conn.call("ping")["pid"] == d.proc.pid
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+
+
+def test_regular_file_at_socket_path_is_not_replaced(pyhotd, short_tmp):
+    sockdir = os.path.join(short_tmp, "file")
+    os.mkdir(sockdir, 0o700)
+    path = os.path.join(sockdir, "pyhotd.sock")
+    with open(path, "w") as f:
+        f.write("precious")
+    d = pyhotd({"m.py": "X = 1\n"}, socket_path=path, ready=False)
+    d.expect_clean_exit = False
+    assert d.wait_exit() in (1, 2)
+    assert path in d.log()
+    with open(path) as f:
+        assert f.read() == "precious"

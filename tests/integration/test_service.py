@@ -13,6 +13,10 @@ import pytest
 
 from conftest import BIN, SCALE, TIMEOUT, run, wait_for
 
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
+
 CONFIG = """\
 [daemon]
 socket = {socket}
@@ -20,6 +24,7 @@ log_level = debug
 [watch]
 root = {roots}
 settle_ms = {settle}
+import = all
 """
 
 

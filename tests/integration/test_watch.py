@@ -3,7 +3,13 @@
 import os
 import shutil
 
+import pytest
+
 from conftest import wait_for, write
+
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
 
 
 def reload_events_for(sub, paths):

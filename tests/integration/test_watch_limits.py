@@ -16,6 +16,10 @@ import pytest
 
 from conftest import TIMEOUT, wait_for, write
 
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
+
 COUNTING = "try:\n    LOADS += 1\nexcept NameError:\n    LOADS = 1\nVALUE = {value}\n"
 SYSCTL = "/proc/sys/fs/inotify/"
 

@@ -21,8 +21,7 @@
 static void fmt(char *buf, size_t len, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
 
-static void fmt(char *buf, size_t len, const char *format, ...)
-{
+static void fmt(char *buf, size_t len, const char *format, ...) {
     va_list ap;
     va_start(ap, format);
     int n = vsnprintf(buf, len, format, ap);
@@ -39,8 +38,7 @@ struct fixture {
     char err[1024];
 };
 
-static int setup(void **state)
-{
+static int setup(void **state) {
     struct fixture *fx = calloc(1, sizeof(*fx));
     assert_non_null(fx);
     char tmpl[] = "/tmp/pyhot-test-config-XXXXXX";
@@ -53,13 +51,11 @@ static int setup(void **state)
     return 0;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     return remove(path);
 }
 
-static int teardown(void **state)
-{
+static int teardown(void **state) {
     struct fixture *fx = *state;
     config_free(&fx->cfg);
     assert_int_equal(chdir(fx->cwd), 0);
@@ -69,30 +65,26 @@ static int teardown(void **state)
     return 0;
 }
 
-static void write_file(const char *path, const char *text)
-{
+static void write_file(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     assert_int_equal(fputs(text, f) >= 0, 1);
     assert_int_equal(fclose(f), 0);
 }
 
-static void make_dir(struct fixture *fx, const char *name)
-{
+static void make_dir(struct fixture *fx, const char *name) {
     char path[PATH_MAX];
     fmt(path, sizeof(path), "%s/%s", fx->dir, name);
     assert_int_equal(mkdir(path, 0700), 0);
 }
 
-static char *in_dir(struct fixture *fx, const char *name)
-{
+static char *in_dir(struct fixture *fx, const char *name) {
     static char path[PATH_MAX];
     fmt(path, sizeof(path), "%s/%s", fx->dir, name);
     return path;
 }
 
-static int load(struct fixture *fx, const char *text)
-{
+static int load(struct fixture *fx, const char *text) {
     write_file(fx->conf, text);
     fx->err[0] = '\0';
     return config_load_file(&fx->cfg, fx->conf, fx->err, sizeof(fx->err));
@@ -105,8 +97,7 @@ static int load(struct fixture *fx, const char *text)
     config_parse_args(&(fx)->cfg, ARGC(__VA_ARGS__), ARGS(__VA_ARGS__), (fx)->err, \
                       sizeof((fx)->err))
 
-static void test_defaults(void **state)
-{
+static void test_defaults(void **state) {
     struct config cfg;
     memset(&cfg, 0xA5, sizeof(cfg));
     config_init(&cfg);
@@ -116,7 +107,7 @@ static void test_defaults(void **state)
     assert_null(cfg.watch_roots);
     assert_int_equal(cfg.n_watch_roots, 0);
     assert_int_equal(cfg.settle_ms, 10);
-    assert_int_equal(cfg.import, CONFIG_IMPORT_ALL);
+    assert_int_equal(cfg.import, CONFIG_IMPORT_ON_DEMAND);
     assert_null(cfg.include);
     assert_int_equal(cfg.n_include, 0);
     assert_null(cfg.exclude);
@@ -126,6 +117,7 @@ static void test_defaults(void **state)
     assert_null(cfg.entry);
     assert_int_equal(cfg.reload_timeout_ms, 10000);
     assert_int_equal(cfg.strategy, CONFIG_STRATEGY_DEPENDENTS);
+    assert_int_equal(cfg.mode, CONFIG_MODE_DEFINITIONS);
     assert_int_equal(cfg.exec_timeout_ms, 30000);
     assert_int_equal(cfg.sandbox_network, CONFIG_NETWORK_NONE);
     assert_null(cfg.sandbox_user);
@@ -141,8 +133,7 @@ static void test_defaults(void **state)
     config_free(NULL);
 }
 
-static void test_full_file(void **state)
-{
+static void test_full_file(void **state) {
     struct fixture *fx = *state;
     make_dir(fx, "src");
     make_dir(fx, "plugins");
@@ -173,6 +164,7 @@ static void test_full_file(void **state)
              "[reload]\n"
              "timeout_ms = 86400000\n"
              "strategy = module\n"
+             "mode = module\n"
              "\n"
              "[run]\n"
              "timeout_ms = 1\n"
@@ -199,7 +191,7 @@ static void test_full_file(void **state)
     assert_string_equal(cfg->watch_roots[1], in_dir(fx, "plugins"));
     assert_null(cfg->watch_roots[2]);
     assert_int_equal(cfg->settle_ms, 0);
-    assert_int_equal(cfg->import, CONFIG_IMPORT_NONE);
+    assert_int_equal(cfg->import, CONFIG_IMPORT_ON_DEMAND);
 
     assert_int_equal(cfg->n_include, 4);
     assert_string_equal(cfg->include[0], "*.py");
@@ -220,6 +212,7 @@ static void test_full_file(void **state)
 
     assert_int_equal(cfg->reload_timeout_ms, 86400000);
     assert_int_equal(cfg->strategy, CONFIG_STRATEGY_MODULE);
+    assert_int_equal(cfg->mode, CONFIG_MODE_MODULE);
     assert_int_equal(cfg->exec_timeout_ms, 1);
 
     assert_int_equal(cfg->sandbox_network, CONFIG_NETWORK_LOOPBACK);
@@ -237,8 +230,7 @@ static void test_full_file(void **state)
     assert_string_equal(cfg->socket_path, in_dir(fx, "run/pyhotd.sock"));
 }
 
-static void test_relative_config_path(void **state)
-{
+static void test_relative_config_path(void **state) {
     struct fixture *fx = *state;
     make_dir(fx, "etc");
     make_dir(fx, "etc/scripts");
@@ -257,8 +249,7 @@ struct bad_case {
     const char *message;
 };
 
-static void test_file_errors(void **state)
-{
+static void test_file_errors(void **state) {
     struct fixture *fx = *state;
     make_dir(fx, "src");
     write_file(in_dir(fx, "afile"), "x\n");
@@ -294,7 +285,8 @@ static void test_file_errors(void **state)
          "tmp_size_mb: expected an integer from 1 to 65536, got '65537'"},
         {"[daemon]\nlog_level = loud\n", 2,
          "log_level: expected error, warn, info or debug, got 'loud'"},
-        {"[watch]\nimport = some\n", 2, "import: expected all or none, got 'some'"},
+        {"[watch]\nimport = some\n", 2, "import: expected on-demand or all, got 'some'"},
+        {"[reload]\nmode = lines\n", 2, "mode: expected definitions or module, got 'lines'"},
         {"[reload]\nstrategy = all\n", 2, "strategy: expected dependents or module, got 'all'"},
         {"[python]\nentry = app\n", 2, "entry: expected MODULE:FUNCTION, got 'app'"},
         {"[python]\nentry = :main\n", 2, "entry: expected MODULE:FUNCTION, got ':main'"},
@@ -323,8 +315,7 @@ static void test_file_errors(void **state)
     }
 }
 
-static void test_unopenable_file(void **state)
-{
+static void test_unopenable_file(void **state) {
     struct fixture *fx = *state;
     const char *missing = in_dir(fx, "nope.conf");
     char want[PATH_MAX + 64];
@@ -343,8 +334,7 @@ static void test_unopenable_file(void **state)
     assert_int_equal(fx->cfg.settle_ms, 10);
 }
 
-static void test_args_override_file(void **state)
-{
+static void test_args_override_file(void **state) {
     struct fixture *fx = *state;
     write_file(fx->conf,
                "[daemon]\nsocket = /tmp/file.sock\nlog_level = warn\n"
@@ -359,7 +349,7 @@ static void test_args_override_file(void **state)
     assert_int_equal(cfg->settle_ms, 20);
     assert_string_equal(cfg->socket_path, "/tmp/cli.sock");
     assert_int_equal(cfg->log_level, LOG_LEVEL_DEBUG);
-    assert_int_equal(cfg->import, CONFIG_IMPORT_NONE);
+    assert_int_equal(cfg->import, CONFIG_IMPORT_ON_DEMAND);
     assert_true(cfg->check_config);
     /* What the command line did not name keeps the file's value. */
     assert_string_equal(cfg->entry, "app:main");
@@ -370,8 +360,7 @@ static void test_args_override_file(void **state)
     assert_string_equal(cfg->socket_path, "/tmp/file.sock");
 }
 
-static void test_list_replacement(void **state)
-{
+static void test_list_replacement(void **state) {
     struct fixture *fx = *state;
     make_dir(fx, "a");
     make_dir(fx, "b");
@@ -407,8 +396,7 @@ static void test_list_replacement(void **state)
     assert_string_equal(fx->cfg.watch_roots[1], c_dir);
 }
 
-static void test_relative_args(void **state)
-{
+static void test_relative_args(void **state) {
     struct fixture *fx = *state;
     make_dir(fx, "src");
     assert_int_equal(chdir(fx->dir), 0);
@@ -422,8 +410,7 @@ static void test_relative_args(void **state)
     assert_string_equal(fx->cfg.watch_roots[0], in_dir(fx, "src"));
 }
 
-static void test_help_version(void **state)
-{
+static void test_help_version(void **state) {
     struct fixture *fx = *state;
     assert_int_equal(PARSE(fx, "--help"), 0);
     assert_true(fx->cfg.show_help);
@@ -468,8 +455,7 @@ struct arg_case {
     const char *message;
 };
 
-static void test_bad_args(void **state)
-{
+static void test_bad_args(void **state) {
     struct fixture *fx = *state;
     static const struct arg_case cases[] = {
         {{"--bogus"}, "unknown option '--bogus'"},
@@ -511,8 +497,7 @@ static void test_bad_args(void **state)
     assert_int_equal(fx->cfg.log_level, LOG_LEVEL_WARN);
 }
 
-static void test_finish(void **state)
-{
+static void test_finish(void **state) {
     struct fixture *fx = *state;
     make_dir(fx, "src");
     write_file(in_dir(fx, "afile"), "");
@@ -560,8 +545,7 @@ static void test_finish(void **state)
 }
 
 /* config/pyhotd.conf parses as shipped, and the defaults it documents are the real ones. */
-static void test_shipped_file(void **state)
-{
+static void test_shipped_file(void **state) {
     struct fixture *fx = *state;
     char shipped[PATH_MAX];
     const char *me = __FILE__;
@@ -616,8 +600,7 @@ static void test_shipped_file(void **state)
     assert_int_equal(fx->cfg.sandbox_tmp_mb, defaults.sandbox_tmp_mb);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test_setup_teardown(test_full_file, setup, teardown),

@@ -30,8 +30,7 @@ struct sink_state {
     uint64_t unsubscribe;    /* unsubscribe this one from within the sink */
 };
 
-static int sink(uint64_t subscriber, const char *line, size_t len, void *data)
-{
+static int sink(uint64_t subscriber, const char *line, size_t len, void *data) {
     struct sink_state *s = data;
     json_t *ev = json_loadb(line, len, 0, NULL);
 
@@ -50,18 +49,15 @@ static int sink(uint64_t subscriber, const char *line, size_t len, void *data)
     return subscriber == s->drop ? -ENOBUFS : 0;
 }
 
-static uint64_t publish_reload(struct events *e, const char *module)
-{
+static uint64_t publish_reload(struct events *e, const char *module) {
     return events_publish(e, "reload", json_pack("{s:s, s:s}", "module", module, "result", "ok"));
 }
 
-static uint64_t publish_batch(struct events *e, const char *m1, const char *m2)
-{
+static uint64_t publish_batch(struct events *e, const char *m1, const char *m2) {
     return events_publish(e, "batch", json_pack("{s:[s, s]}", "modules", m1, m2));
 }
 
-static struct events_filter filter_of(const char *types, const char *modules)
-{
+static struct events_filter filter_of(const char *types, const char *modules) {
     struct events_filter f;
     char err[256];
     json_t *t = types ? json_loads(types, JSON_DECODE_ANY, NULL) : NULL;
@@ -73,8 +69,7 @@ static struct events_filter filter_of(const char *types, const char *modules)
     return f;
 }
 
-static void test_filter_parse_errors(void **state)
-{
+static void test_filter_parse_errors(void **state) {
     static const char *const bad[][2] = {
         { "5", NULL }, { "[\"ok\", 3]", NULL }, { "\"Upper\"", NULL }, { "\"\"", NULL },
         { "[\"a-b\"]", NULL }, { NULL, "[\"\"]" }, { NULL, "{}" }, { NULL, "true" },
@@ -103,8 +98,7 @@ static void test_filter_parse_errors(void **state)
     assert_int_equal(f.n_types + f.n_modules, 0);
 }
 
-static void test_filter_match(void **state)
-{
+static void test_filter_match(void **state) {
     struct events_filter types = filter_of("[\"batch\", \"stopping\"]", NULL);
     struct events_filter mods = filter_of(NULL, "[\"app.*\", \"solo\"]");
     struct events_filter both = filter_of("\"reload\"", "\"app.*\"");
@@ -140,8 +134,7 @@ static void test_filter_match(void **state)
     events_filter_clear(NULL);
 }
 
-static void test_ring_and_history(void **state)
-{
+static void test_ring_and_history(void **state) {
     struct events *e;
     json_t *h;
     bool truncated;
@@ -174,8 +167,7 @@ static void test_ring_and_history(void **state)
     events_free(e);
 }
 
-static void test_fan_out_filters_and_drops(void **state)
-{
+static void test_fan_out_filters_and_drops(void **state) {
     struct events *e;
     struct sink_state s = { 0 };
     struct events_filter all = { 0 }, batches = filter_of("\"batch\"", NULL);
@@ -228,8 +220,7 @@ static void test_fan_out_filters_and_drops(void **state)
     events_free(e);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_filter_parse_errors),
         cmocka_unit_test(test_filter_match),

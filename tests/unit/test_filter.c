@@ -14,8 +14,7 @@
 #include "strset.h"
 
 static struct filter *make(const char *const *include, size_t n_include,
-                           const char *const *exclude, size_t n_exclude)
-{
+                           const char *const *exclude, size_t n_exclude) {
     struct filter *f = NULL;
     char err[256] = "";
     assert_int_equal(filter_new(include, n_include, exclude, n_exclude, &f, err, sizeof(err)), 0);
@@ -23,8 +22,7 @@ static struct filter *make(const char *const *include, size_t n_include,
     return f;
 }
 
-static void test_default_include(void **state)
-{
+static void test_default_include(void **state) {
     struct filter *f = make(NULL, 0, NULL, 0);
     assert_true(filter_accepts_file(f, "app.py", "app.py"));
     assert_true(filter_accepts_file(f, "pkg/sub/mod.py", "mod.py"));
@@ -34,8 +32,7 @@ static void test_default_include(void **state)
     filter_free(f);
 }
 
-static void test_default_file_ignores(void **state)
-{
+static void test_default_file_ignores(void **state) {
     /* Each of these would otherwise pass an include of "*". */
     static const char *const all[] = {"*"};
     static const char *const ignored[] = {
@@ -63,8 +60,7 @@ static void test_default_file_ignores(void **state)
     filter_free(f);
 }
 
-static void test_default_dir_ignores(void **state)
-{
+static void test_default_dir_ignores(void **state) {
     static const char *const ignored[] = {
         "__pycache__", ".git", ".hg", ".svn", ".venv", "venv", "node_modules",
         ".mypy_cache", ".pytest_cache", ".tox",
@@ -84,8 +80,7 @@ static void test_default_dir_ignores(void **state)
     filter_free(f);
 }
 
-static void test_include_globs(void **state)
-{
+static void test_include_globs(void **state) {
     /* Without "/": the base name, at any depth. */
     static const char *const names[] = {"*.py", "*.pyi"};
     struct filter *f = make(names, 2, NULL, 0);
@@ -106,8 +101,7 @@ static void test_include_globs(void **state)
     filter_free(f);
 }
 
-static void test_exclude_globs(void **state)
-{
+static void test_exclude_globs(void **state) {
     /* Without "/": base names of files and directories. */
     static const char *const names[] = {"test_*", "build"};
     struct filter *f = make(NULL, 0, names, 2);
@@ -134,8 +128,7 @@ static void test_exclude_globs(void **state)
     filter_free(f);
 }
 
-static void test_exclude_beats_include(void **state)
-{
+static void test_exclude_beats_include(void **state) {
     static const char *const include[] = {"*.py"};
     static const char *const exclude[] = {"conftest.py"};
     struct filter *f = make(include, 1, exclude, 1);
@@ -144,8 +137,7 @@ static void test_exclude_beats_include(void **state)
     filter_free(f);
 }
 
-static void test_bad_globs(void **state)
-{
+static void test_bad_globs(void **state) {
     struct filter *f = NULL;
     char err[256] = "";
     static const char *const empty[] = {"*.py", ""};
@@ -158,8 +150,7 @@ static void test_bad_globs(void **state)
     filter_free(NULL);
 }
 
-static void test_strset_basics(void **state)
-{
+static void test_strset_basics(void **state) {
     struct strset set;
     strset_init(&set);
     assert_false(strset_contains(&set, "a"));
@@ -195,8 +186,7 @@ static void test_strset_basics(void **state)
     strset_clear(&set);
 }
 
-static void test_strset_grow(void **state)
-{
+static void test_strset_grow(void **state) {
     struct strset set;
     strset_init(&set);
     char buf[32];
@@ -222,8 +212,7 @@ static void test_strset_grow(void **state)
     assert_null(set.items);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_default_include),
         cmocka_unit_test(test_default_file_ignores),

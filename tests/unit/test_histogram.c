@@ -14,8 +14,7 @@
 
 #include "histogram.h"
 
-static void test_empty(void **state)
-{
+static void test_empty(void **state) {
     struct histogram h;
     json_t *j;
 
@@ -30,8 +29,7 @@ static void test_empty(void **state)
     json_decref(j);
 }
 
-static void test_buckets_are_contiguous_and_at_most_an_eighth_wide(void **state)
-{
+static void test_buckets_are_contiguous_and_at_most_an_eighth_wide(void **state) {
     double prev_to = 0, from, to;
 
     (void)state;
@@ -45,8 +43,7 @@ static void test_buckets_are_contiguous_and_at_most_an_eighth_wide(void **state)
     }
 }
 
-static void test_a_value_lands_in_its_bucket(void **state)
-{
+static void test_a_value_lands_in_its_bucket(void **state) {
     static const double values[] = { 0, 0.0004, 0.001, 0.0011, 0.05, 1.0, 1.24, 7.9, 8.0,
                                       123.456, 99999.0, 1e12 };
 
@@ -73,15 +70,13 @@ static void test_a_value_lands_in_its_bucket(void **state)
     }
 }
 
-static int cmp(const void *a, const void *b)
-{
+static int cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
 
     return x < y ? -1 : x > y;
 }
 
-static void test_percentiles_within_an_eighth_of_the_exact_ones(void **state)
-{
+static void test_percentiles_within_an_eighth_of_the_exact_ones(void **state) {
     enum { N = 10000 };
     static double values[N];
     struct histogram h;
@@ -107,8 +102,7 @@ static void test_percentiles_within_an_eighth_of_the_exact_ones(void **state)
     assert_int_equal(h.count, N);
 }
 
-static void test_json(void **state)
-{
+static void test_json(void **state) {
     struct histogram h;
     json_t *j, *buckets, *b;
     size_t i;
@@ -139,8 +133,7 @@ static void test_json(void **state)
     json_decref(j);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_empty),
         cmocka_unit_test(test_buckets_are_contiguous_and_at_most_an_eighth_wide),

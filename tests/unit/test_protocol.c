@@ -23,23 +23,20 @@ static json_t *parse_line(const char *line, size_t len);
 static json_t sentinel_json;
 static const char sentinel_cmd[] = "sentinel";
 
-static void req_poison(struct protocol_request *req)
-{
+static void req_poison(struct protocol_request *req) {
     req->root = &sentinel_json;
     req->id = &sentinel_json;
     req->cmd = sentinel_cmd;
 }
 
-static void assert_req_untouched(const struct protocol_request *req)
-{
+static void assert_req_untouched(const struct protocol_request *req) {
     assert_ptr_equal(req->root, &sentinel_json);
     assert_ptr_equal(req->id, &sentinel_json);
     assert_ptr_equal(req->cmd, sentinel_cmd);
 }
 
 /* Decodes s (strlen bytes) and expects success. */
-static void decode_ok(const char *s, struct protocol_request *req)
-{
+static void decode_ok(const char *s, struct protocol_request *req) {
     const char *code = "unset";
     json_t *id = (json_t *)&sentinel_json;
     char err[256] = "";
@@ -54,8 +51,7 @@ static void decode_ok(const char *s, struct protocol_request *req)
 
 /* Decodes len bytes of s and expects failure with `want` as the code; returns the id
  * (a new reference or NULL) and leaves the message in err. */
-static json_t *decode_fail(const char *s, size_t len, const char *want, char *err, size_t errlen)
-{
+static json_t *decode_fail(const char *s, size_t len, const char *want, char *err, size_t errlen) {
     struct protocol_request req;
     const char *code = NULL;
     json_t *id = (json_t *)&sentinel_json;
@@ -71,8 +67,7 @@ static json_t *decode_fail(const char *s, size_t len, const char *want, char *er
     return id;
 }
 
-static void decode_fail_noid(const char *s, const char *want)
-{
+static void decode_fail_noid(const char *s, const char *want) {
     char err[256];
 
     assert_null(decode_fail(s, strlen(s), want, err, sizeof(err)));
@@ -80,8 +75,7 @@ static void decode_fail_noid(const char *s, const char *want)
 
 /* ---- decode: success ---- */
 
-static void test_decode_minimal(void **state)
-{
+static void test_decode_minimal(void **state) {
     struct protocol_request req;
 
     decode_ok("{\"id\":1,\"cmd\":\"ping\"}", &req);
@@ -96,8 +90,7 @@ static void test_decode_minimal(void **state)
     protocol_request_clear(NULL);
 }
 
-static void test_decode_ids(void **state)
-{
+static void test_decode_ids(void **state) {
     struct protocol_request req;
 
     decode_ok("{\"id\":\"abc\",\"cmd\":\"status\"}", &req);
@@ -121,8 +114,7 @@ static void test_decode_ids(void **state)
     protocol_request_clear(&req);
 }
 
-static void test_decode_trailing_whitespace(void **state)
-{
+static void test_decode_trailing_whitespace(void **state) {
     static const char *lines[] = {
         "{\"cmd\":\"ping\"}\r",
         "{\"cmd\":\"ping\"}\r\n",
@@ -139,8 +131,7 @@ static void test_decode_trailing_whitespace(void **state)
     }
 }
 
-static void test_decode_arguments_and_unicode(void **state)
-{
+static void test_decode_arguments_and_unicode(void **state) {
     struct protocol_request req;
 
     decode_ok("{\"id\":2,\"cmd\":\"r\xc3\xa9load\",\"targets\":[\"a\",\"b\"],\"n\":{\"x\":[]}}",
@@ -150,8 +141,7 @@ static void test_decode_arguments_and_unicode(void **state)
     protocol_request_clear(&req);
 }
 
-static void test_decode_null_outputs(void **state)
-{
+static void test_decode_null_outputs(void **state) {
     struct protocol_request req;
     const char *s = "{\"cmd\":\"ping\"}";
 
@@ -163,8 +153,7 @@ static void test_decode_null_outputs(void **state)
     assert_int_equal(protocol_decode_request(s, strlen(s), &req, NULL, NULL, NULL, 0), -EINVAL);
 }
 
-static void test_decode_not_nul_terminated(void **state)
-{
+static void test_decode_not_nul_terminated(void **state) {
     /* The decoder reads exactly len bytes: what follows them does not count. */
     const char buf[] = "{\"cmd\":\"ping\"}garbage";
     struct protocol_request req;
@@ -180,8 +169,7 @@ static void test_decode_not_nul_terminated(void **state)
 /* ---- decode: request_too_large ---- */
 
 /* A valid request of exactly n bytes: {"cmd":"x","p":"aaa..."}. */
-static char *padded_request(size_t n)
-{
+static char *padded_request(size_t n) {
     static const char head[] = "{\"cmd\":\"x\",\"p\":\"";
     char *s = malloc(n + 2);
 
@@ -193,8 +181,7 @@ static char *padded_request(size_t n)
     return s;
 }
 
-static void test_decode_too_large(void **state)
-{
+static void test_decode_too_large(void **state) {
     struct protocol_request req;
     char err[256];
     char *s;
@@ -227,8 +214,7 @@ static void test_decode_too_large(void **state)
 
 /* ---- decode: parse_error ---- */
 
-static void test_decode_embedded_nul(void **state)
-{
+static void test_decode_embedded_nul(void **state) {
     static const char s[] = "{\"id\":1,\"cmd\":\"pi\0ng\"}";
     char err[256];
 
@@ -242,14 +228,12 @@ static void test_decode_embedded_nul(void **state)
     assert_null(decode_fail("\0", 1, PROTOCOL_E_PARSE, err, sizeof(err)));
 }
 
-static void test_decode_escaped_nul(void **state)
-{
+static void test_decode_escaped_nul(void **state) {
     /* "\u0000" is valid JSON, but strings must stay C strings. */
     decode_fail_noid("{\"id\":1,\"cmd\":\"a\\u0000b\"}", PROTOCOL_E_PARSE);
 }
 
-static void test_decode_invalid_json(void **state)
-{
+static void test_decode_invalid_json(void **state) {
     static const char *lines[] = {
         "{\"cmd\":",
         "{\"cmd\":\"ping\"",
@@ -275,8 +259,7 @@ static void test_decode_invalid_json(void **state)
     }
 }
 
-static void test_decode_parse_error_message(void **state)
-{
+static void test_decode_parse_error_message(void **state) {
     char err[256];
 
     assert_null(decode_fail("{\"cmd\":\"ping\" x}", 16, PROTOCOL_E_PARSE, err, sizeof(err)));
@@ -293,8 +276,7 @@ static void test_decode_parse_error_message(void **state)
     }
 }
 
-static void test_decode_invalid_utf8(void **state)
-{
+static void test_decode_invalid_utf8(void **state) {
     decode_fail_noid("{\"id\":1,\"cmd\":\"\xff\"}", PROTOCOL_E_PARSE);
     decode_fail_noid("{\"id\":1,\"cmd\":\"\xc3\"}", PROTOCOL_E_PARSE);      /* truncated */
     decode_fail_noid("{\"id\":1,\"cmd\":\"\xc0\xaf\"}", PROTOCOL_E_PARSE);  /* overlong */
@@ -303,16 +285,14 @@ static void test_decode_invalid_utf8(void **state)
 }
 
 /* Is s valid UTF-8? jansson decides, as the daemon's encoder would. */
-static int is_utf8(const char *s)
-{
+static int is_utf8(const char *s) {
     json_t *v = json_string(s);
 
     json_decref(v);
     return v != NULL;
 }
 
-static void test_decode_message_is_utf8(void **state)
-{
+static void test_decode_message_is_utf8(void **state) {
     /* jansson quotes the bytes near the error; an invalid escape followed by a cut
      * multibyte sequence would put invalid UTF-8 into the message. */
     static const char s[] = "{\"id\\\xc5\x8b\x92uitruid\":trueit";
@@ -339,14 +319,12 @@ static void test_decode_message_is_utf8(void **state)
     }
 }
 
-static void test_decode_duplicate_keys(void **state)
-{
+static void test_decode_duplicate_keys(void **state) {
     decode_fail_noid("{\"id\":1,\"cmd\":\"ping\",\"cmd\":\"stop\"}", PROTOCOL_E_PARSE);
     decode_fail_noid("{\"id\":1,\"id\":2,\"cmd\":\"ping\"}", PROTOCOL_E_PARSE);
 }
 
-static void test_decode_too_deep(void **state)
-{
+static void test_decode_too_deep(void **state) {
     size_t depth = 5000, n = 0;
     char *s = malloc(2 * depth + 32);
     char err[256];
@@ -364,8 +342,7 @@ static void test_decode_too_deep(void **state)
 
 /* ---- decode: invalid_request ---- */
 
-static void test_decode_not_an_object(void **state)
-{
+static void test_decode_not_an_object(void **state) {
     static const char *lines[] = {
         "[]", "[{\"id\":1,\"cmd\":\"ping\"}]", "1", "-2.5", "\"ping\"", "true", "false", "null",
     };
@@ -378,8 +355,7 @@ static void test_decode_not_an_object(void **state)
     }
 }
 
-static void test_decode_bad_id(void **state)
-{
+static void test_decode_bad_id(void **state) {
     static const char *lines[] = {
         "{\"id\":1.5,\"cmd\":\"ping\"}",
         "{\"id\":1e3,\"cmd\":\"ping\"}",
@@ -398,8 +374,7 @@ static void test_decode_bad_id(void **state)
     }
 }
 
-static void test_decode_bad_cmd_returns_id(void **state)
-{
+static void test_decode_bad_cmd_returns_id(void **state) {
     static const char *cmds[] = {
         "",                 /* missing */
         ",\"cmd\":null",
@@ -443,8 +418,7 @@ static void test_decode_bad_cmd_returns_id(void **state)
 
 static struct protocol_request args_req;
 
-static int args_setup(void **state)
-{
+static int args_setup(void **state) {
     static const char s[] =
         "{\"id\":1,\"cmd\":\"t\",\"s\":\"text\",\"empty\":\"\",\"nul\":null,\"i\":5,"
         "\"neg\":-3,\"big\":9223372036854775807,\"r\":5.0,\"b\":true,\"o\":{},"
@@ -454,14 +428,12 @@ static int args_setup(void **state)
     return protocol_decode_request(s, sizeof(s) - 1, &args_req, NULL, NULL, NULL, 0);
 }
 
-static int args_teardown(void **state)
-{
+static int args_teardown(void **state) {
     protocol_request_clear(&args_req);
     return 0;
 }
 
-static void test_arg_string(void **state)
-{
+static void test_arg_string(void **state) {
     const char *out = "untouched";
     char err[128];
 
@@ -490,8 +462,7 @@ static void test_arg_string(void **state)
     assert_int_equal(protocol_arg_string(&args_req, "i", &out, NULL, 0), -EINVAL);
 }
 
-static void test_arg_int(void **state)
-{
+static void test_arg_int(void **state) {
     int64_t out = 99;
     char err[128];
 
@@ -527,8 +498,7 @@ static void test_arg_int(void **state)
     assert_int_equal(out, 99);
 }
 
-static void test_arg_string_list(void **state)
-{
+static void test_arg_string_list(void **state) {
     json_t *out = NULL;
     char err[128];
 
@@ -579,8 +549,7 @@ static void test_arg_string_list(void **state)
 /* ---- encoders ---- */
 
 /* Checks that line is one "\n"-terminated line of len bytes and parses it. */
-static json_t *parse_line(const char *line, size_t len)
-{
+static json_t *parse_line(const char *line, size_t len) {
     json_error_t jerr;
     json_t *v;
 
@@ -595,8 +564,7 @@ static json_t *parse_line(const char *line, size_t len)
     return v;
 }
 
-static void test_encode_ok_ids(void **state)
-{
+static void test_encode_ok_ids(void **state) {
     size_t len = 0;
     char *line;
     json_t *id, *v;
@@ -629,8 +597,7 @@ static void test_encode_ok_ids(void **state)
     free(line);
 }
 
-static void test_encode_ok_steals_result(void **state)
-{
+static void test_encode_ok_steals_result(void **state) {
     json_t *result = json_pack("{s:s}", "k", "v");
     char *line;
 
@@ -642,8 +609,7 @@ static void test_encode_ok_steals_result(void **state)
     free(line);
 }
 
-static void test_encode_round_trip(void **state)
-{
+static void test_encode_round_trip(void **state) {
     static const char in[] =
         "{\"id\":\"x-1\",\"cmd\":\"exec\",\"code\":\"print('a\\nb')\\n\",\"u\":\"\xc3\xa9\xe2\x82\xac\"}";
     struct protocol_request req;
@@ -670,8 +636,7 @@ static void test_encode_round_trip(void **state)
     protocol_request_clear(&req);
 }
 
-static void test_encode_error(void **state)
-{
+static void test_encode_error(void **state) {
     json_t *id = json_integer(4), *details, *v, *err;
     char *line;
     size_t len;
@@ -724,8 +689,7 @@ static void test_encode_error(void **state)
     json_decref(id);
 }
 
-static void test_encode_error_invalid_utf8(void **state)
-{
+static void test_encode_error_invalid_utf8(void **state) {
     char *line;
     size_t len;
     json_t *v;
@@ -750,8 +714,7 @@ static void test_encode_error_invalid_utf8(void **state)
     free(line);
 }
 
-static void test_encode_line(void **state)
-{
+static void test_encode_line(void **state) {
     json_t *ev = json_pack("{s:s,s:i,s:s,s:s,s:f}", "event", "reload", "seq", 3, "time",
                            "2026-11-27T04:19:43.123Z", "message", "line1\nline2\r\n\ttab\x01",
                            "duration_ms", 1.24);
@@ -784,8 +747,7 @@ static void test_encode_line(void **state)
 
 /* The encoder (jansson's json_dump_callback, one pass) writes what json_dumpb() writes,
  * for the values pyhotd sends: escapes, UTF-8, integers at both ends, reals, nesting. */
-static void test_encode_matches_jansson(void **state)
-{
+static void test_encode_matches_jansson(void **state) {
     static const char *const values[] = {
         "\"plain\"", "\"q\\\"b\\\\s\\/ \\b\\f\\n\\r\\t \\u0001\\u001f\\u007f\"",
         "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 \\u2028\"", "0", "-1",
@@ -819,8 +781,7 @@ static void test_encode_matches_jansson(void **state)
     }
 }
 
-static void test_encode_request(void **state)
-{
+static void test_encode_request(void **state) {
     json_t *args = json_pack("{s:[s,s],s:s,s:i}", "targets", "app.handlers", "/a/b.py",
                              "cmd", "evil", "id", 99);
     struct protocol_request req;
@@ -856,8 +817,7 @@ static void test_encode_request(void **state)
 
 /* ---- format_time ---- */
 
-static void test_format_time(void **state)
-{
+static void test_format_time(void **state) {
     char buf[64], small[10];
     struct tm tm = { 0 };
     time_t before, after, t;
@@ -900,8 +860,7 @@ static void test_format_time(void **state)
 static char *saved_env[2];
 static const char *env_names[2] = { "PYHOT_SOCKET", "XDG_RUNTIME_DIR" };
 
-static int env_setup(void **state)
-{
+static int env_setup(void **state) {
     for (int i = 0; i < 2; i++) {
         const char *v = getenv(env_names[i]);
 
@@ -912,8 +871,7 @@ static int env_setup(void **state)
     return 0;
 }
 
-static int env_teardown(void **state)
-{
+static int env_teardown(void **state) {
     for (int i = 0; i < 2; i++) {
         if (saved_env[i] != NULL)
             setenv(env_names[i], saved_env[i], 1);
@@ -926,16 +884,14 @@ static int env_teardown(void **state)
 }
 
 /* The path when neither variable applies. */
-static void expected_fallback(char *buf, size_t len)
-{
+static void expected_fallback(char *buf, size_t len) {
     if (geteuid() == 0)
         snprintf(buf, len, "/run/pyhotd/pyhotd.sock");
     else
         snprintf(buf, len, "/tmp/pyhot-%lu/pyhotd.sock", (unsigned long)geteuid());
 }
 
-static void test_socket_pyhot_socket(void **state)
-{
+static void test_socket_pyhot_socket(void **state) {
     char buf[256];
 
     setenv("PYHOT_SOCKET", "/srv/app/ctl.sock", 1);
@@ -949,8 +905,7 @@ static void test_socket_pyhot_socket(void **state)
     assert_string_equal(buf, "rel/ctl.sock");
 }
 
-static void test_socket_xdg(void **state)
-{
+static void test_socket_xdg(void **state) {
     char buf[256];
 
     setenv("XDG_RUNTIME_DIR", "/run/user/1000", 1);
@@ -972,8 +927,7 @@ static void test_socket_xdg(void **state)
     assert_string_equal(buf, "/run/user/1000/pyhot/pyhotd.sock");
 }
 
-static void test_socket_fallback(void **state)
-{
+static void test_socket_fallback(void **state) {
     char buf[256], want[256];
 
     expected_fallback(want, sizeof(want));
@@ -992,8 +946,7 @@ static void test_socket_fallback(void **state)
     assert_string_equal(buf, want);
 }
 
-static void test_socket_too_long(void **state)
-{
+static void test_socket_too_long(void **state) {
     char buf[512], path[300];
 
     /* sun_path holds 108 bytes with the NUL: 107 characters fit, 108 do not. */
@@ -1031,8 +984,7 @@ static void test_socket_too_long(void **state)
     assert_int_equal(protocol_default_socket_path(buf, 8), -ENAMETOOLONG);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest decode_tests[] = {
         cmocka_unit_test(test_decode_minimal),
         cmocka_unit_test(test_decode_ids),

@@ -1,11 +1,17 @@
-"""The commands of the control protocol beyond the foundation's: hello, history, stats,
-subscribe filters and replay, watch and unwatch, and their argument errors."""
+"""The commands of the control protocol through the real daemon, by subject: information
+(hello, status, stats), the interpreter (modules, reload), events (history, subscribe
+filters and replay), roots (watch, unwatch), and the argument errors of each."""
 
 import os
+import time
 
 import pytest
 
-from conftest import Closed, write
+from conftest import Closed, wait_for, write
+
+# These tests count how often a module's top level runs (a reload each): whole-module
+# reloads. test_reload_definitions.py covers the default, definition-level mode.
+pytestmark = pytest.mark.reload_mode("module")
 
 COUNTING = "try:\n    LOADS += 1\nexcept NameError:\n    LOADS = 1\nVALUE = {value}\n"
 
@@ -303,3 +309,125 @@ def test_watch_without_import(pyhotd, tmp_path):
     path = write(str(extra / "late.py"), "VALUE = 2\n")
     sub.wait_batch(path)
     assert d.module_value("late", "VALUE") == 2
+
+
+# ---- status, modules, reload -------------------------------------------------------------------
+
+
+
+def test_status(pyhotd):
+    d = pyhotd({"m.py": COUNTING.format(value=1), "pkg/__init__.py": ""})
+    c = d.client()
+    st = c.call("status")
+    expected = {"version", "pid", "uptime_ms", "python", "socket", "settle_ms", "roots",
+                "watched_dirs", "modules_loaded", "reloads", "batches", "last_batch", "job",
+                "queued_jobs", "subscribers", "ready"}
+    assert expected <= set(st), expected - set(st)
+    assert st["pid"] == d.proc.pid
+    assert isinstance(st["version"], str) and st["version"]
+    assert st["python"].startswith("3.")
+    assert st["socket"] == d.socket
+    assert st["settle_ms"] == 10
+    assert st["roots"] == [{"path": d.root, "state": "watching"}]
+    assert st["watched_dirs"] == 2
+    assert st["modules_loaded"] > 10
+    assert st["reloads"] == {"ok": 0, "error": 0, "rolled_back": 0, "skipped": 0}
+    assert st["batches"] == 0 and st["last_batch"] is None
+    assert st["job"] is None and st["queued_jobs"] == 0
+    assert st["subscribers"] == 0 and st["ready"] is True
+    time.sleep(0.05)
+    assert c.call("status")["uptime_ms"] > st["uptime_ms"]
+
+    sub = d.subscriber()
+    assert c.call("status")["subscribers"] == 1
+    path = d.write("m.py", COUNTING.format(value=2))
+    batch, _ = sub.wait_batch(path)
+    st = c.call("status")
+    assert st["reloads"]["ok"] == 1 and st["batches"] == 1
+    assert st["last_batch"]["batch"] == batch["batch"] and st["last_batch"]["result"] == "ok"
+    d.write("m.py", "VALUE = (\n")
+    sub.wait_batch(path)
+    st = c.call("status")
+    assert st["reloads"]["error"] == 1 and st["batches"] == 2
+    assert st["last_batch"]["result"] == "error"
+    sub.close()
+    wait_for(lambda: c.call("status")["subscribers"] == 0, what="subscribers back to 0")
+
+
+def test_modules(pyhotd):
+    d = pyhotd({"mymod.py": "X = 1\n", "mypkg/__init__.py": "", "mypkg/inner.py": "Y = 1\n"})
+    c = d.client()
+    mods = c.call("modules", pattern="my*")["modules"]
+    assert sorted(m["name"] for m in mods) == ["mymod", "mypkg", "mypkg.inner"], mods
+    by_name = {m["name"]: m for m in mods}
+    assert by_name["mymod"] == {"name": "mymod", "path": d.path("mymod.py"), "watched": True}
+    assert by_name["mypkg.inner"]["path"] == d.path("mypkg/inner.py")
+    everything = c.call("modules")["modules"]
+    names = [m["name"] for m in everything]
+    assert "sys" in names and "mymod" in names and len(everything) > 10
+    assert {m["name"]: m for m in everything}["os"]["watched"] is False
+    assert c.call("modules", pattern="no_such_*")["modules"] == []
+    assert [m["name"] for m in c.call("modules", pattern="mypkg.*")["modules"]] == ["mypkg.inner"]
+
+
+def test_reload_command(pyhotd):
+    d = pyhotd({"m.py": COUNTING.format(value=1), "broken.py": "VALUE = 1\n"})
+    sub = d.subscriber()
+    c = d.client()
+
+    # By module name: runs even though the content did not change.
+    result = c.call("reload", targets=["m"])
+    assert result["batch"]["result"] == "ok" and result["batch"]["modules"] == ["m"], result
+    assert [(r["module"], r["result"]) for r in result["reloads"]] == [("m", "ok")]
+    assert d.module_value("m", "LOADS") == 2
+    ev = sub.next_event("batch")
+    assert ev["batch"] == result["batch"]["batch"] and ev["result"] == "ok"
+
+    # By path, with the new content.
+    path = d.path("m.py")
+    # The file edit also makes a batch of its own; wait for it first.
+    d.write("m.py", COUNTING.format(value=5))
+    sub.wait_batch(path)
+    loads = d.module_value("m", "LOADS")
+    result = c.call("reload", targets=[path])
+    assert result["batch"]["modules"] == ["m"], result
+    assert d.module_value("m", "LOADS") == loads + 1
+    assert d.module_value("m", "VALUE") == 5
+    # A single string is accepted for targets.
+    assert c.call("reload", targets="m")["batch"]["result"] == "ok"
+
+    # Unknown targets.
+    for target in ("no_such_module", os.path.join(d.root, "nope.py")):
+        r = c.request("reload", targets=[target])
+        assert r["ok"] is False and r["error"]["code"] == "not_found", r
+        assert target in r["error"]["message"]
+    assert d.module_value("m", "LOADS") == loads + 2
+
+    # A failing reload answers reload_failed with the details, and changes nothing.
+    write(d.path("broken.py"), "VALUE = 2\nraise RuntimeError('nope')\n")
+    sub.wait_batch(d.path("broken.py"))
+    r = c.request("reload", targets=["broken"])
+    assert r["ok"] is False, r
+    e = r["error"]
+    assert e["code"] == "reload_failed", e
+    assert e["type"] == "RuntimeError" and e["file"] == d.path("broken.py") and e["line"] == 2
+    assert "nope" in e["traceback"] and "nope" in e["message"]
+    assert e["batch"]["result"] == "rolled_back"
+    assert [(x["module"], x["result"]) for x in e["reloads"]] == [("broken", "rolled_back")]
+    assert d.module_value("broken", "VALUE") == 1
+    write(d.path("broken.py"), "VALUE = 2\nif True\n")
+    sub.wait_batch(d.path("broken.py"))
+    r = c.request("reload", targets=["broken"])
+    assert r["error"]["code"] == "reload_failed" and r["error"]["type"] == "SyntaxError", r
+    assert r["error"]["line"] == 2
+
+
+def test_reload_outside_the_roots_is_refused(pyhotd):
+    """Only modules loaded from under a watch root are reloaded: a stdlib module, loaded
+    but not watched, is not a target."""
+    d = pyhotd({"m.py": "X = 1\n"})
+    d.exec("import colorsys")
+    r = d.conn.request("reload", targets=["colorsys"])
+    assert r["ok"] is False and r["error"]["code"] == "not_found", r
+    r = d.conn.request("reload", targets=[d.eval("colorsys.__file__")])
+    assert r["ok"] is False and r["error"]["code"] == "not_found", r

@@ -1,5 +1,5 @@
-#ifndef PYHOT_PY_RUN_H
-#define PYHOT_PY_RUN_H
+#ifndef PYHOT_RUN_CHANNEL_H
+#define PYHOT_RUN_CHANNEL_H
 
 #include <stdint.h>
 #include <stddef.h>
@@ -20,43 +20,49 @@
  * - isolated: the python thread forks (PyOS_BeforeFork/AfterFork), the child runs the
  *   script with its fd 1 and 2 on pipes and never returns into the daemon; the job's output
  *   is {"pid", "stdout_fd", "stderr_fd"} and the loop thread hands those to
- *   py_run_watch_child, which streams the pipes, reaps the child through a pidfd and
+ *   run_channel_watch_child, which streams the pipes, reaps the child through a pidfd and
  *   enforces the wall timeout with SIGKILL;
- * - sandboxed (input "sandbox": the settings daemon.c adds): isolated, and the child applies
- *   sandbox.c's layers (sandbox_enter) before the script, from a plan built on the python
- *   thread before the fork; a failing layer ends it with status 125 and a line on stderr.
- *   Its process group is killed with it (when it exits, times out or is killed).
+ * - sandboxed (input "sandbox": the settings cmd_runs.c adds): isolated, and the child
+ *   applies sandbox.c's layers (sandbox_enter) before the script, from a plan built on the
+ *   python thread before the fork; a failing layer ends it with status 125 and a line on
+ *   stderr. Its process group is killed with it (when it exits, times out or is killed).
  *
  * Messages (json, stolen by the callback): {"stream": "stdout"|"stderr", "data": str} while
  * the run writes, then exactly one {"end": true, "result": {"exit_code", "timed_out",
  * "signal", "isolated", "duration_ms" (wall), "cpu_ms", "max_rss_kb" (getrusage: the run
  * thread's CPU and the daemon's peak in-process, wait4's for a child)}}.
  *
- * One channel per process (like the interpreter). No PyObject crosses this header.
+ * One channel per process (like the interpreter). The channel is loop-thread code
+ * (run_channel.c, no Python.h); the python side of runs is py_run.c. No PyObject crosses
+ * this header.
  */
 
 /* Called on the loop thread for each message of run_id; msg is owned by the callee. */
-typedef void (*py_run_message_cb)(uint64_t run_id, json_t *msg, void *data);
+typedef void (*run_channel_message_cb)(uint64_t run_id, json_t *msg, void *data);
 
 /* Opens the channel on loop. Returns 0, or -EBUSY (already open) with err filled. */
-int py_run_channel_open(uv_loop_t *loop, py_run_message_cb cb, void *data, char *err,
+int run_channel_open(uv_loop_t *loop, run_channel_message_cb cb, void *data, char *err,
                         size_t errlen);
+
+/* Posts msg (stolen) for run_id, from any thread (a run's thread: py_run.c). Dropped when
+ * the channel is closed. */
+void run_channel_post(uint64_t run_id, json_t *msg);
 
 /* Closes the channel: isolated children still running are killed (SIGKILL) and reaped,
  * messages posted later are dropped, and the libuv handles are closed (their memory goes
  * in the close callbacks). Loop thread only; NULL-safe and idempotent. */
-void py_run_channel_close(void);
+void run_channel_close(void);
 
 /* Takes over an isolated child started by a PY_JOB_RUN job: reads out_fd and err_fd (both
  * owned from here on, closed by the channel) as the run's stdout and stderr, reaps pid and,
  * when timeout_ms > 0, kills it with SIGKILL that long after this call (timed_out: true).
  * The end message follows the child's exit and the end of both pipes. Returns 0, or a
  * negative errno with err filled (the child is then killed and the fds closed). */
-int py_run_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, unsigned timeout_ms,
+int run_channel_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, unsigned timeout_ms,
                        char *err, size_t errlen);
 
 /* Kills the isolated child of run_id (SIGKILL), e.g. when its client disconnected.
  * Returns 0, or -ESRCH when run_id has no child being watched. Loop thread only. */
-int py_run_kill_child(uint64_t run_id);
+int run_channel_kill_child(uint64_t run_id);
 
 #endif

@@ -1,0 +1,167 @@
+/* pyhotctl: repl, a console into the daemon's interpreter (libedit, dlopen'ed). */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <dlfcn.h>
+#include <jansson.h>
+
+#include "pyhotctl.h"
+
+static char *history_path(void) {
+    const char *home = getenv("HOME");
+    char *path;
+
+    if (home == NULL || home[0] == '\0')
+        return NULL;
+    path = malloc(strlen(home) + sizeof("/.pyhot_history"));
+    if (path != NULL)
+        sprintf(path, "%s/.pyhot_history", home);
+    return path;
+}
+
+/*
+ * libedit, loaded by repl only (dlopen): linking it costs every pyhotctl invocation ~0.4 ms
+ * of dynamic linking (measured with hyperfine), which `run` cannot afford
+ * (docs/benchmarks.md). Without it, repl reads plain lines.
+ */
+#ifndef PYHOT_LIBEDIT_SONAME
+
+#define PYHOT_LIBEDIT_SONAME "libedit.so.2"
+#endif
+
+struct editline {
+    char *(*readline)(const char *prompt);
+    int (*add_history)(const char *line);
+    int (*read_history)(const char *path);
+    int (*write_history)(const char *path);
+    void (*using_history)(void);
+};
+
+static bool editline_load(struct editline *el) {
+    void *h = dlopen(PYHOT_LIBEDIT_SONAME, RTLD_NOW | RTLD_LOCAL);
+
+    if (h == NULL)
+        return false;
+    *(void **)&el->readline = dlsym(h, "readline");
+    *(void **)&el->add_history = dlsym(h, "add_history");
+    *(void **)&el->read_history = dlsym(h, "read_history");
+    *(void **)&el->write_history = dlsym(h, "write_history");
+    *(void **)&el->using_history = dlsym(h, "using_history");
+    return el->readline != NULL && el->add_history != NULL && el->read_history != NULL &&
+           el->write_history != NULL && el->using_history != NULL;
+}
+
+/* A line without its newline (malloc'd), or NULL at end of input: libedit's, or a plain
+ * read when libedit is missing. */
+static char *repl_read(const struct editline *el, const char *prompt) {
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+
+    if (el != NULL)
+        return el->readline(prompt);
+    fputs(prompt, stdout);
+    fflush(stdout);
+    n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        free(line);
+        return NULL;
+    }
+    if (n > 0 && line[n - 1] == '\n')
+        line[n - 1] = '\0';
+    return line;
+}
+
+int cmd_repl(struct ctl *ctl, int argc, char **argv) {
+    struct editline editline_api, *el = editline_load(&editline_api) ? &editline_api : NULL;
+    char *source = NULL, *hist = history_path();
+    size_t source_len = 0;
+    int r;
+
+    (void)argc;
+    (void)argv;
+    if (ctl_connect(ctl) < 0) {
+        free(hist);
+        return EXIT_USAGE;
+    }
+    if (el == NULL) {
+        free(hist);
+        hist = NULL;
+    } else {
+        el->using_history();
+        if (hist != NULL)
+            el->read_history(hist);
+    }
+    if (isatty(STDIN_FILENO))
+        printf("pyhotd's interpreter; Ctrl-D leaves.\n");
+    for (;;) {
+        char *line = repl_read(el, source == NULL ? ">>> " : "... ");
+        json_t *args, *resp, *result;
+        char *grown;
+        size_t n;
+
+        if (line == NULL) {
+            fputc('\n', stdout);
+            r = EXIT_OK;
+            break;
+        }
+        if (line[0] != '\0' && el != NULL)
+            el->add_history(line);
+        n = strlen(line);
+        grown = realloc(source, source_len + n + 2);
+        if (grown == NULL) {
+            free(line);
+            fail("out of memory");
+            r = EXIT_USAGE;
+            break;
+        }
+        source = grown;
+        if (source_len > 0)
+            source[source_len++] = '\n';
+        memcpy(source + source_len, line, n + 1);
+        source_len += n;
+        free(line);
+
+        args = json_pack("{s:s%}", "source", source, source_len);
+        if (args == NULL) {
+            fail("the input is not valid UTF-8");
+            free(source);
+            source = NULL;
+            source_len = 0;
+            continue;
+        }
+        r = ctl_send(ctl, "repl", args);
+        json_decref(args);
+        if (r != EXIT_OK)
+            break;
+        r = ctl_wait_response(ctl, &resp, NULL);
+        if (r != EXIT_OK)
+            break;
+        if (!json_is_true(json_object_get(resp, "ok"))) {
+            report_error(resp);
+        } else {
+            result = json_object_get(resp, "result");
+            if (json_is_true(json_object_get(result, "incomplete"))) {
+                json_decref(resp);
+                continue;
+            }
+            put_exact(stdout, json_object_get(result, "stdout"));
+            fflush(stdout);
+            put_exact(stderr, json_object_get(result, "stderr"));
+            fflush(stderr);
+        }
+        json_decref(resp);
+        free(source);
+        source = NULL;
+        source_len = 0;
+    }
+    if (hist != NULL) {
+        el->write_history(hist);
+        free(hist);
+    }
+    free(source);
+    return r;
+}

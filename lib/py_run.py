@@ -1,0 +1,342 @@
+"""pyhot's runs, run inside pyhotd's interpreter as `_pyhot_run` (docs/run.md).
+
+A script runs as __main__ in a fresh namespace, on a thread of its own (in-process:
+start_run) or in a child forked from the warm interpreter (isolated: run_isolated).
+lib/py_run.c creates this module with its C functions (emit, finish, register,
+unregister, cancel, sleep, original_sleep) and runs this file in it, so both halves are
+one module; what the daemon calls here returns plain dicts and numbers. Output goes
+through `_pyhot`'s per-thread capture.
+
+It is compiled into the daemon (lib/py_run.py -> generated C string), so it is the same
+file a reader sees here.
+"""
+
+import io
+import os
+import runpy  # here, not in run_isolated: a forked child would import it afresh each run
+import sys
+import threading
+import traceback
+
+from _pyhot import _captures, _is_machinery
+
+# emit, finish, register, unregister, cancel, sleep and original_sleep are the C half's
+# (lib/py_run.c), put in this module's namespace before this file runs.
+
+
+_run_lock = threading.Lock()     # guards _run_argvs, _real_argv, _active_runs
+_run_argvs = {}                  # thread ident -> the argv list of the run on that thread
+_real_argv = [None]              # the daemon's sys.argv while the proxy is installed
+_active_runs = [0]
+_path_lock = threading.Lock()    # directory and zip runs put their path on sys.path
+
+
+def _argv_method(name):
+    base = getattr(list, name)
+
+    def method(self, *args):
+        target = _run_argvs.get(threading.get_ident())
+        if target is None:
+            return base(self, *args)
+        return getattr(target, name)(*args)
+    method.__name__ = name
+    return method
+
+
+class _ArgvProxy(list):
+    """sys.argv while runs exist: each run thread sees (and may change) its own argv, every
+    other thread the daemon's (held in the list itself)."""
+
+    def __iadd__(self, other):
+        self.extend(other)
+        return self
+
+    def __reduce_ex__(self, protocol):
+        return (list, (list(self),))
+
+
+for _name in ("__getitem__", "__setitem__", "__delitem__", "__len__", "__iter__",
+              "__reversed__", "__contains__", "__repr__", "__eq__", "__ne__", "__lt__",
+              "__le__", "__gt__", "__ge__", "__add__", "__mul__", "__rmul__", "append",
+              "extend", "insert", "pop", "remove", "clear", "index", "count", "copy", "sort",
+              "reverse"):
+    setattr(_ArgvProxy, _name, _argv_method(_name))
+del _name
+
+
+class _RunOutput:
+    """A run's stdout or stderr: text goes to the client (through emit, py_run.c) line by
+    line, at once on flush(), and before the other stream's next write, so the client sees
+    the two streams in the order they were written."""
+
+    def __init__(self, run_id, stream):
+        self._run_id = run_id
+        self._stream = stream
+        self._buffer = []
+        self._size = 0
+        self.other = None
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError("write() argument must be str, not %s" % type(text).__name__)
+        if not text:
+            return 0
+        if self.other is not None and self.other._buffer:
+            self.other.flush()
+        self._buffer.append(text)
+        self._size += len(text)
+        if "\n" in text or self._size >= 8192:
+            self.flush()
+        return len(text)
+
+    def flush(self):
+        if self._buffer:
+            text = "".join(self._buffer)
+            self._buffer = []
+            self._size = 0
+            emit(self._run_id, self._stream, text)
+
+
+def _is_run_machinery(filename):
+    return _is_machinery(filename) or filename in ("<frozen runpy>",) or filename.endswith(
+        os.sep + "runpy.py")
+
+
+def _format_run_traceback(exc):
+    """As the interpreter prints an uncaught exception: chained causes included, pyhot's
+    and runpy's frames left out."""
+    lines = []
+    for line in traceback.TracebackException.from_exception(exc).format():
+        lines.append(line)
+    text = "".join(lines)
+    # Drop frame entries of our own machinery (2 lines each: location, source).
+    out, skip = [], False
+    for line in text.splitlines(True):
+        if line.startswith('  File "'):
+            filename = line[len('  File "'):].split('"', 1)[0]
+            skip = _is_run_machinery(filename)
+            if skip:
+                continue
+        elif skip and line.startswith("    "):
+            continue
+        else:
+            skip = False
+        out.append(line)
+    return "".join(out)
+
+
+def _exit_code_of(exc, err):
+    """SystemExit's code as the interpreter turns it into a status (Python/pythonrun.c,
+    handle_system_exit): None -> 0, an int -> itself, anything else printed and 1."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    try:
+        err.write(str(code) + "\n")
+    except Exception:
+        pass
+    return 1
+
+
+def _main_spec_of(path):
+    """The __main__ module of a directory or zip app (what runpy.run_path finds after
+    putting path first on sys.path), found without touching sys.modules['__main__']."""
+    import importlib.machinery
+    spec = importlib.machinery.PathFinder.find_spec("__main__", [path])
+    if spec is None or spec.loader is None:
+        raise ImportError("can't find '__main__' module in %r" % path)
+    return spec
+
+
+def _execute(spec, argv):
+    """Runs spec's script as __main__ in a fresh namespace (runpy._run_code semantics)."""
+    import pkgutil
+    init_globals = spec.get("globals") or None
+    module = spec.get("module")
+    if module is not None:
+        mod_name, mod_spec, code = runpy._get_module_details(module)
+        argv[0] = mod_spec.origin
+        runpy._run_code(code, {}, init_globals, "__main__", mod_spec, mod_spec.parent)
+        return
+    path = spec["path"]
+    if os.path.isdir(path) or (os.path.isfile(path) and _is_zip(path)):
+        with _path_lock:
+            sys.path.insert(0, path)
+            try:
+                mod_spec = _main_spec_of(path)
+                code = mod_spec.loader.get_code("__main__")
+                runpy._run_code(code, {}, init_globals, "__main__", mod_spec, "")
+            finally:
+                try:
+                    sys.path.remove(path)
+                except ValueError:
+                    pass
+        return
+    with io.open_code(path) as f:
+        code = pkgutil.read_code(f)
+    if code is None:
+        with io.open_code(path) as f:
+            code = compile(f.read(), path, "exec", dont_inherit=True)
+    runpy._run_code(code, {}, init_globals, "__main__", None, "", path)
+
+
+def _is_zip(path):
+    import zipfile
+    return zipfile.is_zipfile(path)
+
+
+def _check_target(spec):
+    path = spec.get("path")
+    if path is not None and not os.path.exists(path):
+        raise FileNotFoundError(2, "can't open file %r: No such file or directory" % path)
+
+
+def start_run(spec):
+    """Starts an in-process run of spec (the request: run_id, path | module, argv, globals,
+    timeout_ms) on a thread of its own and returns at once."""
+    import time as time_module
+    _check_target(spec)
+    if time_module.sleep is not sleep:
+        time_module.sleep = sleep  # interruptible on run threads (py_run.c)
+    run_id = spec["run_id"]
+    thread = threading.Thread(target=_run_thread, args=(run_id, spec),
+                              name="pyhot-run-%d" % run_id, daemon=True)
+    thread.start()
+    return {"started": True, "thread": thread.name}
+
+
+def _run_thread(run_id, spec):
+    import time as time_module
+    started = time_module.monotonic()
+    cpu_started = time_module.thread_time()
+    ident = threading.get_ident()
+    out, err = _RunOutput(run_id, "stdout"), _RunOutput(run_id, "stderr")
+    out.other, err.other = err, out
+    argv = [spec.get("path") or spec.get("module") or ""] + list(spec.get("argv") or [])
+    with _run_lock:
+        if _active_runs[0] == 0 and not isinstance(sys.argv, _ArgvProxy):
+            _real_argv[0] = sys.argv
+            sys.argv = _ArgvProxy(sys.argv)
+        _active_runs[0] += 1
+        _run_argvs[ident] = argv
+    _captures[ident] = (out, err)
+    register(run_id)
+    done = threading.Event()
+    timeout_ms = spec.get("timeout_ms") or 0
+    if timeout_ms > 0:
+        def watchdog():
+            if done.wait(timeout_ms / 1000.0):
+                return
+            # Again every second, in case the script caught the first TimeoutError.
+            while cancel(run_id) and not done.wait(1.0):
+                pass
+        threading.Thread(target=watchdog, name="pyhot-run-%d-timeout" % run_id,
+                         daemon=True).start()
+    code = 1
+    timed_out = False
+    try:
+        try:
+            _execute(spec, argv)
+            code = 0
+        except SystemExit as exc:
+            code = _exit_code_of(exc, err)
+        except BaseException as exc:
+            err.write(_format_run_traceback(exc))
+            code = 1
+    finally:
+        # An interrupt aimed at us after the script ended is dropped by unregister.
+        timed_out = unregister(run_id)
+        done.set()
+        try:
+            out.flush()
+            err.flush()
+        finally:
+            _captures.pop(ident, None)
+            with _run_lock:
+                _run_argvs.pop(ident, None)
+                _active_runs[0] -= 1
+                if _active_runs[0] == 0 and isinstance(sys.argv, _ArgvProxy):
+                    sys.argv = _real_argv[0]
+                    _real_argv[0] = None
+            import resource
+            finish(run_id, {
+                "exit_code": code, "timed_out": bool(timed_out), "signal": None,
+                "isolated": False,
+                "duration_ms": (time_module.monotonic() - started) * 1000.0,
+                # The run thread's own CPU time; the peak RSS is the daemon's (one process).
+                "cpu_ms": (time_module.thread_time() - cpu_started) * 1000.0,
+                "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+
+
+# What a sandboxed run may read besides [sandbox] read (docs/run.md "Sandbox"): what the
+# dynamic loader needs to load an extension module's libraries, and the child's own
+# /proc/self (resolved in the child, so only its own process).
+_SANDBOX_SYSTEM_READ = ("/usr/lib", "/usr/local/lib", "/etc/ld.so.cache", "/proc/self")
+_sandbox_stdlib_paths = []
+
+
+def sandbox_read_paths(spec):
+    """The paths a sandboxed run of spec may read (py_run.c hands them to sandbox.c's
+    Landlock step): the interpreter's and the daemon's import paths (sys.path, the standard
+    library), the script's directory, and _SANDBOX_SYSTEM_READ; only those that exist,
+    each once, in that order."""
+    if not _sandbox_stdlib_paths:
+        import sysconfig  # asked once: get_path costs half a millisecond a call
+        _sandbox_stdlib_paths.extend(sysconfig.get_path(key) for key in
+                                     ("stdlib", "platstdlib", "purelib", "platlib"))
+    candidates = list(sys.path) + _sandbox_stdlib_paths
+    target = spec.get("path")
+    if target:
+        candidates.append(target if os.path.isdir(target) else os.path.dirname(target))
+    candidates.extend(_SANDBOX_SYSTEM_READ)
+    paths, seen = [], set()
+    for path in candidates:
+        if not path or not os.path.isabs(path) or path in seen:
+            continue
+        seen.add(path)
+        if path == "/proc/self" or os.path.exists(path):
+            paths.append(path)
+    return paths
+
+
+def run_isolated(spec):
+    """In the forked child (py_run.c): fd 1 and 2 are the daemon's pipes. Runs spec as
+    python3 would (runpy, sys.modules['__main__'] and sys.argv are the child's own) and
+    returns the exit status."""
+    _captures.clear()
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    code = 1
+    if spec.get("tmpdir"):
+        # The sandbox's private TMPDIR; tempfile caches its choice once imported, so it is
+        # told too (not imported here: that costs a run milliseconds).
+        os.environ["TMPDIR"] = spec["tmpdir"]
+        if "tempfile" in sys.modules:
+            sys.modules["tempfile"].tempdir = spec["tmpdir"]
+    try:
+        try:
+            sys.argv = [spec.get("path") or spec.get("module") or ""] + list(spec.get("argv") or [])
+            _check_target(spec)
+            init_globals = spec.get("globals") or None
+            if spec.get("module") is not None:
+                runpy.run_module(spec["module"], init_globals, "__main__", alter_sys=True)
+            else:
+                runpy.run_path(spec["path"], init_globals, "__main__")
+            code = 0
+        except SystemExit as exc:
+            code = _exit_code_of(exc, sys.stderr)
+        except BaseException as exc:
+            sys.stderr.write(_format_run_traceback(exc))
+            code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+    return code
