@@ -6,11 +6,17 @@ PREFIX     ?= /usr/local
 PYTHON     := /usr/bin/python3
 JOBS       ?= $(shell nproc)
 
+# Build, run and test: the suite runs the frameworks of the reload tests, vim (editor
+# saves) and setpriv (util-linux: peers of another uid); the README's tour runs curl and
+# an editor.
 DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev libinih-dev \
-                libsystemd-dev libseccomp-dev libcmocka-dev libedit-dev python3-pytest inotify-tools \
-                systemd
+                libsystemd-dev libseccomp-dev libcmocka-dev libedit-dev python3-pytest inotify-tools systemd \
+                python3-flask python3-fastapi python3-uvicorn python3-django python3-aiohttp \
+                python3-sqlalchemy python3-click python3-numpy vim curl util-linux bindfs fuse3 \
+                prometheus
+# prometheus: its promtool checks the metrics command's exposition in the tests.
 # Peers measured beside pyhotd by `make bench` only.
-BENCH_PACKAGES := watchman hyperfine bubblewrap
+BENCH_PACKAGES := watchman hyperfine python3-watchdog bubblewrap
 # clang and its runtime (libFuzzer, ASan) for `make fuzz`.
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 
@@ -57,12 +63,14 @@ test: build
 
 # The socket's directory must be private (0700): pyhotd refuses any other.
 DEMO_SOCKET := $(abspath $(BUILD))/run/pyhotd.sock
+# The demo app's port (examples/app.py reads PYHOT_DEMO_PORT): `make demo PYHOT_DEMO_PORT=8080`.
+PYHOT_DEMO_PORT ?= 8765
 
 demo: build
 	@install -d -m 0700 $(dir $(DEMO_SOCKET))
-	@echo "pyhotd is watching examples/: curl http://127.0.0.1:8765/, edit examples/handlers.py, curl again."
+	@echo "pyhotd is watching examples/: curl http://127.0.0.1:$(PYHOT_DEMO_PORT)/, edit examples/handlers.py, curl again."
 	@echo "In another terminal: PYHOT_SOCKET=$(DEMO_SOCKET) $(BUILD)/bin/pyhotctl tail"
-	$(BUILD)/bin/pyhotd --watch examples --entry app:main --socket $(DEMO_SOCKET)
+	PYHOT_DEMO_PORT=$(PYHOT_DEMO_PORT) $(BUILD)/bin/pyhotd --watch examples --entry app:main --socket $(DEMO_SOCKET)
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build, then the whole suite against it.
 # libpython's interned objects live until exit by design: tests/asan.supp silences those leaks.
@@ -75,19 +83,24 @@ asan: deps
 	    ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(abspath tests/asan.supp) \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(PYTHON) -m pytest -q tests/integration
 
-# The watcher benches compare with inotifywait (inotify-tools) and watchman; they generate
+# The watcher benches compare with inotifywait (inotify-tools), watchman and watchdog's
+# PollingObserver (python3-watchdog); they generate
 # a tree of 10,000 directories and 100,000 files under /tmp once and remove it at the end.
 bench: deps-bench build
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/latency.py
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_setup.py --keep-tree
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_idle.py
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_storm.py
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_poll.py
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/sandbox.py
 
 # Installs into a temporary prefix and runs systemd-analyze verify on every unit there
-# (ExecStart must name an installed binary, so the units are checked as installed).
+# (ExecStart must name an installed binary, so the units are checked as installed). The
+# templates under systemd/ are *.service.in; any plain unit there is verified as it is.
 verify-units: build
-	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	@src=$$(ls systemd/*.service 2>/dev/null); \
+	if [ -n "$$src" ]; then systemd-analyze verify --man=no $$src || exit 1; fi; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	cmake --install $(BUILD) --prefix "$$tmp/prefix" > /dev/null && \
 	mkdir "$$tmp/instance" && ln -s "$$tmp/prefix/lib/systemd/system/pyhotd@.service" "$$tmp/instance/pyhotd@ci.service" && \
 	systemd-analyze verify --man=no "$$tmp/prefix/lib/systemd/system/pyhotd.service" \
@@ -101,7 +114,9 @@ bench-status: build
 # libFuzzer targets (tests/fuzz/), built with clang outside the CMake build, each run for
 # FUZZ_TIME seconds under ASan + UBSan from the committed seeds (tests/fuzz/corpus/NAME);
 # what they find new goes to $(FUZZ_BUILD)/corpus-NAME, crashes to $(FUZZ_BUILD)/crash-NAME/.
-FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+# "=", not ":=": evaluated when a fuzz target is built, after `make deps` installed python3,
+# never when the Makefile is read.
+FUZZ_FLAGS  = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
               -D_GNU_SOURCE -Ilib -Wall -Wextra -Werror -Wno-unused-parameter \
               -DPYHOT_PYTHON_VERSION='"$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')"'
 

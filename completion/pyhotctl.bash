@@ -5,8 +5,8 @@
 # tail -m) are asked of the running daemon (`pyhotctl modules`, one second at most), on the
 # socket given on the command line if any.
 
-_pyhotctl_commands="hello ping status stats modules reload watch unwatch pause resume tail history exec run repl stop help"
-_pyhotctl_events="reload batch run started stopping watch_error import_error startup_error"
+_pyhotctl_commands="hello ping status stats metrics plugins modules reload watch unwatch pause resume tail history exec run repl stop help"
+_pyhotctl_events="reload batch plugin run started stopping watch_error import_error startup_error"
 
 # Module names loaded in the daemon whose socket is $1 (may be empty).
 _pyhotctl_modules()
@@ -27,7 +27,7 @@ _pyhotctl()
         case ${COMP_WORDS[i]} in
             -s|--socket) socket=${COMP_WORDS[i+1]}; ((i++)) ;;
             --socket=*) socket=${COMP_WORDS[i]#--socket=} ;;
-            -t|--timeout|-n|--lines|-e|--event|-m|--module) ((i++)) ;;
+            -t|--timeout|-n|--lines|-e|--event|-m|--module|--get|--set|--memory|--cpu|--cwd) ((i++)) ;;
             -*) ;;
             *) [[ -z $cmd ]] && cmd=${COMP_WORDS[i]} ;;
         esac
@@ -37,8 +37,12 @@ _pyhotctl()
         -s|--socket)
             COMPREPLY=($(compgen -f -- "$cur"))
             return ;;
-        -t|--timeout|-n|--lines)
+        -t|--timeout|-n|--lines|--get|--set|--memory|--cpu)
             COMPREPLY=()
+            return ;;
+        --cwd)
+            compopt -o filenames 2>/dev/null
+            COMPREPLY=($(compgen -d -- "$cur"))
             return ;;
         -e|--event)
             COMPREPLY=($(compgen -W "$_pyhotctl_events" -- "$cur"))
@@ -62,7 +66,7 @@ _pyhotctl()
         case $cmd in
             tail) COMPREPLY=($(compgen -W "$global --lines --event --module" -- "$cur")) ;;
             history) COMPREPLY=($(compgen -W "$global --lines --event --module" -- "$cur")) ;;
-            run) COMPREPLY=($(compgen -W "$global --isolate --sandbox --memory --cpu --pids --cwd --set"\
+            run) COMPREPLY=($(compgen -W "$global --isolate --sandbox --set --get --memory --cpu --pids --cwd -m"\
                                          -- "$cur")) ;;
             *) COMPREPLY=($(compgen -W "$global" -- "$cur")) ;;
         esac
@@ -83,7 +87,7 @@ _pyhotctl()
             COMPREPLY=($(compgen -W "$(_pyhotctl_modules "$socket")" -- "$cur")) ;;
         run)
             compopt -o filenames 2>/dev/null
-            COMPREPLY=($(compgen -f -X '!*.py' -- "$cur") $(compgen -d -- "$cur")) ;;
+            COMPREPLY=($(compgen -f -- "$cur")) ;;
         *)
             COMPREPLY=() ;;
     esac

@@ -58,6 +58,22 @@ static const struct ctl_command commands[] = {
         0, 0, false, cmd_stats, 0,
     },
     {
+        "metrics", "", "counters, histograms and gauges for Prometheus",
+        "Prints the daemon's counters, histograms and gauges in the Prometheus text\n"
+        "exposition format (version 0.0.4), for node_exporter's textfile collector (see\n"
+        "docs/service.md). With --json, the response with the text and its content type.\n",
+        0, 0, false, cmd_metrics, 0,
+    },
+    {
+        "plugins", "", "the plugins of the plugin directories",
+        "Prints a table of the plugins pyhotd loaded from its plugin directories\n"
+        "(--plugins DIR): NAME, STATE (loaded, or error: its last run failed and it keeps\n"
+        "the exports of the last one that worked), LOADED (when those exports were made,\n"
+        "UTC) and the names it EXPORTS; a failed plugin's error on the line below it.\n"
+        "See docs/plugins.md.\n",
+        0, 0, false, cmd_plugins, 0,
+    },
+    {
         "modules", "[PATTERN]", "loaded modules and their files",
         "Prints a table of the loaded modules, NAME and PATH, sorted by name (\"-\" for a\n"
         "module without a file). PATTERN is an fnmatch(3) glob on the name, e.g. 'app.*'\n"
@@ -75,11 +91,11 @@ static const struct ctl_command commands[] = {
     },
     {
         "watch", "DIR", "watch DIR as a new root",
-        "Watches DIR (made absolute) recursively as a new root: it goes first on sys.path,\n"
-        "its modules reload on change once loaded (with [watch] import = all, pyhotd\n"
-        "imports them all at once, and import errors are printed on stderr; the watch\n"
-        "stays). Exit status 1 when DIR is missing, is not a directory, is (or is inside,\n"
-        "or holds) a root already, or cannot be watched.\n",
+        "Watches DIR (made absolute) recursively as a new root: it goes first on\n"
+        "sys.path, its modules reload on change once loaded (with [watch] import = all,\n"
+        "pyhotd imports them all at once, and import errors are printed on stderr; the\n"
+        "watch stays). Exit status 1 when DIR is missing, is not a directory, is (or is\n"
+        "inside, or holds) a root already, or cannot be watched.\n",
         1, 1, false, cmd_watch, 0,
     },
     {
@@ -107,40 +123,52 @@ static const struct ctl_command commands[] = {
         "terminal and NO_COLOR is not set. With --json each event is printed as the raw\n"
         "JSON line.\n"
         "\n"
-        "  -n, --lines N       first print the last N past events (kept: the last 1000)\n"
+        "  -n, --lines N       first print the last N past events (kept: the last 1000,\n"
+        "                      within pyhotd's [daemon] history_bytes)\n"
         "  -e, --event TYPE    only events of TYPE (reload, batch, ...); repeatable\n"
         "  -m, --module GLOB   only events of modules matching GLOB (fnmatch(3), e.g.\n"
-        "                      'app.*'); events that name no module still show; repeatable\n"
+        "                      'app.*'); events that name no module still show;\n"
+        "                      repeatable\n"
         "\n"
-        "Ends with status 0 on Ctrl-C (SIGINT, SIGTERM) or when pyhotd stops, 2 when the\n"
-        "connection is lost (or pyhotd dropped it for reading too slowly).\n",
+        "On a terminal it first says what it follows. It waits for events as long as\n"
+        "pyhotd runs (--timeout does not apply). Ends with status 0 on Ctrl-C (SIGINT,\n"
+        "SIGTERM) or when pyhotd stops, 2 when the connection is lost (or pyhotd dropped\n"
+        "it for reading too slowly).\n",
         0, 0, false, cmd_tail, CTL_OPT_COUNT | CTL_OPT_FILTER,
     },
     {
         "history", "[N] [-e TYPE]... [-m GLOB]...", "the last N events (default 100)",
-        "Prints the last N events pyhotd kept (it keeps 1000), oldest first, as tail\n"
-        "does; N may also be given as -n N. -e and -m filter them as in tail (N counts\n"
-        "the events that pass).\n",
+        "Prints the last N events pyhotd kept (the last 1000, within its [daemon]\n"
+        "history_bytes), oldest first, as tail does; N may also be given as -n N. -e and\n"
+        "-m filter them as in tail (N counts the events that pass).\n",
         0, 1, false, cmd_history, CTL_OPT_COUNT | CTL_OPT_FILTER,
     },
     {
         "exec", "CODE", "run Python code in the daemon's interpreter",
         "Runs CODE (\"-\" reads it from stdin) in pyhotd's warm interpreter. Prints what\n"
-        "the code wrote to stdout and stderr, exactly, then the value of an expression on\n"
-        "its own line (nothing for statements). When the code raises, prints its output,\n"
-        "then the traceback on stderr, and exits with status 1.\n"
+        "the code wrote to stdout and stderr, exactly, then the value of its final\n"
+        "expression statement on its own line, as the REPL shows it (nothing when the\n"
+        "code ends with another statement, or the value is None). When the code\n"
+        "raises, prints its output, then the traceback on stderr, and exits with 1.\n"
         "Use `pyhotctl exec -- CODE` when CODE starts with '-'.\n",
         1, 1, true, cmd_exec, 0,
     },
     {
-        "run", "[OPTION]... SCRIPT|-m MODULE [ARGS...]",
-        "run a script in the warm interpreter, as python3 would",
-        "Runs SCRIPT (a file, a directory with __main__.py, or a zip app) or -m MODULE as\n"
-        "__main__ in pyhotd's warm interpreter, with sys.argv = [SCRIPT, ARGS...]. Its\n"
-        "stdout and stderr stream here as it writes them; pyhotctl exits with its exit\n"
-        "code.\n"
-        "  --set NAME=JSON  a global of the script (runpy's init_globals)\n"
-        "  --timeout S      TimeoutError in the script after S seconds; exit status 124\n"
+        "run", "[OPTIONS] SCRIPT|-|-m MODULE [ARGS...]",
+        "run a script in the warm interpreter",
+        "Runs SCRIPT (a file, a directory with __main__.py, or a zip app), the script\n"
+        "read from stdin (-), or -m MODULE as __main__ in pyhotd's warm interpreter, as\n"
+        "python3 would, with sys.argv = [SCRIPT, ARGS...]. Its stdout and stderr stream\n"
+        "here as it writes them; pyhotctl exits with its exit code (2 when SCRIPT\n"
+        "cannot be opened, as python3).\n"
+        "\n"
+        "Options (before SCRIPT):\n"
+        "  --set NAME=JSON  a global of the script (runpy's init_globals); repeatable\n"
+        "  --timeout S      the run's own limit: interrupt it with TimeoutError after S\n"
+        "                   seconds (killed, with --isolate); exit status 124\n"
+        "  --get NAME       after the output, print NAME = the value the script left in\n"
+        "                   NAME (JSON, or its repr and type); '*': every public global\n"
+        "                   that is JSON. Repeatable; names not set go to stderr\n"
         "  --isolate        run in a child forked from the warm interpreter\n"
         "  --memory MB      (--isolate) address space the child may add (RLIMIT_AS)\n"
         "  --cpu S          (--isolate) CPU seconds (RLIMIT_CPU)\n"
@@ -149,8 +177,11 @@ static const struct ctl_command commands[] = {
         "                   the script's directory, --cwd and a private TMPDIR, no\n"
         "                   privileges, no dangerous system calls ([sandbox] config)\n"
         "  --pids N         (--sandbox) processes the run may have (default 64)\n"
-        "A run ended by signal N exits 128+N; a sandbox that cannot be set up, 125.\n"
-        "See docs/run.md.\n",
+        "\n"
+        "The global --timeout (how long to wait for a response) does not apply: run\n"
+        "waits for the run's end, which only run --timeout limits. A run ended by\n"
+        "signal N exits 128+N; a sandbox that cannot be set up, 125. See\n"
+        "docs/run.md.\n",
         1, -1, true, cmd_run, CTL_OPT_RAW,
     },
     {
@@ -158,7 +189,8 @@ static const struct ctl_command commands[] = {
         "Reads Python lines (with line editing and history in ~/.pyhot_history) and runs\n"
         "each complete input in the daemon's __main__ namespace, as the interactive\n"
         "interpreter does: \"... \" asks for more lines, expression values are echoed,\n"
-        "tracebacks are shown. Ctrl-D leaves.\n",
+        "tracebacks are shown. Ctrl-C interrupts the running statement (it gets\n"
+        "KeyboardInterrupt) or drops the line being typed; Ctrl-D leaves.\n",
         0, 0, false, cmd_repl, 0,
     },
     {
@@ -178,6 +210,9 @@ static const struct ctl_command *find_command(const char *name) {
     return NULL;
 }
 
+/* The synopsis column of the command list in `pyhotctl --help`. */
+#define USAGE_SYNOPSIS_WIDTH 22
+
 static void usage(FILE *out) {
     char path[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
 
@@ -187,19 +222,17 @@ static void usage(FILE *out) {
             "Talks to a running pyhotd over its control socket.\n"
             "\n"
             "Commands:\n");
-    int width = 0;
-
+    /* As git and systemctl: the synopsis, and its summary in a column; a synopsis too
+     * long for the column goes on a line of its own (80 columns in all). */
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         int w = (int)(strlen(commands[i].name) + 1 + strlen(commands[i].args));
 
-        if (w > width)
-            width = w;
-    }
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-        char head[96];
-
-        snprintf(head, sizeof(head), "%s %s", commands[i].name, commands[i].args);
-        fprintf(out, "  %-*s  %s\n", width, head, commands[i].summary);
+        fprintf(out, "  %s %s", commands[i].name, commands[i].args);
+        if (w > USAGE_SYNOPSIS_WIDTH)
+            fprintf(out, "\n%*s", USAGE_SYNOPSIS_WIDTH + 2, "");
+        else
+            fprintf(out, "%*s", USAGE_SYNOPSIS_WIDTH - w, "");
+        fprintf(out, "  %s\n", commands[i].summary);
     }
     fprintf(out,
             "\n"
@@ -211,7 +244,9 @@ static void usage(FILE *out) {
         fprintf(out, "                       (here: %s)\n", path);
     fprintf(out,
             "  -j, --json           print the raw response line (tail: each event line)\n"
-            "  -t, --timeout SECS   wait at most SECS for a response (default %d, 0: no limit)\n"
+            "  -t, --timeout SECS   wait at most SECS for a response (default %d, 0: no\n"
+            "                       limit); not for run and tail, which wait for their end\n"
+            "                       (run --timeout limits a run)\n"
             "  -h, --help           this help; `pyhotctl COMMAND --help` for one command\n"
             "      --version        print the version\n"
             "\n"

@@ -89,8 +89,12 @@ struct ctl_command {
     unsigned options;           /* CTL_OPT_* it takes */
 };
 
-/* A stop signal (tail) arrived; read_line returns WAIT_INTERRUPTED. */
+/* A stop signal (tail) or Ctrl-C (repl) arrived; read_line returns -EINTR and
+ * ctl_wait_response WAIT_INTERRUPTED. */
 extern volatile sig_atomic_t got_stop_signal;
+
+/* The handler of those signals: it only sets got_stop_signal; read_line sees it. */
+void on_stop_signal(int sig);
 
 /* "pyhotctl: message" on stderr. */
 void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -127,7 +131,8 @@ void put_value(FILE *out, json_t *v);
 /* "[a, b, c]" of an array (strings as themselves); "[]" when empty or not an array. */
 void put_list(FILE *out, json_t *list);
 
-/* A result word (ok, error, rolled_back, skipped), coloured on a terminal. */
+/* A result word (ok, error, rolled_back, skipped; a plugin's loaded, reloaded, removed),
+ * coloured on a terminal. */
 void put_result(const struct ctl *ctl, FILE *out, const char *result);
 
 /* " TYPE: MESSAGE (FILE:LINE)" of an error object. */
@@ -150,8 +155,13 @@ void print_event(const struct ctl *ctl, FILE *out, json_t *ev);
 /* Connects to ctl->socket_path. Returns 0, or -1 after a message. */
 int ctl_connect(struct ctl *ctl);
 
-/* Sends {"id": 1, "cmd": cmd, ...args}. Returns 0 or an exit status. */
+/* Sends {"id": 1, "cmd": cmd, ...args}: the request whose response ctl_wait_response
+ * waits for. Returns 0 or an exit status. */
 int ctl_send(struct ctl *ctl, const char *cmd, json_t *args);
+
+/* The same with another id: a request whose response is not waited for (the repl's
+ * interrupt). */
+int ctl_send_id(struct ctl *ctl, int id, const char *cmd, json_t *args);
 
 /*
  * The next line from the daemon, without its "\n" (NUL-terminated in place; valid until
@@ -210,12 +220,21 @@ int cmd_status(struct ctl *ctl, int argc, char **argv);
 int cmd_hello(struct ctl *ctl, int argc, char **argv);
 int cmd_stats(struct ctl *ctl, int argc, char **argv);
 int cmd_stop(struct ctl *ctl, int argc, char **argv);
+int cmd_metrics(struct ctl *ctl, int argc, char **argv);
+
+/* ---- verbs: pyhotctl_plugins.c ---- */
+
+int cmd_plugins(struct ctl *ctl, int argc, char **argv);
 
 /* ---- verbs: pyhotctl_python.c ---- */
 
 int cmd_modules(struct ctl *ctl, int argc, char **argv);
 int cmd_reload(struct ctl *ctl, int argc, char **argv);
 int cmd_exec(struct ctl *ctl, int argc, char **argv);
+
+/* All of stdin (exec -, run -), up to PROTOCOL_MAX_LINE bytes, malloc'd, *len bytes. NULL
+ * after a message. */
+char *read_stdin(size_t *len);
 
 /* ---- verbs: pyhotctl_repl.c ---- */
 

@@ -22,6 +22,11 @@
 
 volatile sig_atomic_t got_stop_signal;
 
+void on_stop_signal(int sig) {
+    (void)sig;
+    got_stop_signal = 1;
+}
+
 /* "pyhotctl: message" on stderr. */
 void fail(const char *fmt, ...) {
     va_list ap;
@@ -124,11 +129,12 @@ void put_result(const struct ctl *ctl, FILE *out, const char *result) {
     if (result == NULL)
         result = "?";
     if (ctl->color) {
-        if (strcmp(result, "ok") == 0)
+        if (strcmp(result, "ok") == 0 || strcmp(result, "loaded") == 0 ||
+            strcmp(result, "reloaded") == 0)
             color = COLOR_GREEN;
         else if (strcmp(result, "error") == 0 || strcmp(result, "rolled_back") == 0)
             color = COLOR_RED;
-        else if (strcmp(result, "skipped") == 0)
+        else if (strcmp(result, "skipped") == 0 || strcmp(result, "removed") == 0)
             color = COLOR_DIM;
     }
     if (color != NULL)
@@ -359,6 +365,17 @@ void print_event(const struct ctl *ctl, FILE *out, json_t *ev) {
         put_value(out, json_object_get(ev, "message"));
     } else if (strcmp(name, "run") == 0) {
         print_run(out, ev);
+    } else if (strcmp(name, "plugin") == 0) {
+        /* A plugin file loaded, run again, failed or removed (docs/plugins.md). */
+        fputs(" plugin ", out);
+        put_value(out, json_object_get(ev, "name"));
+        fputc(' ', out);
+        put_result(ctl, out, jstr(ev, "result"));
+        put_ms(out, " ", ev, "duration_ms");
+        if (json_is_object(json_object_get(ev, "error"))) {
+            fputc(':', out);
+            put_error_summary(out, json_object_get(ev, "error"));
+        }
     } else if (strcmp(name, "watch_error") == 0) {
         fputs(" watch_error ", out);
         put_value(out, json_object_get(ev, "root"));
@@ -429,8 +446,12 @@ static int write_all(int fd, const char *buf, size_t len) {
 }
 
 int ctl_send(struct ctl *ctl, const char *cmd, json_t *args) {
+    return ctl_send_id(ctl, REQUEST_ID, cmd, args);
+}
+
+int ctl_send_id(struct ctl *ctl, int id, const char *cmd, json_t *args) {
     size_t len;
-    char *line = protocol_encode_request(REQUEST_ID, cmd, args, &len);
+    char *line = protocol_encode_request(id, cmd, args, &len);
     int r;
 
     if (line == NULL) {
@@ -646,7 +667,9 @@ int report_error(json_t *resp) {
     fputs(": ", stderr);
     put_clean(stderr, message != NULL ? message : "(no message)");
     fputc('\n', stderr);
-    if (json_is_string(tb) && json_string_length(tb) > 0) {
+    /* A traceback of one line ("Type: message") only says the message again. */
+    if (json_is_string(tb) && json_string_length(tb) > 0 &&
+        strchr(json_string_value(tb), '\n') != json_string_value(tb) + json_string_length(tb) - 1) {
         put_exact(stderr, tb);
         if (!ends_with_newline(tb))
             fputc('\n', stderr);

@@ -9,11 +9,6 @@
 
 #include "pyhotctl.h"
 
-/* A signal handler only sets a flag; read_line sees it. */
-static void on_stop_signal(int sig) {
-    got_stop_signal = 1;
-}
-
 /*
  * The arguments of subscribe and history from -e, -m and -n: {"events": [...], "modules":
  * [...], count_key: N}, each only when given. NULL after a message (out of memory).
@@ -38,6 +33,42 @@ static json_t *filter_args(const struct ctl *ctl, const char *count_key) {
         return NULL;
     }
     return args;
+}
+
+/* The items of list (an array of strings), comma-separated. */
+static void put_items(FILE *out, json_t *list) {
+    size_t i;
+    json_t *item;
+
+    json_array_foreach(list, i, item) {
+        fputs(i > 0 ? ", " : "", out);
+        put_clean(out, json_string_value(item));
+    }
+}
+
+/* On a terminal, before the first event: what tail follows, and how it ends. */
+static void put_following(const struct ctl *ctl, FILE *out) {
+    if (ctl->color)
+        fputs(COLOR_DIM, out);
+    fputs("following ", out);
+    if (ctl->events != NULL) {
+        put_items(out, ctl->events);
+        fputs(" events", out);
+    } else {
+        fputs("every event", out);
+    }
+    if (ctl->modules != NULL) {
+        fputs(" (of modules ", out);
+        put_items(out, ctl->modules);
+        fputs(")", out);
+    }
+    fputs(" of pyhotd on ", out);
+    put_clean(out, ctl->socket_path);
+    fputs("; Ctrl-C ends", out);
+    if (ctl->color)
+        fputs(COLOR_RESET, out);
+    fputc('\n', out);
+    fflush(out);
 }
 
 /* Sends subscribe and prints events until the daemon closes or a stop signal. */
@@ -82,6 +113,8 @@ int cmd_tail(struct ctl *ctl, int argc, char **argv) {
         return EXIT_FAILED;
     }
     json_decref(resp);
+    if (!ctl->json && isatty(STDOUT_FILENO))
+        put_following(ctl, stdout);
 
     for (;;) {
         r = read_line(ctl, -1, &line, &len);

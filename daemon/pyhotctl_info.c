@@ -59,7 +59,7 @@ static void status_count(json_t *result, const char *key, const char *label) {
 }
 
 int cmd_status(struct ctl *ctl, int argc, char **argv) {
-    json_t *resp, *result, *roots, *root, *reloads, *last, *job;
+    json_t *resp, *result, *roots, *root, *reloads, *last, *job, *entry;
     long long n;
     double ms;
     size_t i;
@@ -103,6 +103,26 @@ int cmd_status(struct ctl *ctl, int argc, char **argv) {
             if (jstr(root, "state") != NULL) {
                 fputs(" (", stdout);
                 put_clean(stdout, jstr(root, "state"));
+                if (jstr(root, "watched_by") != NULL) {
+                    fputs(", ", stdout);
+                    put_clean(stdout, jstr(root, "watched_by"));
+                    if (jstr(root, "why") != NULL && jstr(root, "why")[0] != '\0') {
+                        fputs(": ", stdout);
+                        put_clean(stdout, jstr(root, "why"));
+                    }
+                }
+                fputc(')', stdout);
+            }
+            json_t *tree;
+            size_t k;
+            json_array_foreach(json_object_get(root, "polled"), k, tree) {
+                fputc('\n', stdout);
+                status_key("");
+                fputs("  polled: ", stdout);
+                put_value(stdout, json_object_get(tree, "path"));
+                fputs(" (", stdout);
+                put_clean(stdout, jstr(tree, "error") != NULL ? jstr(tree, "error")
+                                                              : jstr(tree, "why"));
                 fputc(')', stdout);
             }
         } else {
@@ -113,6 +133,20 @@ int cmd_status(struct ctl *ctl, int argc, char **argv) {
 
     status_count(result, "watched_dirs", "watched dirs:");
     status_count(result, "modules_loaded", "modules loaded:");
+
+    entry = json_object_get(result, "entry");
+    if (json_is_object(entry)) {
+        /* The app: "app:main running", or why it is not ("failed: OSError: ..."). */
+        status_key("entry:");
+        put_clean(stdout, jstr(entry, "name"));
+        fputc(' ', stdout);
+        put_result(ctl, stdout, jstr(entry, "state"));
+        if (json_is_object(json_object_get(entry, "error"))) {
+            fputc(':', stdout);
+            put_error_summary(stdout, json_object_get(entry, "error"));
+        }
+        fputc('\n', stdout);
+    }
 
     reloads = json_object_get(result, "reloads");
     status_key("reloads:");
@@ -403,4 +437,22 @@ int cmd_stop(struct ctl *ctl, int argc, char **argv) {
         printf("pyhotd stopping\n");
     json_decref(resp);
     return r;
+}
+
+int cmd_metrics(struct ctl *ctl, int argc, char **argv) {
+    json_t *resp, *text;
+    int r;
+
+    (void)argc;
+    (void)argv;
+    r = ctl_call(ctl, "metrics", NULL, &resp, false);
+    if (r != EXIT_OK || ctl->json) {
+        json_decref(resp);
+        return r;
+    }
+    text = json_object_get(json_object_get(resp, "result"), "text");
+    if (json_is_string(text))
+        fwrite(json_string_value(text), 1, json_string_length(text), stdout);
+    json_decref(resp);
+    return EXIT_OK;
 }

@@ -148,8 +148,7 @@ int cmd_reload(struct ctl *ctl, int argc, char **argv) {
     return r;
 }
 
-/* All of stdin, up to PROTOCOL_MAX_LINE bytes. NULL after a message. */
-static char *read_stdin(size_t *len) {
+char *read_stdin(size_t *len) {
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap), *p;
     ssize_t r;
@@ -160,7 +159,7 @@ static char *read_stdin(size_t *len) {
             return NULL;
         }
         if (n > PROTOCOL_MAX_LINE) {
-            fail("code on stdin exceeds %d bytes", PROTOCOL_MAX_LINE);
+            fail("stdin exceeds %d bytes (a request line's limit)", PROTOCOL_MAX_LINE);
             free(buf);
             return NULL;
         }

@@ -1,4 +1,5 @@
 /* pyhotctl: repl, a console into the daemon's interpreter (libedit, dlopen'ed). */
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,14 +76,47 @@ static char *repl_read(const struct editline *el, const char *prompt) {
     return line;
 }
 
+/* Id of the interrupt request the repl sends on Ctrl-C; its response is not waited for. */
+#define INTERRUPT_ID 2
+
+/*
+ * Waits for the response to the repl input just sent. Ctrl-C meanwhile asks pyhotd to
+ * interrupt the statement (the interrupt command): it gets KeyboardInterrupt where it
+ * runs, as in python3, and the response then carries its traceback.
+ */
+static int repl_wait(struct ctl *ctl, const sigset_t *sigint, json_t **resp) {
+    int r;
+
+    ctl->stop_signals = sigint;
+    for (;;) {
+        r = ctl_wait_response(ctl, resp, NULL);
+        if (r != WAIT_INTERRUPTED)
+            break;
+        got_stop_signal = 0;
+        r = ctl_send_id(ctl, INTERRUPT_ID, "interrupt", NULL);
+        if (r != EXIT_OK)
+            break;
+    }
+    ctl->stop_signals = NULL;
+    return r;
+}
+
 int cmd_repl(struct ctl *ctl, int argc, char **argv) {
     struct editline editline_api, *el = editline_load(&editline_api) ? &editline_api : NULL;
     char *source = NULL, *hist = history_path();
     size_t source_len = 0;
+    struct sigaction sa = { .sa_handler = on_stop_signal };
+    sigset_t sigint;
     int r;
 
     (void)argc;
     (void)argv;
+    /* Ctrl-C only sets a flag: while a statement runs it interrupts the statement, at the
+     * prompt it drops the line being typed; it never ends the console (Ctrl-D does). */
+    sigemptyset(&sigint);
+    sigaddset(&sigint, SIGINT);
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
     if (ctl_connect(ctl) < 0) {
         free(hist);
         return EXIT_USAGE;
@@ -96,13 +130,24 @@ int cmd_repl(struct ctl *ctl, int argc, char **argv) {
             el->read_history(hist);
     }
     if (isatty(STDIN_FILENO))
-        printf("pyhotd's interpreter; Ctrl-D leaves.\n");
+        printf("pyhotd's interpreter; Ctrl-C interrupts a statement, Ctrl-D leaves.\n");
     for (;;) {
         char *line = repl_read(el, source == NULL ? ">>> " : "... ");
         json_t *args, *resp, *result;
         char *grown;
         size_t n;
 
+        if (got_stop_signal) {
+            /* Ctrl-C at the prompt: python3 says KeyboardInterrupt and prompts afresh. */
+            got_stop_signal = 0;
+            clearerr(stdin);
+            free(line);
+            fputs("\nKeyboardInterrupt\n", stdout);
+            free(source);
+            source = NULL;
+            source_len = 0;
+            continue;
+        }
         if (line == NULL) {
             fputc('\n', stdout);
             r = EXIT_OK;
@@ -137,7 +182,7 @@ int cmd_repl(struct ctl *ctl, int argc, char **argv) {
         json_decref(args);
         if (r != EXIT_OK)
             break;
-        r = ctl_wait_response(ctl, &resp, NULL);
+        r = repl_wait(ctl, &sigint, &resp);
         if (r != EXIT_OK)
             break;
         if (!json_is_true(json_object_get(resp, "ok"))) {

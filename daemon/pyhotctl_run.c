@@ -75,10 +75,12 @@ struct run_options {
     long long timeout_ms, memory_mb, cpu_s;
     long long pids;  /* -1: not given */
     json_t *globals; /* --set NAME=JSON, an object */
+    json_t *get;     /* --get NAME..., an array, or NULL */
     json_t *argv;    /* ARGS after SCRIPT or -m MODULE, an array */
 };
 
-enum { RUN_ISOLATE = 256, RUN_TIMEOUT, RUN_MEMORY, RUN_CPU, RUN_CWD, RUN_SET, RUN_SANDBOX, RUN_PIDS };
+enum { RUN_ISOLATE = 256, RUN_TIMEOUT, RUN_MEMORY, RUN_CPU, RUN_CWD, RUN_SET, RUN_GET, RUN_SANDBOX,
+       RUN_PIDS };
 
 static const struct option run_long_options[] = {
     { "isolate", no_argument, NULL, RUN_ISOLATE },
@@ -89,6 +91,7 @@ static const struct option run_long_options[] = {
     { "cpu", required_argument, NULL, RUN_CPU },
     { "cwd", required_argument, NULL, RUN_CWD },
     { "set", required_argument, NULL, RUN_SET },
+    { "get", required_argument, NULL, RUN_GET },
     { NULL, 0, NULL, 0 },
 };
 
@@ -118,6 +121,12 @@ static int run_option(int c, int argc, char **argv, struct run_options *o) {
         return 0;
     case RUN_SET:
         return add_global(o->globals, optarg);
+    case RUN_GET:
+        if (optarg[0] == '\0') {
+            fail("--get: empty name");
+            return -EINVAL;
+        }
+        return append_arg(&o->get, optarg, "--get name");
     case ':':
         if (optopt == 'm')
             fail("-m needs a module name");
@@ -158,32 +167,51 @@ static int parse_run(int argc, char **argv, struct run_options *o) {
     return 0;
 }
 
-/* path made absolute: its realpath, or (when it does not exist) joined to the current
- * directory, so that the daemon's error names the path the user meant. Caller frees. */
-static char *absolute_path(const char *path) {
-    char *real = realpath(path, NULL);
-    char buf[PATH_MAX];
+/* The script to run into args: "source" (the text on stdin) for "-", as python3 -; else
+ * "path", made absolute. A script that cannot be opened is reported once, as python3
+ * reports it. Returns 0, or -1 after a message. */
+static int run_script(const char *script, json_t *args) {
+    if (strcmp(script, "-") == 0) {
+        size_t len;
+        char *text = read_stdin(&len);
 
-    if (real == NULL && path[0] != '/' && getcwd(buf, sizeof(buf)) != NULL) {
-        size_t n = strlen(buf);
-
-        real = malloc(n + strlen(path) + 2);
-        if (real != NULL)
-            sprintf(real, "%s/%s", buf, path);
+        if (text == NULL)
+            return -1;
+        json_object_set_new(args, "source", json_stringn(text, len));
+        free(text);
+        if (json_object_get(args, "source") == NULL) {
+            fail("run: the script on stdin is not valid UTF-8");
+            return -1;
+        }
+        return 0;
     }
-    return real != NULL ? real : strdup(path);
+    char *real = realpath(script, NULL);
+
+    if (real == NULL) {
+        char cwd[PATH_MAX] = "";
+        int e = errno;
+
+        if (script[0] != '/' && getcwd(cwd, sizeof(cwd) - 1) != NULL)
+            strcat(cwd, "/");
+        fail("run: can't open file '%s%s': [Errno %d] %s", cwd, script, e, strerror(e));
+        return -1;
+    }
+    json_object_set_new(args, "path", json_string(real));
+    free(real);
+    return 0;
 }
 
-/* The run request's arguments (docs/protocol.md, "run"), a new object. */
+/* The run request's arguments (docs/protocol.md, "run"), a new object; NULL after a
+ * message. */
 static json_t *run_request(const struct run_options *o) {
     json_t *args = json_object();
     char buf[PATH_MAX];
 
     if (o->script != NULL) {
-        char *path = absolute_path(o->script);
-
-        json_object_set_new(args, "path", json_string(path != NULL ? path : o->script));
-        free(path);
+        if (run_script(o->script, args) < 0) {
+            json_decref(args);
+            return NULL;
+        }
     } else {
         json_object_set_new(args, "module", json_string(o->module));
     }
@@ -199,6 +227,8 @@ static json_t *run_request(const struct run_options *o) {
     json_object_set(args, "argv", o->argv);
     if (json_object_size(o->globals) > 0)
         json_object_set(args, "globals", o->globals);
+    if (o->get != NULL)
+        json_object_set(args, "get", o->get);
     if (o->timeout_ms > 0)
         json_object_set_new(args, "timeout_ms", json_integer(o->timeout_ms));
     if (o->isolate)
@@ -212,6 +242,45 @@ static json_t *run_request(const struct run_options *o) {
     if (o->cpu_s > 0)
         json_object_set_new(args, "cpu_s", json_integer(o->cpu_s));
     return args;
+}
+
+/* Whether v is the form of a value that is not JSON by nature: {"repr", "type"} and maybe
+ * "truncated" (docs/run.md). */
+static bool is_repr(json_t *v) {
+    size_t n = json_object_size(v);
+
+    return json_is_string(json_object_get(v, "repr")) && json_is_string(json_object_get(v, "type")) &&
+           (n == 2 || (n == 3 && json_is_true(json_object_get(v, "truncated"))));
+}
+
+/* After the output: "NAME = value" for each value of --get (JSON compact, or a repr and its
+ * type), then the names the script did not set, on stderr. */
+static void print_globals(json_t *result) {
+    const char *name;
+    json_t *value, *names = json_object_get(result, "missing");
+    size_t i;
+
+    json_object_foreach(json_object_get(result, "globals"), name, value) {
+        put_clean(stdout, name);
+        fputs(" = ", stdout);
+        if (is_repr(value)) {
+            put_exact(stdout, json_object_get(value, "repr"));
+            fputs(json_is_true(json_object_get(value, "truncated")) ? "...    (" : "    (", stdout);
+            put_clean(stdout, jstr(value, "type"));
+            fputs(json_is_true(json_object_get(value, "truncated")) ? ", repr truncated)\n" : ")\n", stdout);
+        } else {
+            char *text = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
+
+            fputs(text != NULL ? text : "?", stdout);
+            fputc('\n', stdout);
+            free(text);
+        }
+    }
+    fflush(stdout);
+    json_array_foreach(names, i, value)
+        fail("run: %s: not set by the script", json_string_value(value));
+    json_array_foreach(json_object_get(result, "omitted"), i, value)
+        fail("run: %s: left out (the values before it reached 8 MiB)", json_string_value(value));
 }
 
 /*
@@ -243,6 +312,8 @@ static int run_line(const struct ctl *ctl, const char *line, size_t len) {
     } else if (!is_event(msg) && is_our_response(msg)) {
         if (json_is_true(json_object_get(msg, "ok"))) {
             r = run_status(json_object_get(msg, "result"));
+            if (!ctl->json)
+                print_globals(json_object_get(msg, "result"));
         } else {
             if (!ctl->json)
                 report_error(msg);
@@ -262,7 +333,7 @@ int cmd_run(struct ctl *ctl, int argc, char **argv) {
     if (parse_run(argc, argv, &o) < 0)
         goto out;
     args = run_request(&o);
-    if (ctl_connect(ctl) < 0)
+    if (args == NULL || ctl_connect(ctl) < 0)
         goto out;
     r = ctl_send(ctl, "run", args);
     if (r != EXIT_OK)
@@ -280,6 +351,7 @@ int cmd_run(struct ctl *ctl, int argc, char **argv) {
 out:
     json_decref(args);
     json_decref(o.globals);
+    json_decref(o.get);
     json_decref(o.argv);
     return r;
 }

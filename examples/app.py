@@ -32,7 +32,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main():
-    server = http.server.ThreadingHTTPServer((HOST, PORT), Handler)
+    try:
+        server = http.server.ThreadingHTTPServer((HOST, PORT), Handler)
+    except OSError as exc:
+        raise OSError(f"cannot serve on {HOST}:{PORT}: {exc.strerror}; choose another port "
+                      f"with PYHOT_DEMO_PORT (make demo PYHOT_DEMO_PORT=8080)") from exc
     print(f"demo app: serving http://{HOST}:{PORT}/ (edit examples/handlers.py)", flush=True)
     server.serve_forever()
 

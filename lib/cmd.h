@@ -28,6 +28,10 @@ struct command_state {
 /* cmd_info.c: frees the status cache. */
 void cmd_info_free(struct command_state *state);
 
+/* cmd_python.c: client left: its exec and repl statements are interrupted (the running
+ * one gets KeyboardInterrupt) or dropped (queued ones). */
+void cmd_python_client_gone(struct server *server, uint64_t client);
+
 /* cmd_runs.c: runs started and not ended. */
 size_t cmd_runs_active(struct server *server);
 

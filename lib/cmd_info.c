@@ -32,6 +32,20 @@ static const char *root_state_name(enum watch_root_state state) {
     return state == WATCH_ROOT_WATCHING ? "watching" : "failed";
 }
 
+/* The mounts inside root i that are polled beside inotify: [{"path", "why", "error"?}]. */
+static json_t *polled_trees(struct watch *w, size_t i) {
+    json_t *polled = json_array();
+    for (size_t k = 0; k < watch_root_polled_count(w, i); k++) {
+        const char *why = NULL, *problem = NULL;
+        const char *top = watch_root_polled(w, i, k, &why, &problem);
+        json_t *tree = json_pack("{s:s, s:s}", "path", top, "why", why);
+        if (problem)
+            json_object_set_new(tree, "error", json_string(problem));
+        json_array_append_new(polled, tree);
+    }
+    return polled;
+}
+
 static json_t *watch_status(struct server *server, json_t *roots) {
     struct watch *w = server->watch;
     for (size_t i = 0; i < watch_root_count(w); i++) {
@@ -40,7 +54,11 @@ static json_t *watch_status(struct server *server, json_t *roots) {
         if (!path)
             continue; /* removed by unwatch or a configuration reload */
         enum watch_root_state state = watch_root_state(w, i, &message);
-        json_t *root = json_pack("{s:s, s:s}", "path", path, "state", root_state_name(state));
+        const char *why = NULL;
+        const char *method = watch_root_method(w, i, &why);
+        json_t *root = json_pack("{s:s, s:s, s:s, s:s, s:o}", "path", path, "state",
+                                 root_state_name(state), "watched_by", method, "why",
+                                 why ? why : "", "polled", polled_trees(w, i));
         if (state != WATCH_ROOT_WATCHING) {
             json_object_set_new(root, "error", json_string(message ? message : "not watched"));
             json_object_set_new(root, "lost", json_boolean(state == WATCH_ROOT_LOST));
@@ -56,7 +74,8 @@ static json_t *watch_status(struct server *server, json_t *roots) {
         json_array_append_new(held, json_string("vcs"));
     if (stats.holds & WATCH_HOLD_BUSY)
         json_array_append_new(held, json_string("busy"));
-    return json_pack("{s:s, s:I, s:I, s:I, s:b, s:o, s:o, s:b, s:I, s:f}",
+    return json_pack("{s:s, s:I, s:I, s:I, s:b, s:o, s:o, s:b, s:I, s:f, s:I, s:{s:I, s:I, "
+                     "s:I, s:I, s:I}}",
                      "backend", stats.backend,
                      "watched_dirs", (json_int_t)stats.dirs,
                      "rescans", (json_int_t)stats.rescans,
@@ -66,7 +85,14 @@ static json_t *watch_status(struct server *server, json_t *roots) {
                      "vcs_lock", stats.vcs_lock ? json_string(stats.vcs_lock) : json_null(),
                      "follow_symlinks", server->config->follow_symlinks,
                      "defer_vcs_ms", (json_int_t)server->config->defer_vcs_ms,
-                     "setup_ms", (double)stats.setup_ns / 1e6);
+                     "setup_ms", (double)stats.setup_ns / 1e6,
+                     "fast_batches", (json_int_t)stats.fast_batches,
+                     "poll",
+                     "interval_ms", (json_int_t)stats.poll_interval_ms,
+                     "dirs", (json_int_t)stats.polled_dirs,
+                     "files", (json_int_t)stats.polled_files,
+                     "loaded_files", (json_int_t)stats.polled_loaded,
+                     "cycles", (json_int_t)stats.poll_cycles);
 }
 
 /* The status command's result (new reference; docs/protocol.md, "status"). */
@@ -114,6 +140,7 @@ static json_t *status_result(struct server *server) {
                                       "sandboxed", (json_int_t)n->runs_ended.sandboxed,
                                       "failed", (json_int_t)n->runs_ended.failed,
                                       "timed_out", (json_int_t)n->runs_ended.timed_out));
+        json_object_set(status, "entry", server->entry ? server->entry : json_null());
     }
     return status;
 }

@@ -1,8 +1,10 @@
-/* The interpreter: modules, reload, exec, repl (docs/protocol.md). Each is one job on the
+/* The interpreter: modules, reload, exec, repl, interrupt (docs/protocol.md). Each is one job on the
  * python thread; the reply follows the job. */
 #include <string.h>
 
+#include "cmd.h"
 #include "commands.h"
+#include "log.h"
 #include "protocol.h"
 #include "server.h"
 
@@ -31,6 +33,42 @@ void cmd_exec(struct server *server, uint64_t client, const struct protocol_requ
 void cmd_repl(struct server *server, uint64_t client, const struct protocol_request *req) {
     submit_for_request(server, client, req->id, PY_JOB_REPL,
                        json_pack("{s:s}", "source", command_string(req, "source")));
+}
+
+/* Whether job is an exec or repl statement of the client *arg. */
+static bool is_statement_of(const struct py_job *job, void *arg) {
+    const struct server_call *call = job->data;
+    return job->done == server_reply_job_done &&
+           (job->kind == PY_JOB_EXEC || job->kind == PY_JOB_REPL) &&
+           call->client == *(const uint64_t *)arg;
+}
+
+/* Interrupts client's statements (py_host_cancel): the running one gets KeyboardInterrupt
+ * and replies when its code returns; queued ones reply interrupted at once. */
+static size_t interrupt_statements(struct server *server, uint64_t client, bool gone) {
+    if (!server->host)
+        return 0;
+    return py_host_cancel(server->host, is_statement_of, &client,
+                          gone ? PY_INTERRUPT_GONE : PY_INTERRUPT_CLIENT,
+                          gone ? "the client disconnected" : "interrupted before it started");
+}
+
+void cmd_interrupt(struct server *server, uint64_t client, const struct protocol_request *req) {
+    if (!server->host) {
+        server_reply_error(server, client, req->id, PROTOCOL_E_SHUTTING_DOWN, "pyhotd is stopping",
+                           NULL);
+        return;
+    }
+    size_t n = interrupt_statements(server, client, false);
+    server_reply_ok(server, client, req->id, json_pack("{s:I}", "interrupted", (json_int_t)n));
+}
+
+void cmd_python_client_gone(struct server *server, uint64_t client) {
+    /* No one waits for its statements any more. */
+    size_t n = interrupt_statements(server, client, true);
+    if (n > 0)
+        log_info("client %llu disconnected: %zu of its exec and repl statements interrupted or "
+                 "dropped", (unsigned long long)client, n);
 }
 
 /* A reload request waiting for its job: its batch id. */

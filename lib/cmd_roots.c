@@ -160,7 +160,10 @@ void cmd_watch(struct server *server, uint64_t client, const struct protocol_req
             watch_remove_root(server->watch, real, ignored, sizeof(ignored));
             server_reply_error(server, client, req->id, PROTOCOL_E_WATCH_FAILED, err, NULL);
         } else {
-            log_info("watching %s (the watch command)", real);
+            char how[PATH_MAX + 160];
+            log_info("watching %s (the watch command) with %s", real,
+                     watch_root_describe(server->watch, watch_root_count(server->watch) - 1,
+                                         how, sizeof(how)));
             submit_root_job(server, client, req->id, true, real);
         }
     }

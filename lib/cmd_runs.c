@@ -17,6 +17,9 @@
 
 #define ERR_LEN 512
 
+/* run's "get": at most this many names. */
+#define GET_NAMES_MAX 1000
+
 /* A run until its end message: who gets its stream and its end. */
 struct run_entry {
     uint64_t run_id;
@@ -28,6 +31,7 @@ struct run_entry {
     uid_t peer_uid;  /* who asked for it (SO_PEERCRED), for the run event */
     pid_t peer_pid;
     char *target;    /* "path" or "module", for the run event */
+    json_t *get;       /* the names of "get", or NULL */
     struct run_entry *next;
 };
 
@@ -54,6 +58,7 @@ static void run_entry_free(struct run_entry *e) {
         return;
     json_decref(e->id);
     free(e->target);
+    json_decref(e->get);
     free(e);
 }
 
@@ -115,12 +120,48 @@ static void run_ended(struct server *server, const struct run_entry *entry, json
     events_publish(server->events, "run", event);
 }
 
+/* A run's end into the counters (metrics): how it ended, and its duration. */
+static void count_run(struct server *server, json_t *result) {
+    struct metrics_run_results *runs = &server->counters.runs;
+    json_t *signal = json_object_get(result, "signal");
+    if (json_is_true(json_object_get(result, "timed_out")))
+        runs->timeout++;
+    else if (json_is_integer(signal) && json_integer_value(signal) > 0)
+        runs->signal++;
+    else if (json_integer_value(json_object_get(result, "exit_code")) == 0 &&
+             json_is_integer(json_object_get(result, "exit_code")))
+        runs->ok++;
+    else
+        runs->error++;
+    histogram_add(&server->counters.run_ms, json_number_value(json_object_get(result, "duration_ms")));
+}
+
+/* An isolated child that sent no values (a signal or its timeout ended it): every name of
+ * "get" is missing, as the result of a run with "get" always says. */
+static void complete_globals(struct run_entry *entry, json_t *result) {
+    if (!entry->get || json_object_get(result, "globals"))
+        return;
+    json_t *missing = json_array();
+    size_t i;
+    json_t *name;
+    json_array_foreach(entry->get, i, name)
+        if (strcmp(json_string_value(name), "*") != 0)
+            json_array_append(missing, name);
+    json_object_set_new(result, "globals", json_object());
+    json_object_set_new(result, "missing", missing);
+}
+
 static void on_run_message(uint64_t run_id, json_t *msg, void *data) {
     struct server *server = data;
     bool end = json_is_true(json_object_get(msg, "end"));
     struct run_entry *entry = run_find(server->commands, run_id, end);
-    if (end && entry)
-        run_ended(server, entry, json_object_get(msg, "result"));
+    if (end && json_is_object(json_object_get(msg, "result"))) {
+        if (entry)
+            run_ended(server, entry, json_object_get(msg, "result"));
+        count_run(server, json_object_get(msg, "result"));
+        if (entry)
+            complete_globals(entry, json_object_get(msg, "result"));
+    }
     if (entry && entry->client && server->control) {
         if (end)
             server_reply_ok(server, entry->client, entry->id,
@@ -147,8 +188,10 @@ static void on_run_job_done(struct py_job *job, void *data) {
         int pid = (int)json_integer_value(json_object_get(job->output, "pid"));
         int out_fd = (int)json_integer_value(json_object_get(job->output, "stdout_fd"));
         int err_fd = (int)json_integer_value(json_object_get(job->output, "stderr_fd"));
-        if (run_channel_watch_child(run_id, pid, out_fd, err_fd, entry ? entry->timeout_ms : 0, err,
-                               sizeof(err)) < 0) {
+        json_t *globals_fd = json_object_get(job->output, "globals_fd");
+        if (run_channel_watch_child(run_id, pid, out_fd, err_fd,
+                                    json_is_integer(globals_fd) ? (int)json_integer_value(globals_fd) : -1,
+                                    entry ? entry->timeout_ms : 0, err, sizeof(err)) < 0) {
             log_warn("%s", err);
             run_fail(server, run_id, err, NULL);
         } else if (entry && !entry->client) {
@@ -198,6 +241,7 @@ static void start_run(struct server *server, json_t *input, uint64_t client, jso
     entry->target = strdup(target ? target : json_string_value(json_object_get(input, "module")) ?: "");
     if (entry->sandbox)
         json_object_set_new(input, "sandbox", sandbox_settings(server->config, json_object_get(input, "pids")));
+    entry->get = json_incref(json_object_get(input, "get"));
     json_object_set_new(input, "run_id", json_integer((json_int_t)entry->run_id));
     entry->next = state->runs;
     state->runs = entry;
@@ -216,12 +260,14 @@ static void start_run(struct server *server, json_t *input, uint64_t client, jso
 /* The rules between run's arguments that the table's spec cannot say; err is filled. */
 static int check_run_args(const struct protocol_request *req, char *err, size_t len) {
     const char *path = command_string(req, "path"), *module = command_string(req, "module");
-    if (path && module) {
-        snprintf(err, len, "run takes \"path\" or \"module\", not both");
+    const char *source = command_string(req, "source");
+    if (!!path + !!module + !!source > 1) {
+        snprintf(err, len, "run takes one of \"path\", \"module\" and \"source\"");
         return -EINVAL;
     }
-    if (!path && !module) {
-        snprintf(err, len, "run needs \"path\" (a script, directory or zip) or \"module\"");
+    if (!path && !module && !source) {
+        snprintf(err, len, "run needs \"path\" (a script, directory or zip), \"module\" or "
+                 "\"source\" (the script's text)");
         return -EINVAL;
     }
     if ((path && !path[0]) || (module && !module[0])) {
@@ -244,11 +290,24 @@ static int check_run_args(const struct protocol_request *req, char *err, size_t 
                  "limits are shared by every run and the app)", process_wide);
         return -EINVAL;
     }
+    json_t *get = json_object_get(req->root, "get");
+    size_t i;
+    json_t *name;
+    if (json_array_size(get) > GET_NAMES_MAX) {
+        snprintf(err, len, "argument \"get\" holds more than %d names", GET_NAMES_MAX);
+        return -EINVAL;
+    }
+    json_array_foreach(get, i, name) {
+        if (json_string_length(name) == 0) {
+            snprintf(err, len, "argument \"get\": an empty name");
+            return -EINVAL;
+        }
+    }
     return 0;
 }
 
-/* run: "path" or "module", "argv", "globals", "cwd", "timeout_ms", "isolate", "memory_mb",
- * "cpu_s", "sandbox" (implies isolate), "pids" (docs/protocol.md, docs/run.md). */
+/* run: "path", "module" or "source", "argv", "globals", "get", "cwd", "timeout_ms", "isolate",
+ * "memory_mb", "cpu_s", "sandbox" (implies isolate), "pids" (docs/protocol.md, docs/run.md). */
 void cmd_run(struct server *server, uint64_t client, const struct protocol_request *req) {
     char err[ERR_LEN];
     int r = check_run_args(req, err, sizeof(err));
@@ -268,10 +327,14 @@ void cmd_run(struct server *server, uint64_t client, const struct protocol_reque
         "memory_mb",
         (json_int_t)command_int(req, "memory_mb", 0), "cpu_s",
         (json_int_t)command_int(req, "cpu_s", 0));
-    const char *names[] = {"path", "module", "cwd"};
+    const char *names[] = {"path", "module", "source", "cwd"};
     for (size_t i = 0; input && i < sizeof(names) / sizeof(names[0]); i++)
         if (command_string(req, names[i]))
             json_object_set_new(input, names[i], json_string(command_string(req, names[i])));
+    json_t *get = command_string_list(req, "get");
+    if (input && json_array_size(get) > 0)
+        json_object_set(input, "get", get);
+    json_decref(get);
     if (!input) {
         server_reply_error(server, client, req->id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
         return;

@@ -15,8 +15,10 @@
 command_exec_fn cmd_hello, cmd_ping, cmd_status, cmd_stats, cmd_shutdown; /* cmd_info.c */
 command_exec_fn cmd_subscribe, cmd_history;                             /* cmd_events.c */
 command_exec_fn cmd_watch, cmd_unwatch, cmd_pause, cmd_resume;          /* cmd_roots.c */
-command_exec_fn cmd_modules, cmd_reload, cmd_exec, cmd_repl;            /* cmd_python.c */
+command_exec_fn cmd_modules, cmd_reload, cmd_exec, cmd_repl, cmd_interrupt; /* cmd_python.c */
 command_exec_fn cmd_run;                                                /* cmd_runs.c */
+command_exec_fn cmd_plugins;                                            /* cmd_plugins.c */
+command_exec_fn cmd_metrics;                                            /* cmd_metrics.c */
 
 #define STRING(n) {.name = n, .kind = COMMAND_ARG_STRING}
 #define COUNT(n) {.name = n, .kind = COMMAND_ARG_INT, .min = 0, .max = INT32_MAX}
@@ -41,20 +43,28 @@ static const struct command_entry table[] = {
      true, {COUNT("n"), FILTERS}},
     {"stats", "counters, reload duration and save-to-reloaded latency histograms", cmd_stats, true,
      {}},
+    {"metrics", "counters, histograms and gauges in the Prometheus text format", cmd_metrics, true,
+     {}},
+    {"plugins", "the plugins of the plugin directories: state, exports, last error", cmd_plugins,
+     true, {}},
     {"exec", "run \"code\" in the interpreter's __main__ namespace", cmd_exec, false,
      {REQUIRED_STRING("code", "exec needs \"code\": Python source to run")}},
-    {"run", "run a script (\"path\") or \"module\" as __main__; output streams, then its exit code",
-     cmd_run, false,
-     {STRING("path"), STRING("module"), {.name = "argv", .kind = COMMAND_ARG_STRING_LIST},
+    {"run", "run a script (\"path\", \"module\" or \"source\") as __main__; output streams, then "
+     "its exit code", cmd_run, false,
+     {STRING("path"), STRING("module"), STRING("source"),
+      {.name = "argv", .kind = COMMAND_ARG_STRING_LIST},
       STRING("cwd"), COUNT("timeout_ms"),
       {.name = "memory_mb", .kind = COMMAND_ARG_INT, .min = 0, .max = 1 << 24},
       COUNT("cpu_s"),
       {.name = "globals", .kind = COMMAND_ARG_OBJECT,
        .invalid = "argument \"globals\" must be an object of names to values"},
+      {.name = "get", .kind = COMMAND_ARG_STRING_LIST},
       {.name = "isolate", .kind = COMMAND_ARG_BOOL}, {.name = "sandbox", .kind = COMMAND_ARG_BOOL},
       {.name = "pids", .kind = COMMAND_ARG_INT, .min = 1, .max = 65536}}},
     {"repl", "one console input (\"source\"): incomplete, or run with its output", cmd_repl, false,
      {REQUIRED_STRING("source", "repl needs \"source\": the lines typed so far")}},
+    {"interrupt", "interrupt this connection's exec and repl statements (KeyboardInterrupt)",
+     cmd_interrupt, false, {}},
     {"shutdown", "stop the daemon cleanly", cmd_shutdown, false, {}},
     {"pause", "hold reloads: changes accumulate until resume", cmd_pause, false, {}},
     {"resume", "end a pause: everything changed meanwhile reloads as one batch", cmd_resume, false,
@@ -189,6 +199,7 @@ void commands_client_gone(struct server *server, uint64_t client) {
     events_unsubscribe(server->events, client);
     if (server->commands)
         cmd_runs_client_gone(server, client);
+    cmd_python_client_gone(server, client);
 }
 
 void commands_host_stopped(struct server *server) {

@@ -39,7 +39,7 @@ struct command_arg {
     const char *invalid; /* the error when of the wrong type; NULL: generic */
 };
 
-#define COMMAND_MAX_ARGS 12
+#define COMMAND_MAX_ARGS 16 /* the last stays empty: the list ends there */
 
 typedef void command_exec_fn(struct server *server, uint64_t client,
                              const struct protocol_request *req);
@@ -71,7 +71,8 @@ void commands_dispatch(struct server *server, uint64_t client, const char *line,
 int commands_start(struct server *server, char *err, size_t errlen);
 
 /* client disconnected: it is no longer a subscriber; its isolated runs are killed, its
- * in-process runs go on with their output dropped (docs/run.md). */
+ * in-process runs go on with their output dropped (docs/run.md); its exec and repl
+ * statements are interrupted or dropped (docs/protocol.md, exec). */
 void commands_client_gone(struct server *server, uint64_t client);
 
 /* The python thread has stopped: runs still waiting get shutting_down, the run channel is

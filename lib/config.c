@@ -21,10 +21,13 @@
 
 #define SETTLE_MS_MAX 60000U
 #define DEFER_VCS_MS_MAX 3600000U
+#define POLL_INTERVAL_MS_MIN 20U
+#define POLL_INTERVAL_MS_MAX 60000U
 #define TIMEOUT_MS_MAX 86400000U
 #define MAX_CLIENTS_MAX 65536U
 #define MAX_OUTPUT_MIN 65536U
 #define MAX_OUTPUT_MAX 1073741824U
+#define HISTORY_BYTES_MAX 1073741824U
 #define MSG_MAX 1024
 #define SUN_PATH_MAX sizeof(((struct sockaddr_un *)NULL)->sun_path)
 
@@ -80,6 +83,11 @@ static int parse_uint(const char *s, unsigned min, unsigned max, unsigned *out) 
 static bool entry_valid(const char *entry) {
     const char *colon = strchr(entry, ':');
     return colon != NULL && colon != entry && colon[1] != '\0' && strchr(colon + 1, ':') == NULL;
+}
+
+/* A plugin pattern: a glob matched against file names, so it holds no '/'. */
+static bool pattern_valid(const char *pattern) {
+    return pattern[0] != '\0' && strchr(pattern, '/') == NULL;
 }
 
 /* Joins a relative path onto dir; an absolute path is only tidied. Drops empty and "."
@@ -139,6 +147,8 @@ enum key_kind {
     KEY_BOOL,       /* bool: yes/no, true/false, on/off, 1/0 */
     KEY_BACKEND,
     KEY_NETWORK,
+    KEY_API,        /* char *, MODULE:ATTR */
+    KEY_PATTERN,    /* char *, a file-name glob (no '/') */
 };
 
 struct config_key {
@@ -159,6 +169,7 @@ static const struct config_key config_keys[] = {
     {"daemon", "max_clients", KEY_UINT, FIELD(max_clients), 0, 1, MAX_CLIENTS_MAX},
     {"daemon", "max_output_bytes", KEY_UINT, FIELD(max_output_bytes), 0, MAX_OUTPUT_MIN,
      MAX_OUTPUT_MAX},
+    {"daemon", "history_bytes", KEY_UINT, FIELD(history_bytes), 0, 0, HISTORY_BYTES_MAX},
     {"daemon", "request_timeout_ms", KEY_UINT, FIELD(request_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
     {"daemon", "socket_group", KEY_STRING, FIELD(socket_group), 0, 0, 0},
     {"watch", "root", KEY_DIRS, LIST(watch_roots), 0, 0},
@@ -169,6 +180,9 @@ static const struct config_key config_keys[] = {
     {"watch", "backend", KEY_BACKEND, FIELD(backend), 0, 0, 0},
     {"watch", "follow_symlinks", KEY_BOOL, FIELD(follow_symlinks), 0, 0, 0},
     {"watch", "defer_vcs_ms", KEY_UINT, FIELD(defer_vcs_ms), 0, 0, DEFER_VCS_MS_MAX},
+    {"watch", "poll", KEY_PATHS, LIST(poll_dirs), 0, 0},
+    {"watch", "poll_interval_ms", KEY_UINT, FIELD(poll_interval_ms), 0, POLL_INTERVAL_MS_MIN,
+     POLL_INTERVAL_MS_MAX},
     {"python", "path", KEY_PATHS, LIST(python_paths), 0, 0},
     {"python", "entry", KEY_ENTRY, FIELD(entry), 0, 0, 0},
     {"python", "venv", KEY_PATH, FIELD(venv), 0, 0, 0},
@@ -183,6 +197,9 @@ static const struct config_key config_keys[] = {
     {"sandbox", "write", KEY_PATHS, LIST(sandbox_write), 0, 0},
     {"sandbox", "pids", KEY_UINT, FIELD(sandbox_pids), 0, 1, 65536},
     {"sandbox", "tmp_size_mb", KEY_UINT, FIELD(sandbox_tmp_mb), 0, 1, 65536},
+    {"plugins", "dir", KEY_DIRS, LIST(plugin_dirs), 0, 0},
+    {"plugins", "pattern", KEY_PATTERN, FIELD(plugin_pattern), 0, 0, 0},
+    {"plugins", "api", KEY_API, FIELD(plugin_api), 0, 0, 0},
 };
 
 #define N_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -275,11 +292,16 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
     switch (key->kind) {
     case KEY_STRING:
     case KEY_PATH:
-    case KEY_ENTRY: {
+    case KEY_ENTRY:
+    case KEY_API:
+    case KEY_PATTERN: {
         if (value[0] == '\0')
             return load_fail(ctx, -EINVAL, "%s: empty value", key->name);
-        if (key->kind == KEY_ENTRY && !entry_valid(value))
-            return load_fail(ctx, -EINVAL, "%s: expected MODULE:FUNCTION, got '%s'",
+        if ((key->kind == KEY_ENTRY || key->kind == KEY_API) && !entry_valid(value))
+            return load_fail(ctx, -EINVAL, "%s: expected MODULE:%s, got '%s'", key->name,
+                             key->kind == KEY_API ? "ATTR" : "FUNCTION", value);
+        if (key->kind == KEY_PATTERN && !pattern_valid(value))
+            return load_fail(ctx, -EINVAL, "%s: expected a file-name glob without '/', got '%s'",
                              key->name, value);
         char *copy = key->kind == KEY_PATH ? path_join(ctx->dir, value) : strdup(value);
         if (copy == NULL)
@@ -372,9 +394,11 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
             *(enum config_backend *)(base + key->offset) = CONFIG_BACKEND_INOTIFY;
         else if (strcmp(value, "uv") == 0)
             *(enum config_backend *)(base + key->offset) = CONFIG_BACKEND_UV;
+        else if (strcmp(value, "poll") == 0)
+            *(enum config_backend *)(base + key->offset) = CONFIG_BACKEND_POLL;
         else
-            return load_fail(ctx, -EINVAL, "%s: expected inotify or uv, got '%s'", key->name,
-                             value);
+            return load_fail(ctx, -EINVAL, "%s: expected inotify, uv or poll, got '%s'",
+                             key->name, value);
         return 1;
     case KEY_NETWORK:
         if (strcmp(value, "none") == 0)
@@ -511,6 +535,7 @@ enum {
     OPT_NO_IMPORT,
     OPT_LOG_LEVEL,
     OPT_CHECK_CONFIG,
+    OPT_PLUGINS,
 };
 
 static const struct option long_options[] = {
@@ -523,6 +548,7 @@ static const struct option long_options[] = {
     {"no-import", no_argument, NULL, OPT_NO_IMPORT},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
+    {"plugins", required_argument, NULL, OPT_PLUGINS},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -557,15 +583,18 @@ struct cli {
     size_t n_watch;
     char **python_paths;
     size_t n_python_paths;
+    char **plugins;
+    size_t n_plugins;
     unsigned settle_ms;
     enum log_level log_level;
-    bool has_settle_ms, has_log_level, has_watch, has_python_paths, no_import;
+    bool has_settle_ms, has_log_level, has_watch, has_python_paths, has_plugins, no_import;
     bool check_config, help, version;
 };
 
 static void cli_free(struct cli *cli) {
     strv_free(&cli->watch, &cli->n_watch);
     strv_free(&cli->python_paths, &cli->n_python_paths);
+    strv_free(&cli->plugins, &cli->n_plugins);
 }
 
 static int cli_parse(struct cli *cli, int argc, char **argv, char *err, size_t errlen) {
@@ -591,6 +620,17 @@ static int cli_parse(struct cli *cli, int argc, char **argv, char *err, size_t e
             if (r < 0)
                 goto nomem;
             cli->has_watch = true;
+            break;
+        case OPT_PLUGINS:
+            if (optarg[0] == '\0') {
+                snprintf(err, errlen, "--plugins: empty directory name");
+                return -EINVAL;
+            }
+            /* Resolved by config_finish(), as --watch is. */
+            r = strv_push_owned(&cli->plugins, &cli->n_plugins, strdup(optarg));
+            if (r < 0)
+                goto nomem;
+            cli->has_plugins = true;
             break;
         case 's':
             if (optarg[0] == '\0') {
@@ -730,6 +770,13 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
         cli.watch = NULL;
         cli.n_watch = 0;
     }
+    if (cli.has_plugins) {
+        strv_free(&cfg->plugin_dirs, &cfg->n_plugin_dirs);
+        cfg->plugin_dirs = cli.plugins;
+        cfg->n_plugin_dirs = cli.n_plugins;
+        cli.plugins = NULL;
+        cli.n_plugins = 0;
+    }
     if (cli.has_python_paths) {
         strv_free(&cfg->python_paths, &cfg->n_python_paths);
         cfg->python_paths = cli.python_paths;
@@ -754,11 +801,13 @@ void config_init(struct config *cfg) {
     cfg->settle_ms = 10;
     cfg->import = CONFIG_IMPORT_ON_DEMAND;
     cfg->defer_vcs_ms = 30000;
+    cfg->poll_interval_ms = 300;
     cfg->reload_timeout_ms = 10000;
     cfg->strategy = CONFIG_STRATEGY_DEPENDENTS;
     cfg->exec_timeout_ms = 30000;
     cfg->max_clients = 64;
     cfg->max_output_bytes = 4194304;
+    cfg->history_bytes = 8388608;
     cfg->request_timeout_ms = 10000;
     cfg->sandbox_pids = 64;
     cfg->sandbox_tmp_mb = 64;
@@ -772,9 +821,13 @@ void config_free(struct config *cfg) {
     free(cfg->socket_group);
     free(cfg->entry);
     free(cfg->venv);
+    free(cfg->plugin_pattern);
+    free(cfg->plugin_api);
+    strv_free(&cfg->plugin_dirs, &cfg->n_plugin_dirs);
     strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
     strv_free(&cfg->include, &cfg->n_include);
     strv_free(&cfg->exclude, &cfg->n_exclude);
+    strv_free(&cfg->poll_dirs, &cfg->n_poll_dirs);
     strv_free(&cfg->python_paths, &cfg->n_python_paths);
     strv_free(&cfg->preload, &cfg->n_preload);
     free(cfg->sandbox_user);
@@ -815,24 +868,26 @@ static int finish_venv(struct config *cfg, char *err, size_t errlen) {
     return 0;
 }
 
-static int finish_roots(struct config *cfg, char *err, size_t errlen) {
+/* Replaces each directory of *list (as given) by its realpath, dropping duplicates; option
+ * names the list in messages ("--watch"). */
+static int finish_dirs(char ***list, size_t *count, const char *option, char *err, size_t errlen) {
     char **roots = NULL;
     size_t n = 0;
     int r = 0;
 
-    for (size_t i = 0; i < cfg->n_watch_roots; i++) {
-        const char *given = cfg->watch_roots[i];
+    for (size_t i = 0; i < *count; i++) {
+        const char *given = (*list)[i];
         char *real = realpath(given, NULL);
         struct stat st;
         if (real == NULL || stat(real, &st) < 0) {
             r = -errno;
-            snprintf(err, errlen, "--watch %s: %s", given, strerror(errno));
+            snprintf(err, errlen, "%s %s: %s", option, given, strerror(errno));
             free(real);
             goto fail;
         }
         if (!S_ISDIR(st.st_mode)) {
             r = -ENOTDIR;
-            snprintf(err, errlen, "--watch %s: not a directory", given);
+            snprintf(err, errlen, "%s %s: not a directory", option, given);
             free(real);
             goto fail;
         }
@@ -846,9 +901,9 @@ static int finish_roots(struct config *cfg, char *err, size_t errlen) {
             goto fail;
         }
     }
-    strv_free(&cfg->watch_roots, &cfg->n_watch_roots);
-    cfg->watch_roots = roots;
-    cfg->n_watch_roots = n;
+    strv_free(list, count);
+    *list = roots;
+    *count = n;
     return 0;
 
 fail:
@@ -911,6 +966,11 @@ int config_finish(struct config *cfg, char *err, size_t errlen) {
                  "got %u", MAX_OUTPUT_MIN, MAX_OUTPUT_MAX, cfg->max_output_bytes);
         return -EINVAL;
     }
+    if (cfg->history_bytes > HISTORY_BYTES_MAX) {
+        snprintf(err, errlen, "[daemon] history_bytes: expected an integer from 0 to %u, got %u",
+                 HISTORY_BYTES_MAX, cfg->history_bytes);
+        return -EINVAL;
+    }
     if (cfg->request_timeout_ms < 1 || cfg->request_timeout_ms > TIMEOUT_MS_MAX) {
         snprintf(err, errlen, "[daemon] request_timeout_ms: expected an integer from 1 to %u, "
                  "got %u", TIMEOUT_MS_MAX, cfg->request_timeout_ms);
@@ -921,7 +981,39 @@ int config_finish(struct config *cfg, char *err, size_t errlen) {
         return -EINVAL;
     }
 
-    int r = finish_roots(cfg, err, errlen);
+    if (cfg->plugin_api != NULL && !entry_valid(cfg->plugin_api)) {
+        snprintf(err, errlen, "[plugins] api: expected MODULE:ATTR, got '%s'", cfg->plugin_api);
+        return -EINVAL;
+    }
+    if (cfg->plugin_pattern != NULL && !pattern_valid(cfg->plugin_pattern)) {
+        snprintf(err, errlen, "[plugins] pattern: expected a file-name glob without '/', got '%s'",
+                 cfg->plugin_pattern);
+        return -EINVAL;
+    }
+    if (cfg->plugin_pattern == NULL && (cfg->plugin_pattern = strdup(CONFIG_PLUGIN_PATTERN)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+
+    if (cfg->poll_interval_ms < POLL_INTERVAL_MS_MIN ||
+        cfg->poll_interval_ms > POLL_INTERVAL_MS_MAX) {
+        snprintf(err, errlen, "poll_interval_ms: expected an integer from %u to %u, got %u",
+                 POLL_INTERVAL_MS_MIN, POLL_INTERVAL_MS_MAX, cfg->poll_interval_ms);
+        return -EINVAL;
+    }
+    /* Compared with the roots, which are realpath'd; a poll directory that does not exist
+     * yet (a mount point to come) stays as given. */
+    for (size_t i = 0; i < cfg->n_poll_dirs; i++) {
+        char *real = realpath(cfg->poll_dirs[i], NULL);
+        if (real) {
+            free(cfg->poll_dirs[i]);
+            cfg->poll_dirs[i] = real;
+        }
+    }
+    int r = finish_dirs(&cfg->watch_roots, &cfg->n_watch_roots, "--watch", err, errlen);
+    if (r < 0)
+        return r;
+    r = finish_dirs(&cfg->plugin_dirs, &cfg->n_plugin_dirs, "--plugins", err, errlen);
     if (r < 0)
         return r;
     r = finish_group(cfg, err, errlen);
@@ -957,38 +1049,44 @@ int config_finish(struct config *cfg, char *err, size_t errlen) {
 
 const char *config_usage(void) {
     return
-        "pyhotd - hot-reload daemon for Python: watches script directories and reloads the\n"
-        "changed modules in one persistent interpreter.\n"
+        "pyhotd - hot-reload daemon for Python: watches script directories and reloads\n"
+        "the changed modules in one persistent interpreter.\n"
         "\n"
-        "Usage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N] "
-        "[--python-path DIR]... [--entry MODULE:FUNCTION] [--no-import] [--log-level LEVEL] "
-        "[--check-config] [--version] [--help]\n"
+        "Usage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N]\n"
+        "              [--python-path DIR]... [--entry MODULE:FUNCTION]\n"
+        "              [--plugins DIR]... [--no-import] [--log-level LEVEL]\n"
+        "              [--check-config] [--version] [--help]\n"
         "\n"
         "Options:\n"
-        "  -c, --config FILE         read FILE (INI; see pyhotd.conf) before the other\n"
-        "                            options, which override it. Default: none.\n"
-        "  -w, --watch DIR           watch DIR recursively and put it on sys.path; its\n"
-        "                            modules reload once loaded. Repeatable; replaces the\n"
-        "                            file's [watch] root list. Default: none.\n"
-        "  -s, --socket PATH         control socket. Default: $PYHOT_SOCKET, else\n"
-        "                            $XDG_RUNTIME_DIR/pyhot/pyhotd.sock, else\n"
-        "                            /run/pyhotd/pyhotd.sock for root, else\n"
-        "                            /tmp/pyhot-UID/pyhotd.sock.\n"
-        "      --settle-ms N         wait N ms (0..60000) after the last change before\n"
-        "                            reloading. Default: 10.\n"
-        "      --python-path DIR     add DIR to sys.path after the watch roots. Repeatable;\n"
-        "                            replaces the file's [python] path list. Default: none.\n"
+        "  -c, --config FILE       read FILE (INI; see pyhotd.conf) before the other\n"
+        "                          options, which override it. Default: none.\n"
+        "  -w, --watch DIR         watch DIR recursively and put it on sys.path; its\n"
+        "                          modules reload once loaded. Repeatable; replaces the\n"
+        "                          file's [watch] root list. Default: none.\n"
+        "  -s, --socket PATH       control socket. Default: $PYHOT_SOCKET, else\n"
+        "                          $XDG_RUNTIME_DIR/pyhot/pyhotd.sock, else\n"
+        "                          /run/pyhotd/pyhotd.sock for root, else\n"
+        "                          /tmp/pyhot-UID/pyhotd.sock.\n"
+        "      --settle-ms N       settle window: a batch whose writes are not all\n"
+        "                          finished, or of many files, waits N ms (0..60000)\n"
+        "                          after the last change. Default: 10.\n"
+        "      --python-path DIR   add DIR to sys.path after the watch roots.\n"
+        "                          Repeatable; replaces the file's [python] path list.\n"
+        "                          Default: none.\n"
         "      --entry MODULE:FUNCTION\n"
-        "                            after start, call FUNCTION of MODULE on a thread of its\n"
-        "                            own (the app's main). Default: none.\n"
-        "      --no-import           import nothing at start, even with [watch]\n"
-        "                            import = all: modules load when the app, exec or\n"
-        "                            run import them. Default: as [watch] import says.\n"
-        "      --log-level LEVEL     error, warn, info or debug. Default: info.\n"
-        "      --check-config        validate the configuration and exit: 0 when it is\n"
-        "                            valid, 2 with the error when it is not.\n"
-        "  -V, --version             print the version and exit.\n"
-        "  -h, --help                print this help and exit.\n"
+        "                          after start, call FUNCTION of MODULE on a thread of\n"
+        "                          its own (the app's main). Default: none.\n"
+        "      --plugins DIR       load DIR's plugin files (plugin_*.py) at start and\n"
+        "                          again when they change. Repeatable; replaces the\n"
+        "                          file's [plugins] dir list. Default: none.\n"
+        "      --no-import         import nothing at start, even with [watch] import =\n"
+        "                          all: modules load when the app, exec or run import\n"
+        "                          them. Default: as [watch] import says.\n"
+        "      --log-level LEVEL   error, warn, info or debug. Default: info.\n"
+        "      --check-config      validate the configuration and exit: 0 when it is\n"
+        "                          valid, 2 with the error when it is not.\n"
+        "  -V, --version           print the version and exit.\n"
+        "  -h, --help              print this help and exit.\n"
         "\n"
         "Exit status:\n"
         "  0  clean stop (SIGTERM, SIGINT, or the shutdown command)\n"
@@ -998,6 +1096,6 @@ const char *config_usage(void) {
         "Environment:\n"
         "  PYHOT_SOCKET    the control socket when neither --socket nor [daemon] socket\n"
         "                  names one.\n"
-        "  JOURNAL_STREAM  set by systemd when stderr is the journal: log lines then carry\n"
-        "                  <N> priority prefixes and no timestamp.\n";
+        "  JOURNAL_STREAM  set by systemd when stderr is the journal: log lines then\n"
+        "                  carry <N> priority prefixes and no timestamp.\n";
 }

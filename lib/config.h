@@ -9,9 +9,9 @@
 
 /*
  * The daemon's configuration: defaults, then the INI file (libinih; sections [daemon],
- * [watch], [python], [reload], [run]; config/pyhotd.conf documents every key), then the
+ * [watch], [python], [reload], [run], [plugins]; config/pyhotd.conf documents every key), then the
  * command line, which overrides the file. A list option given on the command line
- * (--watch, --python-path) replaces the file's list rather than adding to it.
+ * (--watch, --python-path, --plugins) replaces the file's list rather than adding to it.
  *
  * String lists are NULL-terminated arrays of owned strings with a count beside them.
  */
@@ -28,6 +28,7 @@ enum config_network {
 enum config_backend {
     CONFIG_BACKEND_INOTIFY = 0, /* Linux inotify (the default on Linux) */
     CONFIG_BACKEND_UV = 1,      /* libuv's uv_fs_event (kqueue, FSEvents; inotify on Linux) */
+    CONFIG_BACKEND_POLL = 2,    /* every root polled (docs/watching.md) */
 };
 
 enum config_strategy {
@@ -40,6 +41,8 @@ enum config_mode {
     CONFIG_MODE_MODULE = 1,      /* run each module's whole top level again */
 };
 
+#define CONFIG_PLUGIN_PATTERN "plugin_*.py"
+
 struct config {
     char *config_path;          /* file read, or NULL */
 
@@ -49,6 +52,9 @@ struct config {
     unsigned max_clients;       /* control connections at once; default 64; 1..65536 */
     unsigned max_output_bytes;  /* bytes waiting for one client before it is dropped as a
                                    slow consumer; default 4194304; 65536..1073741824 */
+    unsigned history_bytes;     /* what the events kept for history and replay may cost
+                                   (events.h: twice their encoded size); default 8388608;
+                                   0..1073741824, 0 keeps none */
     unsigned request_timeout_ms; /* a partial request line must be completed within it;
                                    default 10000; 1..86400000 */
     char *socket_group;         /* group (name or number) also admitted to the socket, or NULL */
@@ -68,6 +74,11 @@ struct config {
     bool follow_symlinks;       /* watch directories reached through symlinks; default false */
     unsigned defer_vcs_ms;      /* longest hold of batches while .git/index.lock exists, ms;
                                  * default 30000; 0 = no hold */
+    char **poll_dirs;           /* [watch] poll: roots at or below these (and these dirs
+                                 * inside roots) are polled beside inotify; absolute,
+                                 * realpath'd when they exist */
+    size_t n_poll_dirs;
+    unsigned poll_interval_ms;  /* default 300; 20..60000 */
 
     /* [python] */
     char **python_paths;        /* extra sys.path entries, after the watch roots */
@@ -83,6 +94,14 @@ struct config {
     unsigned reload_timeout_ms; /* deadline of a reload batch; default 10000 */
     enum config_strategy strategy;
     enum config_mode mode;      /* default definitions (docs/reload.md) */
+
+    /* [plugins] (docs/plugins.md) */
+    char **plugin_dirs;         /* directories of plugin files; realpath'd by config_finish() */
+    size_t n_plugin_dirs;
+    char *plugin_pattern;       /* file-name glob; config_finish() defaults it to
+                                   CONFIG_PLUGIN_PATTERN */
+    char *plugin_api;           /* "MODULE:ATTR": a dict whose items are the plugins' injected
+                                   globals, or NULL */
 
     /* [run] */
     unsigned exec_timeout_ms;   /* deadline of exec and run jobs; default 30000 */
@@ -123,7 +142,9 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
 
 /* Validates and completes cfg after parsing: watch roots must be existing directories
  * (each replaced by its realpath), settle_ms within 0..60000, entry of the form
- * MODULE:FUNCTION, socket_group a known group name (getgrnam(3)) or a number, resolved
+ * MODULE:FUNCTION, plugin directories existing directories (realpath'd), the plugin
+ * pattern a glob without '/' (defaulted to CONFIG_PLUGIN_PATTERN), the plugin api
+ * MODULE:ATTR, socket_group a known group name (getgrnam(3)) or a number, resolved
  * into socket_gid, venv a virtual environment (pyvenv.cfg, PEP 405) for this Python
  * version (lib/pythonX.Y/site-packages), and socket_path defaulted
  * (protocol_default_socket_path()).

@@ -127,15 +127,24 @@ void config_reload(struct server *server, int argc, char **argv_in) {
 
     if (!strings_equal(fresh.socket_path, old->socket_path))
         json_array_append_new(restart, json_string("socket"));
+    if (fresh.history_bytes != old->history_bytes)
+        json_array_append_new(restart, json_string("history_bytes"));
     if (!strings_equal(fresh.entry, old->entry))
         json_array_append_new(restart, json_string("entry"));
     if (!strings_equal(fresh.venv, old->venv))
         json_array_append_new(restart, json_string("venv"));
     if (!lists_equal(fresh.python_paths, fresh.n_python_paths, old->python_paths, old->n_python_paths))
         json_array_append_new(restart, json_string("python_paths"));
+    if (!lists_equal(fresh.plugin_dirs, fresh.n_plugin_dirs, old->plugin_dirs, old->n_plugin_dirs) ||
+        !strings_equal(fresh.plugin_pattern, old->plugin_pattern) ||
+        !strings_equal(fresh.plugin_api, old->plugin_api))
+        json_array_append_new(restart, json_string("plugins"));
     if (!lists_equal(fresh.include, fresh.n_include, old->include, old->n_include) ||
         !lists_equal(fresh.exclude, fresh.n_exclude, old->exclude, old->n_exclude))
         json_array_append_new(restart, json_string("include/exclude"));
+    if (fresh.backend != old->backend || fresh.poll_interval_ms != old->poll_interval_ms ||
+        !lists_equal(fresh.poll_dirs, fresh.n_poll_dirs, old->poll_dirs, old->n_poll_dirs))
+        json_array_append_new(restart, json_string("backend/poll/poll_interval_ms"));
     json_array_foreach(restart, i, root)
         log_warn("configuration reload: %s changed; it takes effect at the next restart",
                  json_string_value(root));

@@ -1,6 +1,7 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,12 +15,14 @@
 #include "events.h"
 #include "filter.h"
 #include "log.h"
+#include "plugins.h"
 #include "protocol.h"
 #include "py_host.h"
 #include "server.h"
 #include "version.h"
 #include "watch.h"
 
+/* The history keeps at most this many events, within [daemon] history_bytes. */
 #define HISTORY_EVENTS 1000
 #define STOP_GRACE_MS 2000
 #define STOP_DEADLINE_MS (STOP_GRACE_MS + 5000)
@@ -34,6 +37,7 @@ struct daemon {
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t stop_deadline;
     uv_timer_t watchdog;
+    uint64_t loaded_generation; /* of the loaded-files list the watcher has */
     int exit_code;
 };
 
@@ -50,7 +54,52 @@ static void server_stop(struct server *server, const char *reason) {
     daemon_stop((struct daemon *)server, reason);
 }
 
-/* ---- startup ------------------------------------------------------------------------ */
+/* ---- startup and the entry ---------------------------------------------------------- */
+
+/* status "entry": name, state and, when it failed, the error (borrowed; NULL for none). */
+static void set_entry_state(struct server *server, const char *state, json_t *error) {
+    json_decref(server->entry);
+    server->entry = json_pack("{s:s, s:s}", "name", server->config->entry, "state", state);
+    if (server->entry && json_is_object(error))
+        json_object_set(server->entry, "error", error);
+    server_status_changed(server);
+}
+
+/* The entry function returned or raised (py_host's on_entry_end): an app that dies is an
+ * error with its cause, in the log, in an event and in status; the daemon keeps serving. */
+static void on_entry_end(json_t *end, void *data) {
+    struct server *server = data;
+    const char *name = json_string_value(json_object_get(end, "entry"));
+    json_t *error = json_object_get(end, "error");
+    bool failed = json_is_object(error);
+    if (failed)
+        log_error("entry %s failed: %s: %s (%s:%lld); the daemon keeps serving without the app",
+                  name ? name : "?", json_string_value(json_object_get(error, "type")),
+                  json_string_value(json_object_get(error, "message")),
+                  json_string_value(json_object_get(error, "file")),
+                  json_integer_value(json_object_get(error, "line")));
+    else
+        log_info("entry %s returned; the daemon keeps serving without the app", name ? name : "?");
+    if (server->config->entry)
+        set_entry_state(server, failed ? "failed" : "returned", error);
+    events_publish(server->events, "entry_ended", end);
+}
+
+/* Polled roots compare the loaded modules' files every interval: the watcher gets the
+ * list whenever a job changed it. */
+static void update_loaded_files(void *data) {
+    struct daemon *daemon = data;  /* the server, the daemon's first member */
+    char **paths = NULL;
+    size_t n = 0;
+    if (!daemon->server.watch ||
+        py_host_loaded_files(daemon->server.host, &daemon->loaded_generation, &paths, &n) <= 0)
+        return;
+    if (watch_set_loaded(daemon->server.watch, (const char *const *)paths, n) < 0)
+        daemon->loaded_generation = 0;  /* out of memory: try again after the next job */
+    for (size_t i = 0; i < n; i++)
+        free(paths[i]);
+    free(paths);
+}
 
 static void on_startup_done(struct py_job *job, void *data) {
     struct server *server = data;
@@ -64,6 +113,10 @@ static void on_startup_done(struct py_job *job, void *data) {
         server_publish_import_errors(server, json_object_get(job->output, "errors"));
     }
     json_t *entry = json_object_get(job->output, "entry");
+    if (server->config->entry && !server->entry) /* not overtaken by on_entry_end */
+        set_entry_state(server, job->ok && json_is_true(json_object_get(entry, "ok")) ? "running"
+                                                                                   : "not_started",
+                        json_object_get(entry, "error"));
     if (job->ok && json_is_false(json_object_get(entry, "ok"))) {
         json_t *error = json_object_get(entry, "error");
         log_error("entry %s could not start: %s: %s; the daemon keeps serving without the app",
@@ -125,6 +178,12 @@ static void on_batch_done(struct py_job *job, void *data) {
 
 static void on_batch(struct watch *watch, struct watch_batch *batch, void *data) {
     struct server *server = data;
+    if (server->plugins)
+        plugins_take_batch(server->plugins, batch);
+    if (batch->n_paths == 0) { /* plugin files only: the plugin host has them */
+        watch_batch_free(batch);
+        return;
+    }
     json_t *paths = json_array();
     for (size_t i = 0; i < batch->n_paths; i++)
         json_array_append_new(paths, json_string(batch->paths[i]));
@@ -282,6 +341,37 @@ static void on_watchdog(uv_timer_t *timer) {
 
 /* ---- run ---------------------------------------------------------------------------- */
 
+/* The plugin host's loop half (plugins.c), and a watch on each plugin directory that no
+ * watch root holds. Returns 0 or -ENOMEM (logged). */
+static int start_plugins(struct server *server) {
+    const struct config *cfg = server->config;
+    char err[1024];
+    struct plugins_options options = {
+        .dirs = (const char *const *)cfg->plugin_dirs,
+        .n_dirs = cfg->n_plugin_dirs,
+        .roots = (const char *const *)cfg->watch_roots,
+        .n_roots = cfg->n_watch_roots,
+        .pattern = cfg->plugin_pattern,
+        .api = cfg->plugin_api,
+        .timeout_ms = cfg->reload_timeout_ms,
+        .server = server,
+    };
+    if (plugins_new(&options, &server->plugins) < 0) {
+        log_error("out of memory");
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < cfg->n_plugin_dirs; i++) {
+        const char *dir = cfg->plugin_dirs[i];
+        if (!plugins_needs_watch(server->plugins, dir))
+            continue;
+        if (watch_add_root(server->watch, dir, err, sizeof(err)) < 0)
+            server_publish_watch_error(server, dir, err);
+        else
+            log_info("watching plugin directory %s", dir);
+    }
+    return 0;
+}
+
 /* The control socket and the watcher with its roots. Returns 0 or a negative errno (logged). */
 static int start_io(struct daemon *daemon) {
     struct server *server = &daemon->server;
@@ -306,9 +396,14 @@ static int start_io(struct daemon *daemon) {
     struct watch_options watch_options = {
         .settle_ms = cfg->settle_ms,
         .filter = daemon->filter,
-        .backend = cfg->backend == CONFIG_BACKEND_UV ? WATCH_BACKEND_UV : WATCH_BACKEND_INOTIFY,
+        .backend = cfg->backend == CONFIG_BACKEND_UV     ? WATCH_BACKEND_UV
+                   : cfg->backend == CONFIG_BACKEND_POLL ? WATCH_BACKEND_POLL
+                                                         : WATCH_BACKEND_INOTIFY,
         .follow_symlinks = cfg->follow_symlinks,
         .defer_vcs_ms = cfg->defer_vcs_ms,
+        .poll_interval_ms = cfg->poll_interval_ms,
+        .poll_dirs = (const char *const *)cfg->poll_dirs,
+        .n_poll_dirs = cfg->n_poll_dirs,
         .on_batch = on_batch,
         .on_error = on_watch_error,
         .on_notice = on_watch_notice,
@@ -320,6 +415,7 @@ static int start_io(struct daemon *daemon) {
         return r;
     }
     /* Watching starts before the first imports, so an edit made meanwhile is not lost. */
+    char how[PATH_MAX + 160];
     for (size_t i = 0; i < cfg->n_watch_roots; i++) {
         size_t dirs_before = watch_dir_count(server->watch);
         uint64_t began = uv_hrtime();
@@ -327,10 +423,14 @@ static int start_io(struct daemon *daemon) {
         if (r < 0)
             server_publish_watch_error(server, cfg->watch_roots[i], err);
         else
-            log_info("watching %s (%zu directories in %.1f ms)", cfg->watch_roots[i],
+            log_info("watching %s (%zu directories in %.1f ms) with %s", cfg->watch_roots[i],
                      watch_dir_count(server->watch) - dirs_before,
-                     (double)(uv_hrtime() - began) / 1e6);
+                     (double)(uv_hrtime() - began) / 1e6,
+                     watch_root_describe(server->watch, watch_root_count(server->watch) - 1,
+                                         how, sizeof(how)));
     }
+    if (cfg->n_plugin_dirs > 0)
+        return start_plugins(server);
     if (cfg->n_watch_roots == 0)
         log_warn("no watch roots: nothing will be reloaded on change (use --watch DIR)");
     return 0;
@@ -361,15 +461,22 @@ static int start_jobs(struct server *server) {
              cfg->mode == CONFIG_MODE_MODULE ? "whole modules (mode = module)"
                                              : "what changed (mode = definitions)");
     /* The first imports run an app's top level: they get the exec deadline, not reload's. */
-    return server_submit(server, PY_JOB_STARTUP, input, cfg->exec_timeout_ms, on_startup_done,
-                         server);
+    int r = server_submit(server, PY_JOB_STARTUP, input, cfg->exec_timeout_ms, on_startup_done,
+                          server);
+    /* Plugins after the app's start, so that the module of [plugins] api is set up. */
+    if (r == 0 && server->plugins) {
+        int queued = plugins_load_all(server->plugins);
+        if (queued < 0)
+            log_error("cannot queue the plugins: %s", strerror(-queued));
+    }
+    return r;
 }
 
 static int start(struct daemon *daemon) {
     struct server *server = &daemon->server;
     const struct config *cfg = server->config;
     char err[1024];
-    int r = events_new(HISTORY_EVENTS, &server->events);
+    int r = events_new(HISTORY_EVENTS, cfg->history_bytes, &server->events);
     if (r < 0) {
         log_error("out of memory");
         return r;
@@ -390,6 +497,9 @@ static int start(struct daemon *daemon) {
         .paths = (const char *const *)cfg->python_paths,
         .n_paths = cfg->n_python_paths,
         .venv = cfg->venv,
+        .on_loaded_files = update_loaded_files,
+        .on_entry_end = on_entry_end,
+        .data = server,
     };
     r = py_host_start(&daemon->loop, &host_options, &server->host, err, sizeof(err));
     if (r == 0)
@@ -460,9 +570,11 @@ int daemon_run(struct config *cfg, int argc, char **argv) {
         log_warn("handles were still open at exit");
     int code = daemon->exit_code;
     commands_free(server);
+    plugins_free(server->plugins);
     events_free(server->events);
     filter_free(daemon->filter);
     json_decref(server->last_batch);
+    json_decref(server->entry);
     free(daemon);
     log_info("stopped");
     return code;

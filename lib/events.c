@@ -18,6 +18,7 @@ struct kept {
     json_t *event;
     char *line;       /* encoded, "\n"-terminated; NULL when encoding failed */
     size_t len;
+    size_t charge;    /* what it counts against history_bytes (kept_charge) */
 };
 
 struct subscriber {
@@ -31,6 +32,8 @@ struct events {
     size_t cap;
     size_t next;      /* slot the next event goes to */
     size_t held;      /* events kept, at most cap */
+    size_t max_bytes; /* history_bytes: the kept events' charges stay within it */
+    size_t bytes;     /* sum of the kept events' charges */
     struct subscriber *subs;
     size_t n_subs, subs_cap;
     bool publishing;  /* inside the fan-out: removals only mark their slot */
@@ -189,7 +192,7 @@ bool events_filter_match(const struct events_filter *filter, json_t *event) {
 
 /* ---- the bus ------------------------------------------------------------------------ */
 
-int events_new(size_t history_cap, struct events **out) {
+int events_new(size_t history_cap, size_t history_bytes, struct events **out) {
     struct events *events = calloc(1, sizeof(*events));
     if (!events)
         return -ENOMEM;
@@ -201,6 +204,7 @@ int events_new(size_t history_cap, struct events **out) {
         }
     }
     events->cap = history_cap;
+    events->max_bytes = history_bytes;
     *out = events;
     return 0;
 }
@@ -229,6 +233,10 @@ static void log_event(const char *name, json_t *event) {
             log_warn("reload %s %s: %s: %s (%s:%lld) [batch %lld]", module, result,
                      str(error, "type", "Error"), str(error, "message", ""),
                      str(error, "file", "?"), json_integer_value(json_object_get(error, "line")),
+                     json_integer_value(json_object_get(event, "batch")));
+        } else if (json_is_true(json_object_get(event, "reverted"))) {
+            log_info("reload %s: back to the code that runs (%s is as last applied; the "
+                     "failed edit is gone) [batch %lld]", module, str(event, "path", "?"),
                      json_integer_value(json_object_get(event, "batch")));
         } else if (strcmp(result, "skipped") == 0) {
             log_debug("reload %s skipped: %s [batch %lld]", module, str(event, "reason", ""),
@@ -299,6 +307,22 @@ static void deliver(struct events *events, struct subscriber *s, const char *lin
         events_unsubscribe(events, id);
 }
 
+/* An event is kept twice, as its jansson object and as its encoded line, and its strings
+ * dominate both when it is large: twice the line's length is what it costs. */
+static size_t kept_charge(size_t len) {
+    return 2 * len;
+}
+
+/* Releases the oldest kept event. */
+static void drop_oldest(struct events *events) {
+    struct kept *slot = &events->ring[(events->next + events->cap - events->held) % events->cap];
+    json_decref(slot->event);
+    free(slot->line);
+    events->bytes -= slot->charge;
+    memset(slot, 0, sizeof(*slot));
+    events->held--;
+}
+
 uint64_t events_publish(struct events *events, const char *name, json_t *event) {
     if (!event)
         return 0;
@@ -323,16 +347,20 @@ uint64_t events_publish(struct events *events, const char *name, json_t *event) 
         if (events->dead_subs)
             compact_subscribers(events);
     }
-    if (events->cap > 0) {
+    size_t charge = kept_charge(line ? len : 0);
+    if (events->cap > 0 && charge <= events->max_bytes) {
+        if (events->held == events->cap)
+            drop_oldest(events); /* the slot the new event goes to */
+        while (events->held > 0 && events->bytes + charge > events->max_bytes)
+            drop_oldest(events);
         struct kept *slot = &events->ring[events->next];
-        json_decref(slot->event);
-        free(slot->line);
         slot->event = event;
         slot->line = line;
         slot->len = line ? len : 0;
+        slot->charge = charge;
+        events->bytes += charge;
         events->next = (events->next + 1) % events->cap;
-        if (events->held < events->cap)
-            events->held++;
+        events->held++;
     } else {
         json_decref(event);
         free(line);
@@ -453,6 +481,10 @@ uint64_t events_last_seq(const struct events *events) {
 
 size_t events_history_count(const struct events *events) {
     return events->held;
+}
+
+size_t events_history_bytes(const struct events *events) {
+    return events->bytes;
 }
 
 void events_free(struct events *events) {

@@ -10,8 +10,13 @@
 /*
  * The event bus, loop thread only. events_publish() stamps an event with its sequence
  * number (monotonic from 1) and time (RFC 3339 UTC), logs one readable line for it, keeps
- * it (and its encoded line) in a ring of the last history_cap events, and hands the
- * encoded line to the sink once for every subscriber whose filter it matches.
+ * it (and its encoded line) in a ring of the last history_cap events within history_bytes,
+ * and hands the encoded line to the sink once for every subscriber whose filter it matches.
+ *
+ * The history is bounded twice: at most history_cap events, and their cost at most
+ * history_bytes, an event costing twice its encoded length (it is kept as an object and as
+ * a line). The oldest events leave first; an event costing more than history_bytes alone
+ * is sent but not kept.
  *
  * Subscribers are named by the control socket's client ids. A filter selects event types
  * (none given: every type) and module globs (none given: every module). Module globs
@@ -53,9 +58,9 @@ void events_filter_clear(struct events_filter *filter);
 /* Whether event (a published event object) passes filter (NULL passes everything). */
 bool events_filter_match(const struct events_filter *filter, json_t *event);
 
-/* Creates a bus keeping the last history_cap events (0 keeps none). Returns 0 and sets
- * *out, or -ENOMEM. */
-int events_new(size_t history_cap, struct events **out);
+/* Creates a bus keeping the last history_cap events (0 keeps none) within history_bytes
+ * (see above). Returns 0 and sets *out, or -ENOMEM. */
+int events_new(size_t history_cap, size_t history_bytes, struct events **out);
 
 /* Sets the sink (NULL to remove). */
 void events_set_sink(struct events *events, events_sink_cb sink, void *data);
@@ -92,6 +97,9 @@ uint64_t events_last_seq(const struct events *events);
 
 /* Number of events kept now (at most history_cap). */
 size_t events_history_count(const struct events *events);
+
+/* What the kept events cost now, in bytes (at most history_bytes; see above). */
+size_t events_history_bytes(const struct events *events);
 
 /* Frees the bus, its history and its subscribers. NULL is allowed. */
 void events_free(struct events *events);

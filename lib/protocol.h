@@ -31,6 +31,8 @@
 #define PROTOCOL_E_NOT_FOUND       "not_found"         /* no such module or path */
 #define PROTOCOL_E_PYTHON          "python_error"      /* the code raised; details in error */
 #define PROTOCOL_E_TIMEOUT         "timeout"           /* the job passed its deadline */
+#define PROTOCOL_E_INTERRUPTED     "interrupted"       /* exec/repl: interrupt command, or a
+                                                          reload waited (KeyboardInterrupt) */
 #define PROTOCOL_E_TOO_LARGE       "request_too_large"
 #define PROTOCOL_E_SHUTTING_DOWN   "shutting_down"
 #define PROTOCOL_E_INTERNAL        "internal_error"

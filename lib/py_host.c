@@ -16,11 +16,15 @@
 #include "py_support_source.h"
 
 #define DEADLINE_RESEND_MS 1000
+/* How long a running exec or repl statement may hold back a queued reload before it is
+ * interrupted for it (docs/protocol.md, exec). */
+#define PREEMPT_AFTER_MS 1000
 
 struct py_host {
     uv_loop_t *loop;
     uv_async_t async;          /* python thread -> loop: a job started, finished, or exited */
     uv_timer_t deadline_timer;
+    uv_timer_t preempt_timer;  /* a reload waits behind an exec or repl statement */
     pthread_t thread;
     bool thread_started;
 
@@ -35,11 +39,18 @@ struct py_host {
     char init_error[512];
     bool stopping;
     bool exited;
+    json_t *entry_end;         /* the entry's end, for on_entry_end (see _entry_ended) */
     uint64_t armed_at_submit;  /* id of the job whose deadline the loop armed at submission */
+    char **loaded;             /* the index's files after the last job that changed it */
+    size_t n_loaded;
+    uint64_t loaded_generation; /* bumped with each new list */
+    uint64_t loaded_notified;  /* loop thread: the generation on_loaded_files was told of */
+    void (*on_loaded_files)(void *data);
 
     /* loop thread only */
     uint64_t next_job_id;
     uint64_t deadline_job_id;  /* the running job the deadline timer is armed for */
+    uint64_t preempt_job_id;   /* the running statement the preempt timer is armed for */
     unsigned grace_ms;
     void (*close_cb)(void *data);
     void *close_data;
@@ -51,10 +62,16 @@ struct py_host {
     char **paths;
     size_t n_paths;
     char *venv;
+    void (*on_entry_end)(json_t *end, void *data);
+    void *data;
 
     atomic_uint_fast64_t current_job_id;   /* job running Python code now, 0 = none */
-    atomic_uint_fast64_t interrupt_job_id; /* job whose deadline passed */
+    atomic_uint_fast64_t interrupt_job_id; /* job being interrupted (deadline, cancel) */
+    atomic_int interrupt_reason;           /* why: enum py_interrupt */
     atomic_size_t modules_loaded;
+
+    /* python thread only */
+    long index_generation;     /* the index generation the last list was taken at */
 };
 
 /* One interpreter per process: the SIGUSR1 handler, a plain C function called by the
@@ -71,6 +88,7 @@ static const char *const job_kind_names[] = {
     [PY_JOB_RUN] = "run",
     [PY_JOB_PRELOAD] = "preload",
     [PY_JOB_REPL] = "repl",
+    [PY_JOB_PLUGIN] = "plugin",
 };
 
 const char *py_job_kind_name(enum py_job_kind kind) {
@@ -98,19 +116,39 @@ json_t *py_support_call(const char *name, json_t *args, json_t **error) {
 
 /* ---- interpreter setup (python thread) ---------------------------------------------- */
 
-/* _pyhot._deadline_due(): true while the running job is the one whose deadline passed.
- * The SIGUSR1 handler (_pyhot._deadline_handler, which CPython runs on this thread between
- * bytecodes and right after a blocking call returns EINTR) raises TimeoutError when it is,
- * so busy loops, time.sleep and blocking reads are interrupted alike, and a late signal
- * never hits the next job. */
-static PyObject *deadline_due(PyObject *self, PyObject *unused) {
+/* _pyhot._interrupt_due() -> int: while the running job is the one being interrupted, why
+ * (enum py_interrupt: 1 deadline, 2 the client's interrupt, 3 the client left, 4 a reload
+ * waits), else 0. The SIGUSR1 handler (_pyhot._deadline_handler, which CPython runs on
+ * this thread between bytecodes and right after a blocking call returns EINTR) raises the
+ * matching exception, so busy loops, time.sleep and blocking reads are interrupted alike,
+ * and a late signal never hits the next job. */
+static PyObject *interrupt_due(PyObject *self, PyObject *unused) {
     uint64_t target = atomic_load(&the_host->interrupt_job_id);
-    return PyBool_FromLong(target != 0 && target == atomic_load(&the_host->current_job_id));
+    bool due = target != 0 && target == atomic_load(&the_host->current_job_id);
+    return PyLong_FromLong(due ? atomic_load(&the_host->interrupt_reason) : 0);
 }
 
-static PyMethodDef deadline_due_def = {
-    "_deadline_due", deadline_due, METH_NOARGS,
-    "True while the running job has passed its deadline (set by pyhotd)."};
+static PyMethodDef interrupt_due_def = {
+    "_interrupt_due", interrupt_due, METH_NOARGS,
+    "Why the running job is being interrupted (1..4), or 0 (set by pyhotd)."};
+
+/* _pyhot._entry_ended(end): the entry's thread reports that the entry function returned
+ * or raised (end: a dict, see py_host_options.on_entry_end); the loop thread hears it
+ * through the host's async handle. Any thread, GIL held. */
+static PyObject *entry_ended(PyObject *self, PyObject *end) {
+    (void)self;
+    json_t *j = py_to_json(end);
+    pthread_mutex_lock(&the_host->mutex);
+    json_decref(the_host->entry_end);
+    the_host->entry_end = j;
+    pthread_mutex_unlock(&the_host->mutex);
+    uv_async_send(&the_host->async);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef entry_ended_def = {
+    "_entry_ended", entry_ended, METH_O,
+    "_entry_ended(end): the entry function returned or raised (set by pyhotd)."};
 
 static int fail_init(struct py_host *host, const char *what) {
     PyObject *exc = py_take_exception();
@@ -156,11 +194,7 @@ static int interpreter_init(struct py_host *host) {
         return -EINVAL;
     }
 
-    PyObject *code = Py_CompileString(py_support_source, "<pyhot>/py_support.py", Py_file_input);
-    if (!code)
-        return fail_init(host, "compiling the support module");
-    support_module = PyImport_ExecCodeModule("_pyhot", code);
-    Py_DECREF(code);
+    support_module = py_module_from_source("_pyhot", "<pyhot>/py_support.py", py_support_source);
     if (!support_module)
         return fail_init(host, "loading the support module");
     PyObject *describe = PyObject_GetAttrString(support_module, "describe_exception");
@@ -179,12 +213,18 @@ static int interpreter_init(struct py_host *host) {
         return fail_init(host, "setting sys.path");
     Py_DECREF(r);
 
-    PyObject *due = PyCFunction_New(&deadline_due_def, NULL);
-    if (!due || PyObject_SetAttrString(support_module, "_deadline_due", due) < 0) {
+    PyObject *due = PyCFunction_New(&interrupt_due_def, NULL);
+    if (!due || PyObject_SetAttrString(support_module, "_interrupt_due", due) < 0) {
         Py_XDECREF(due);
         return fail_init(host, "installing the deadline check");
     }
     Py_DECREF(due);
+    PyObject *ended = PyCFunction_New(&entry_ended_def, NULL);
+    if (!ended || PyObject_SetAttrString(support_module, "_entry_ended", ended) < 0) {
+        Py_XDECREF(ended);
+        return fail_init(host, "installing the entry report");
+    }
+    Py_DECREF(ended);
     PyObject *handler = PyObject_GetAttrString(support_module, "_deadline_handler");
     PyObject *signal_module = handler ? PyImport_ImportModule("signal") : NULL;
     r = signal_module ? PyObject_CallMethod(signal_module, "signal", "iO", SIGUSR1, handler) : NULL;
@@ -196,6 +236,10 @@ static int interpreter_init(struct py_host *host) {
 
     if (py_reload_init() < 0)
         return fail_init(host, "loading the reload engine");
+    if (py_plugins_init() < 0)
+        return fail_init(host, "loading the plugin host");
+    if (py_api_init() < 0)
+        return fail_init(host, "loading the pyhot module and the framework adapters");
     if (py_run_init() < 0)
         return fail_init(host, "loading the run support");
 
@@ -303,6 +347,8 @@ static void run_configure(struct py_job *job) {
     job_set(job, result, error);
 }
 
+static void publish_loaded(struct py_host *host);
+
 static void run_job(struct py_host *host, struct py_job *job) {
     switch (job->kind) {
     case PY_JOB_STARTUP:
@@ -345,16 +391,69 @@ static void run_job(struct py_host *host, struct py_job *job) {
         job_set(job, result, error);
         break;
     }
+    case PY_JOB_PLUGIN: {
+        json_t *error = NULL;
+        json_t *result = py_plugins_load(job->input, &error);
+        job_set(job, result, error);
+        break;
     }
-    /* A TimeoutError raised while our mark was on this job is the deadline's doing. */
+    }
+    /* What raised while our mark was on this job is the interrupt's doing. */
     if (atomic_load(&host->interrupt_job_id) == job->id) {
-        job->timed_out = true;
+        bool timeout = atomic_load(&host->interrupt_reason) == PY_INTERRUPT_DEADLINE;
+        job->timed_out = timeout;
         if (!job->ok && json_is_object(job->output))
-            json_object_set_new(job->output, "code", json_string(PROTOCOL_E_TIMEOUT));
+            json_object_set_new(job->output, "code",
+                                json_string(timeout ? PROTOCOL_E_TIMEOUT : PROTOCOL_E_INTERRUPTED));
     }
     if (PyErr_Occurred())
         PyErr_Clear();
     atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
+    if (host->init_status == 0)
+        publish_loaded(host);
+}
+
+/* Hands the loop thread the files of the loaded modules under the roots
+ * (_pyhot.loaded_files) when the index changed since the last time: plain C strings under
+ * the mutex, so no PyObject leaves this thread. Python thread, GIL held. */
+static void publish_loaded(struct py_host *host) {
+    PyObject *r = PyObject_CallMethod(support_module, "loaded_files", "l",
+                                      host->index_generation);
+    PyObject *list = r && PyTuple_Check(r) && PyTuple_Size(r) == 2 ? PyTuple_GetItem(r, 1)
+                                                                   : NULL;
+    long generation = list ? PyLong_AsLong(PyTuple_GetItem(r, 0)) : -1;
+    if (!list || !PyList_Check(list) || generation < 0) {
+        Py_XDECREF(r);  /* None: nothing changed */
+        PyErr_Clear();
+        return;
+    }
+    Py_ssize_t n = PyList_Size(list);
+    char **paths = calloc((size_t)n + 1, sizeof(*paths));
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; paths && i < n; i++) {
+        PyObject *item = PyList_GetItem(list, i);
+        const char *path = PyUnicode_Check(item) ? PyUnicode_AsUTF8(item) : NULL;
+        char *copy = path ? strdup(path) : NULL;
+        if (path && !copy)
+            break;
+        if (copy)
+            paths[k++] = copy;
+    }
+    Py_DECREF(r);
+    PyErr_Clear();
+    if (!paths)
+        return;
+    host->index_generation = generation;
+    pthread_mutex_lock(&host->mutex);
+    char **old = host->loaded;
+    size_t n_old = host->n_loaded;
+    host->loaded = paths;
+    host->n_loaded = (size_t)k;
+    host->loaded_generation++;
+    pthread_mutex_unlock(&host->mutex);
+    for (size_t i = 0; i < n_old; i++)
+        free(old[i]);
+    free(old);
 }
 
 static void *python_thread_main(void *arg) {
@@ -420,6 +519,7 @@ static void *python_thread_main(void *arg) {
 
     PyEval_RestoreThread(state);
     py_run_fini();
+    py_plugins_fini();
     py_json_set_describe(NULL);
     Py_CLEAR(support_module);
     if (Py_FinalizeEx() < 0)
@@ -433,6 +533,21 @@ static void *python_thread_main(void *arg) {
 
 /* ---- loop thread -------------------------------------------------------------------- */
 
+static void on_deadline(uv_timer_t *timer);
+
+/* Interrupts the running job job_id for reason (the first reason stays until it ends):
+ * marks it and signals the python thread, then again every DEADLINE_RESEND_MS while it
+ * runs, in case the code caught the exception. */
+static void interrupt_running(struct py_host *host, uint64_t job_id, enum py_interrupt reason) {
+    if (atomic_load(&host->interrupt_job_id) != job_id) {
+        atomic_store(&host->interrupt_reason, (int)reason);
+        atomic_store(&host->interrupt_job_id, job_id);
+    }
+    host->deadline_job_id = job_id;
+    pthread_kill(host->thread, SIGUSR1);
+    uv_timer_start(&host->deadline_timer, on_deadline, DEADLINE_RESEND_MS, 0);
+}
+
 static void on_deadline(uv_timer_t *timer) {
     struct py_host *host = timer->data;
     pthread_mutex_lock(&host->mutex);
@@ -443,9 +558,50 @@ static void on_deadline(uv_timer_t *timer) {
     if (atomic_load(&host->interrupt_job_id) != host->deadline_job_id)
         log_warn("job %llu passed its deadline; interrupting it",
                  (unsigned long long)host->deadline_job_id);
-    atomic_store(&host->interrupt_job_id, host->deadline_job_id);
-    pthread_kill(host->thread, SIGUSR1);
-    uv_timer_start(&host->deadline_timer, on_deadline, DEADLINE_RESEND_MS, 0);
+    interrupt_running(host, host->deadline_job_id, PY_INTERRUPT_DEADLINE);
+}
+
+static bool preemptible(const struct py_job *job) {
+    return job->kind == PY_JOB_EXEC || job->kind == PY_JOB_REPL;
+}
+
+/* The id of the running job when it is an exec or repl statement with a reload queued
+ * behind it, else 0. */
+static uint64_t statement_holding_a_reload(struct py_host *host) {
+    uint64_t id = 0;
+    pthread_mutex_lock(&host->mutex);
+    if (host->running && preemptible(host->running))
+        for (struct py_job *q = host->queue_head; q && !id; q = q->next)
+            if (q->kind == PY_JOB_RELOAD)
+                id = host->running->id;
+    pthread_mutex_unlock(&host->mutex);
+    return id;
+}
+
+/* The running job, if it is an exec or repl statement with a reload queued behind it, is
+ * interrupted once PREEMPT_AFTER_MS have passed since both were so: a statement does not
+ * hold reloads back for its whole deadline. Loop thread. */
+static void on_preempt(uv_timer_t *timer) {
+    struct py_host *host = timer->data;
+    uint64_t id = statement_holding_a_reload(host);
+    if (id && atomic_load(&host->interrupt_job_id) != id) {
+        log_info("job %llu (a statement) is interrupted: a reload has waited %d ms behind it",
+                 (unsigned long long)id, PREEMPT_AFTER_MS);
+        interrupt_running(host, id, PY_INTERRUPT_PREEMPT);
+    }
+}
+
+/* Arms the preempt timer for the running statement when a reload is queued behind it
+ * (once per statement), and stops it when none is. */
+static void arm_preempt(struct py_host *host) {
+    uint64_t id = statement_holding_a_reload(host);
+    if (!id) {
+        uv_timer_stop(&host->preempt_timer);
+        host->preempt_job_id = 0;
+    } else if (id != host->preempt_job_id) {
+        host->preempt_job_id = id;
+        uv_timer_start(&host->preempt_timer, on_preempt, PREEMPT_AFTER_MS, 0);
+    }
 }
 
 static void arm_deadline(struct py_host *host) {
@@ -481,6 +637,10 @@ static void on_handle_closed(uv_handle_t *handle) {
     free(host->roots);
     free(host->paths);
     free(host->venv);
+    for (size_t i = 0; i < host->n_loaded; i++)
+        free(host->loaded[i]);
+    free(host->loaded);
+    json_decref(host->entry_end);
     pthread_mutex_destroy(&host->mutex);
     pthread_cond_destroy(&host->cond);
     the_host = NULL;
@@ -495,7 +655,19 @@ static void on_async(uv_async_t *async) {
     struct py_job *done = host->done_head;
     host->done_head = host->done_tail = NULL;
     bool exited = host->exited;
+    uint64_t loaded_generation = host->loaded_generation;
+    json_t *entry_end = host->entry_end;
+    host->entry_end = NULL;
     pthread_mutex_unlock(&host->mutex);
+
+    if (loaded_generation != host->loaded_notified && host->on_loaded_files) {
+        host->loaded_notified = loaded_generation;
+        host->on_loaded_files(host->data);
+    }
+    if (entry_end && host->on_entry_end)
+        host->on_entry_end(entry_end, host->data);
+    else
+        json_decref(entry_end);
 
     while (done) {
         struct py_job *next = done->next;
@@ -509,10 +681,12 @@ static void on_async(uv_async_t *async) {
             host->thread_started = false;
             uv_close((uv_handle_t *)&host->async, on_handle_closed);
             uv_close((uv_handle_t *)&host->deadline_timer, on_handle_closed);
+            uv_close((uv_handle_t *)&host->preempt_timer, on_handle_closed);
         }
         return;
     }
     arm_deadline(host);
+    arm_preempt(host);
 }
 
 static char **copy_strings(const char *const *items, size_t n) {
@@ -546,6 +720,9 @@ int py_host_start(uv_loop_t *loop, const struct py_host_options *options,
     host->paths = copy_strings(options->paths, options->n_paths);
     host->n_paths = options->n_paths;
     host->venv = options->venv ? strdup(options->venv) : NULL;
+    host->on_loaded_files = options->on_loaded_files;
+    host->on_entry_end = options->on_entry_end;
+    host->data = options->data;
     pthread_mutex_init(&host->mutex, NULL);
     pthread_cond_init(&host->cond, NULL);
     if (!host->roots || !host->paths) {
@@ -560,7 +737,9 @@ int py_host_start(uv_loop_t *loop, const struct py_host_options *options,
     host->async.data = host;
     uv_timer_init(loop, &host->deadline_timer);
     host->deadline_timer.data = host;
-    host->handles_open = 2;
+    uv_timer_init(loop, &host->preempt_timer);
+    host->preempt_timer.data = host;
+    host->handles_open = 3;
     the_host = host;
 
     int r = -pthread_create(&host->thread, NULL, python_thread_main, host);
@@ -586,6 +765,7 @@ int py_host_start(uv_loop_t *loop, const struct py_host_options *options,
 fail:
     uv_close((uv_handle_t *)&host->async, on_handle_closed);
     uv_close((uv_handle_t *)&host->deadline_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&host->preempt_timer, on_handle_closed);
     return r;
 }
 
@@ -635,8 +815,53 @@ int py_host_submit(struct py_host *host, struct py_job *job) {
         /* It starts now: its deadline runs from here (the start differs by microseconds). */
         host->deadline_job_id = job->id;
         uv_timer_start(&host->deadline_timer, on_deadline, job->timeout_ms, 0);
+    } else if (job->kind == PY_JOB_RELOAD) {
+        arm_preempt(host);
     }
     return 0;
+}
+
+size_t py_host_cancel(struct py_host *host, bool (*match)(const struct py_job *job, void *arg),
+                      void *arg, enum py_interrupt reason, const char *message) {
+    struct py_job *cancelled = NULL, **tail = &cancelled;
+    uint64_t running = 0;
+    size_t n = 0;
+    pthread_mutex_lock(&host->mutex);
+    for (struct py_job **p = &host->queue_head; *p;) {
+        struct py_job *job = *p;
+        if (!match(job, arg)) {
+            p = &job->next;
+            continue;
+        }
+        *p = job->next;
+        if (host->queue_tail == job)
+            host->queue_tail = NULL;
+        host->queued--;
+        job->next = NULL;
+        *tail = job;
+        tail = &job->next;
+    }
+    if (!host->queue_tail) /* the tail was cancelled: find the new one */
+        for (struct py_job *q = host->queue_head; q; q = q->next)
+            host->queue_tail = q;
+    if (host->running && match(host->running, arg))
+        running = host->running->id;
+    pthread_mutex_unlock(&host->mutex);
+
+    if (running && atomic_load(&host->interrupt_job_id) != running) {
+        interrupt_running(host, running, reason);
+        n++;
+    }
+    while (cancelled) {
+        struct py_job *next = cancelled->next;
+        cancelled->next = NULL;
+        job_fail(cancelled, json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERRUPTED, "message",
+                                      message));
+        cancelled->done(cancelled, cancelled->data);
+        cancelled = next;
+        n++;
+    }
+    return n;
 }
 
 uint64_t py_host_running(struct py_host *host, const char **kind, uint64_t *age_ms) {
@@ -658,6 +883,32 @@ size_t py_host_queued(struct py_host *host) {
     size_t n = host->queued;
     pthread_mutex_unlock(&host->mutex);
     return n;
+}
+
+int py_host_loaded_files(struct py_host *host, uint64_t *generation, char ***paths, size_t *n) {
+    pthread_mutex_lock(&host->mutex);
+    if (host->loaded_generation == *generation) {
+        pthread_mutex_unlock(&host->mutex);
+        return 0;
+    }
+    char **copy = calloc(host->n_loaded + 1, sizeof(*copy));
+    size_t k = 0;
+    for (; copy && k < host->n_loaded; k++)
+        if (!(copy[k] = strdup(host->loaded[k])))
+            break;
+    bool complete = copy && k == host->n_loaded;
+    if (complete)
+        *generation = host->loaded_generation;
+    pthread_mutex_unlock(&host->mutex);
+    if (!complete) {
+        for (size_t i = 0; copy && i < k; i++)
+            free(copy[i]);
+        free(copy);
+        return -ENOMEM;
+    }
+    *paths = copy;
+    *n = k;
+    return 1;
 }
 
 size_t py_host_modules_loaded(struct py_host *host) {

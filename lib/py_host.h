@@ -41,6 +41,16 @@ enum py_job_kind {
                         --isolate {"pid", "stdout_fd", "stderr_fd"} (run_channel.h) */
     PY_JOB_PRELOAD,  /* input {"modules": [..]} -> {"imported": [..], "errors": [..]} */
     PY_JOB_REPL,     /* input {"source": str} -> {"incomplete": bool, "stdout", "stderr"} */
+    PY_JOB_PLUGIN,   /* input {"path", "api"} -> {"event", "plugin"} (py_plugins_load) */
+};
+
+/* Why a running job is interrupted; the python thread raises (lib/py_support.py):
+ * TimeoutError for its deadline, KeyboardInterrupt for the others. */
+enum py_interrupt {
+    PY_INTERRUPT_DEADLINE = 1,   /* its deadline passed */
+    PY_INTERRUPT_CLIENT = 2,     /* its client asked (the interrupt command: Ctrl-C) */
+    PY_INTERRUPT_GONE = 3,       /* its client disconnected */
+    PY_INTERRUPT_PREEMPT = 4,    /* an exec or repl statement held a queued reload back */
 };
 
 struct py_job;
@@ -71,6 +81,14 @@ struct py_host_options {
     const char *const *paths;     /* further sys.path entries, after the roots */
     size_t n_paths;
     const char *venv;             /* a virtual environment to import from, or NULL */
+    /* Called on the loop thread, before the finished jobs' callbacks, when a job changed
+     * the list py_host_loaded_files returns; may be NULL. */
+    void (*on_loaded_files)(void *data);
+    /* Called on the loop thread when the entry's function (--entry) ended: end is
+     * {"entry": "MODULE:FUNCTION", "state": "returned" | "failed", "error": {...} when it
+     * raised}, owned by the callee. May be NULL. */
+    void (*on_entry_end)(json_t *end, void *data);
+    void *data;
 };
 
 /* Blocks SIGUSR1 in the calling thread (and so in threads it creates later). Call from
@@ -95,12 +113,30 @@ void py_job_free(struct py_job *job);
  * when the host is stopping (the job is not taken). Loop thread only. */
 int py_host_submit(struct py_host *host, struct py_job *job);
 
+/* Cancels the jobs for which match(job, arg) is true: queued ones leave the queue and are
+ * finished (done() called now) with ok=false, code "interrupted" and message; the running
+ * one is interrupted for reason as a deadline interrupts (SIGUSR1; its code gets the
+ * exception of reason) and finishes when its code returns. Returns how many were
+ * cancelled or interrupted. Loop thread only.
+ *
+ * Besides, an exec or repl job that runs while a reload job waits in the queue is
+ * interrupted with PY_INTERRUPT_PREEMPT after PREEMPT_AFTER_MS (1000 ms, py_host.c). */
+size_t py_host_cancel(struct py_host *host, bool (*match)(const struct py_job *job, void *arg),
+                      void *arg, enum py_interrupt reason, const char *message);
+
 /* What the python thread runs now: 0 when idle, else fills the job's id, kind name and
  * age in ms. Never waits on the python thread beyond a short mutex. */
 uint64_t py_host_running(struct py_host *host, const char **kind, uint64_t *age_ms);
 
 /* Jobs queued and not yet started. */
 size_t py_host_queued(struct py_host *host);
+
+/* The files (absolute, realpath'd) of the loaded modules under the watch roots, as the
+ * reload engine's index held them after the last job that changed it. When the list is
+ * newer than *generation (0 at first), sets *paths (a malloc'd array of malloc'd strings
+ * the caller frees) and *n, updates *generation and returns 1; returns 0 when nothing
+ * changed, -ENOMEM. Loop thread; never waits on the python thread beyond a short mutex. */
+int py_host_loaded_files(struct py_host *host, uint64_t *generation, char ***paths, size_t *n);
 
 /* len(sys.modules) after the last job. */
 size_t py_host_modules_loaded(struct py_host *host);
@@ -109,7 +145,7 @@ size_t py_host_modules_loaded(struct py_host *host);
 const char *py_host_python_version(void);
 
 /* Name of a job kind ("startup", "reload", "exec", "modules", "configure", "run",
- * "preload", "repl"). */
+ * "preload", "repl", "plugin"). */
 const char *py_job_kind_name(enum py_job_kind kind);
 
 /* Stops the host: queued jobs are finished with ok=false, code "shutting_down"; the

@@ -42,6 +42,11 @@ void py_json_set_describe(PyObject *fn);
  * (internal_error when there is no such attribute, python_error when it raised). */
 json_t *py_module_call(PyObject *module, const char *name, json_t *args, json_t **error);
 
+/* Compiles source (a .py file of lib/ compiled into the daemon; filename "<pyhot>/FILE.py" names it
+ * in tracebacks) and runs it as the module name, which sys.modules then holds. Returns a new
+ * reference to the module, or NULL with a Python exception set. */
+PyObject *py_module_from_source(const char *name, const char *filename, const char *source);
+
 /* ---- py_host.c ---- */
 
 /* Calls _pyhot.<name>(*args) where args is a JSON array (borrowed) converted to Python.
@@ -54,6 +59,11 @@ json_t *py_support_call(const char *name, json_t *args, json_t **error);
 /* Compiles lib/py_reload.py (built in) and runs it as module _pyhot_reload, after _pyhot.
  * Returns 0, or -1 with a Python exception set. */
 int py_reload_init(void);
+
+/* Compiles and runs the built-in Python modules beside the engine: `pyhot` (lib/py_api.py,
+ * the public in-daemon API) and the framework adapters (lib/py_adapter*.py), after
+ * py_reload_init. Returns 0, or -1 with a Python exception set. */
+int py_api_init(void);
 
 /* Sets the engine's options from a job's input: "strategy" ("dependents" or "module") and
  * "mode" ("definitions" or "module"), each only when present. Returns 0, or -1 with *error
@@ -76,5 +86,18 @@ void py_run_fini(void);
  * "stderr_fd", "isolated": true}; the loop thread owns the fds from then on). Returns at
  * once; NULL with *error set (a new protocol error object) when the run cannot start. */
 json_t *py_run_start(json_t *input, json_t **error);
+
+/* Compiles lib/py_plugins.py (built in) and runs it as module _pyhot_plugins, after
+ * _pyhot. Returns 0, or -1 with a Python exception set. py_plugins_fini drops the
+ * reference before Py_FinalizeEx. */
+int py_plugins_init(void);
+void py_plugins_fini(void);
+
+/* A PY_JOB_PLUGIN job's work (docs/plugins.md): input {"path": absolute, "api":
+ * "MODULE:ATTR" | null}; loads, reloads or unloads the plugin file as its state on disk
+ * says. Returns {"event": {name, path, result, duration_ms, error?} | null, "plugin":
+ * {name, path, state, exports, loaded_at, error} | null} (new reference), or NULL with
+ * *error set (a new protocol error object) when the host itself failed. */
+json_t *py_plugins_load(json_t *input, json_t **error);
 
 #endif

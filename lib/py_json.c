@@ -202,3 +202,12 @@ json_t *py_module_call(PyObject *module, const char *name, json_t *args, json_t 
     Py_DECREF(result);
     return j;
 }
+
+PyObject *py_module_from_source(const char *name, const char *filename, const char *source) {
+    PyObject *code = Py_CompileString(source, filename, Py_file_input);
+    if (!code)
+        return NULL;
+    PyObject *module = PyImport_ExecCodeModule(name, code);
+    Py_DECREF(code);
+    return module;
+}

@@ -10,11 +10,7 @@
 static PyObject *engine; /* _pyhot_reload; python thread only */
 
 int py_reload_init(void) {
-    PyObject *code = Py_CompileString(py_reload_source, "<pyhot>/py_reload.py", Py_file_input);
-    if (!code)
-        return -1;
-    engine = PyImport_ExecCodeModule("_pyhot_reload", code);
-    Py_DECREF(code);
+    engine = py_module_from_source("_pyhot_reload", "<pyhot>/py_reload.py", py_reload_source);
     return engine ? 0 : -1;
 }
 

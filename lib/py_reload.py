@@ -1815,6 +1815,8 @@ class Engine:
         if not changed_modules:
             if any(r["result"] == "error" for r in reloads):
                 batch["result"] = "error"
+                batch["modules"] = [r["module"] for r in reloads
+                                    if r["result"] == "error" and r["module"]]
             batch["duration_ms"] = _elapsed_ms(started)
             return {"reloads": reloads, "batch": batch}
         graph_before = {name: _imports.get(name) for name in changed_modules}
@@ -1879,9 +1881,16 @@ class Engine:
                                 "reason": "not imported", "duration_ms": 0.0})
                 continue
             if self.applied.get(path) == digest:
+                # A file whose batch failed, saved back to what was last applied: the
+                # failed edit is gone and the module runs that file's code; say so.
+                reverted = path in self.pending
                 for name in names:
-                    reloads.append({"module": name, "path": path, "result": "skipped",
-                                    "reason": "content unchanged", "duration_ms": 0.0})
+                    entry = {"module": name, "path": path, "result": "skipped",
+                             "reason": "content unchanged", "duration_ms": 0.0}
+                    if reverted:
+                        entry.update(reason="back to the applied code (the failed edit was "
+                                     "undone)", reverted=True)
+                    reloads.append(entry)
                 self.drop_pending(path)
                 continue
             changed[path] = (data, digest)
@@ -2091,7 +2100,9 @@ class Engine:
                 else:
                     entry.update(result="skipped", reason="the batch failed its pre-check")
                 reloads.append(entry)
-            batch.update(result="error", error=error, duration_ms=_elapsed_ms(started))
+            # Nothing ran: the modules are those the batch was to run.
+            batch.update(modules=list(plan), result="error", error=error,
+                         duration_ms=_elapsed_ms(started))
         else:
             cause = failure.module or "a hook (%s)" % error.get("hook", "?")
             for name in ran_names:

@@ -392,8 +392,12 @@ static int sandbox_plan_build(json_t *input, struct sandbox_plan *plan, json_t *
 }
 
 /* The child: never returns. sandbox is NULL for a run that is only isolated. */
-static void child_main(json_t *input, int out_w, int err_w, const struct sandbox_spec *sandbox) {
+static void child_main(json_t *input, int out_w, int err_w, int globals_w,
+                       const struct sandbox_spec *sandbox) {
     if (dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
+        _exit(2);
+    /* run --get: py_run.py's run_isolated writes the values to fd 3 before the end. */
+    if (globals_w >= 0 && globals_w != 3 && dup2(globals_w, 3) < 0)
         _exit(2);
     int null = open("/dev/null", O_RDONLY);
     if (null >= 0 && null != 0) {
@@ -401,7 +405,7 @@ static void child_main(json_t *input, int out_w, int err_w, const struct sandbox
         close(null);
     }
     /* Nothing of the daemon's: its socket, inotify, epoll, eventfds. */
-    syscall(SYS_close_range, 3U, ~0U, 0U);
+    syscall(SYS_close_range, globals_w >= 0 ? 4U : 3U, ~0U, 0U);
     sigset_t none;
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
@@ -449,50 +453,55 @@ static void child_main(json_t *input, int out_w, int err_w, const struct sandbox
     _exit(status);
 }
 
+static void close_pipes(int (*pipes)[2], int n) {
+    for (int i = 0; i < n; i++) {
+        close(pipes[i][0]);
+        close(pipes[i][1]);
+    }
+}
+
+/* Forks the isolated run of input. The child's fd 1 and 2 are pipes whose read ends the
+ * result carries ("stdout_fd", "stderr_fd"), and with "get" its fd 3 one more
+ * ("globals_fd"), for the values it sends back before its end. */
 static json_t *start_isolated(json_t *input, json_t **error) {
-    int out[2], err[2];
+    int pipes[3][2];
+    int n = json_array_size(json_object_get(input, "get")) > 0 ? 3 : 2;
     struct sandbox_plan plan;
     bool sandboxed = json_is_object(json_object_get(input, "sandbox"));
     if (sandboxed && sandbox_plan_build(input, &plan, error) < 0)
         return NULL;
-    if (pipe2(out, O_CLOEXEC) < 0) {
-        if (sandboxed)
-            sandbox_plan_free(&plan);
-        *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(errno));
-        return NULL;
-    }
-    if (pipe2(err, O_CLOEXEC) < 0) {
-        *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(errno));
-        if (sandboxed)
-            sandbox_plan_free(&plan);
-        close(out[0]);
-        close(out[1]);
-        return NULL;
+    for (int i = 0; i < n; i++) {
+        if (pipe2(pipes[i], O_CLOEXEC) < 0) {
+            *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(errno));
+            close_pipes(pipes, i);
+            if (sandboxed)
+                sandbox_plan_free(&plan);
+            return NULL;
+        }
     }
     PyOS_BeforeFork();
     pid_t pid = fork();
     if (pid == 0) {
         PyOS_AfterFork_Child();
-        child_main(input, out[1], err[1], sandboxed ? &plan.spec : NULL);
+        child_main(input, pipes[0][1], pipes[1][1], n == 3 ? pipes[2][1] : -1,
+                   sandboxed ? &plan.spec : NULL);
         _exit(2);
     }
     int e = errno;
     PyOS_AfterFork_Parent();
-    close(out[1]);
-    close(err[1]);
-    if (pid < 0) {
-        close(out[0]);
-        close(err[0]);
-        *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(e));
-        if (sandboxed)
-            sandbox_plan_free(&plan);
-        return NULL;
-    }
-    json_t *output = json_pack("{s:i, s:i, s:i, s:b}", "pid", (int)pid, "stdout_fd", out[0], "stderr_fd",
-                               err[0], "isolated", 1);
+    for (int i = 0; i < n; i++)
+        close(pipes[i][1]);
     if (sandboxed)
         sandbox_plan_free(&plan);
-    return output;
+    if (pid < 0) {
+        for (int i = 0; i < n; i++)
+            close(pipes[i][0]);
+        *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(e));
+        return NULL;
+    }
+    return json_pack("{s:i, s:i, s:i, s:i, s:b}", "pid", (int)pid, "stdout_fd", pipes[0][0],
+                     "stderr_fd", pipes[1][0], "globals_fd", n == 3 ? pipes[2][0] : -1,
+                     "isolated", 1);
 }
 
 json_t *py_run_start(json_t *input, json_t **error) {

@@ -150,15 +150,33 @@ def _main_spec_of(path):
     return spec
 
 
-def _execute(spec, argv):
-    """Runs spec's script as __main__ in a fresh namespace (runpy._run_code semantics)."""
+# A script given as text (`pyhotctl run -`): named as python3 names a script it reads from
+# standard input (sys.argv[0] "-", __file__ "<stdin>").
+STDIN_ARGV0 = "-"
+STDIN_FILENAME = "<stdin>"
+
+
+def _argv0(spec):
+    if spec.get("source") is not None:
+        return STDIN_ARGV0
+    return spec.get("path") or spec.get("module") or ""
+
+
+def _execute(spec, argv, namespace):
+    """Runs spec's script as __main__ in namespace, a fresh dict (runpy._run_code
+    semantics); namespace keeps what the script bound even when it raised."""
     import pkgutil
     init_globals = spec.get("globals") or None
+    source = spec.get("source")
+    if source is not None:
+        code = compile(source, STDIN_FILENAME, "exec", dont_inherit=True)
+        runpy._run_code(code, namespace, init_globals, "__main__", None, "", STDIN_FILENAME)
+        return
     module = spec.get("module")
     if module is not None:
         mod_name, mod_spec, code = runpy._get_module_details(module)
         argv[0] = mod_spec.origin
-        runpy._run_code(code, {}, init_globals, "__main__", mod_spec, mod_spec.parent)
+        runpy._run_code(code, namespace, init_globals, "__main__", mod_spec, mod_spec.parent)
         return
     path = spec["path"]
     if os.path.isdir(path) or (os.path.isfile(path) and _is_zip(path)):
@@ -167,7 +185,7 @@ def _execute(spec, argv):
             try:
                 mod_spec = _main_spec_of(path)
                 code = mod_spec.loader.get_code("__main__")
-                runpy._run_code(code, {}, init_globals, "__main__", mod_spec, "")
+                runpy._run_code(code, namespace, init_globals, "__main__", mod_spec, "")
             finally:
                 try:
                     sys.path.remove(path)
@@ -179,7 +197,7 @@ def _execute(spec, argv):
     if code is None:
         with io.open_code(path) as f:
             code = compile(f.read(), path, "exec", dont_inherit=True)
-    runpy._run_code(code, {}, init_globals, "__main__", None, "", path)
+    runpy._run_code(code, namespace, init_globals, "__main__", None, "", path)
 
 
 def _is_zip(path):
@@ -194,8 +212,8 @@ def _check_target(spec):
 
 
 def start_run(spec):
-    """Starts an in-process run of spec (the request: run_id, path | module, argv, globals,
-    timeout_ms) on a thread of its own and returns at once."""
+    """Starts an in-process run of spec (the request: run_id, path | module | source, argv,
+    globals, timeout_ms) on a thread of its own and returns at once."""
     import time as time_module
     _check_target(spec)
     if time_module.sleep is not sleep:
@@ -214,7 +232,7 @@ def _run_thread(run_id, spec):
     ident = threading.get_ident()
     out, err = _RunOutput(run_id, "stdout"), _RunOutput(run_id, "stderr")
     out.other, err.other = err, out
-    argv = [spec.get("path") or spec.get("module") or ""] + list(spec.get("argv") or [])
+    argv = [_argv0(spec)] + list(spec.get("argv") or [])
     with _run_lock:
         if _active_runs[0] == 0 and not isinstance(sys.argv, _ArgvProxy):
             _real_argv[0] = sys.argv
@@ -236,9 +254,10 @@ def _run_thread(run_id, spec):
                          daemon=True).start()
     code = 1
     timed_out = False
+    namespace = {}
     try:
         try:
-            _execute(spec, argv)
+            _execute(spec, argv, namespace)
             code = 0
         except SystemExit as exc:
             code = _exit_code_of(exc, err)
@@ -261,13 +280,16 @@ def _run_thread(run_id, spec):
                     sys.argv = _real_argv[0]
                     _real_argv[0] = None
             import resource
-            finish(run_id, {
+            result = {
                 "exit_code": code, "timed_out": bool(timed_out), "signal": None,
                 "isolated": False,
                 "duration_ms": (time_module.monotonic() - started) * 1000.0,
                 # The run thread's own CPU time; the peak RSS is the daemon's (one process).
                 "cpu_ms": (time_module.thread_time() - cpu_started) * 1000.0,
-                "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+                "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+            if spec.get("get"):
+                result.update(run_globals(namespace, spec["get"]))
+            finish(run_id, result)
 
 
 # What a sandboxed run may read besides [sandbox] read (docs/run.md "Sandbox"): what the
@@ -318,19 +340,27 @@ def run_isolated(spec):
         os.environ["TMPDIR"] = spec["tmpdir"]
         if "tempfile" in sys.modules:
             sys.modules["tempfile"].tempdir = spec["tmpdir"]
+    namespace = None
     try:
         try:
-            sys.argv = [spec.get("path") or spec.get("module") or ""] + list(spec.get("argv") or [])
+            sys.argv = [_argv0(spec)] + list(spec.get("argv") or [])
             _check_target(spec)
             init_globals = spec.get("globals") or None
-            if spec.get("module") is not None:
-                runpy.run_module(spec["module"], init_globals, "__main__", alter_sys=True)
+            if spec.get("source") is not None:
+                code = compile(spec["source"], STDIN_FILENAME, "exec", dont_inherit=True)
+                with runpy._TempModule("__main__") as main:
+                    namespace = runpy._run_code(code, main.module.__dict__, init_globals,
+                                                "__main__", None, "", STDIN_FILENAME)
+            elif spec.get("module") is not None:
+                namespace = runpy.run_module(spec["module"], init_globals, "__main__", alter_sys=True)
             else:
-                runpy.run_path(spec["path"], init_globals, "__main__")
+                namespace = runpy.run_path(spec["path"], init_globals, "__main__")
             code = 0
         except SystemExit as exc:
+            namespace = _main_namespace_of(exc)
             code = _exit_code_of(exc, sys.stderr)
         except BaseException as exc:
+            namespace = _main_namespace_of(exc)
             sys.stderr.write(_format_run_traceback(exc))
             code = 1
     finally:
@@ -339,4 +369,136 @@ def run_isolated(spec):
                 stream.flush()
             except Exception:
                 pass
+    if spec.get("get"):
+        _send_globals(run_globals(namespace or {}, spec["get"]), spec.get("globals_fd", 3))
     return code
+
+
+# ---------------------------------------------------------------------------------------
+# A run's results (run --get NAME, docs/run.md): values of the script's globals as JSON
+# where they are JSON by nature, else their repr and type.
+
+_GET_REPR_MAX = 64 * 1024        # characters of one repr
+_GET_VALUE_MAX = 1024 * 1024     # bytes of one value's JSON; larger ones go as repr
+_GET_TOTAL_MAX = 8 * 1024 * 1024 # bytes of all values; names past it are "omitted"
+_GET_DEPTH_MAX = 32              # nesting of lists and dicts (py_to_json stops at 64)
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+class _NotJSON(Exception):
+    pass
+
+
+def _as_json(value, depth=0):
+    """value as plain JSON data (tuples become lists), or _NotJSON: what the protocol's
+    JSON (jansson) carries exactly: str keys, 64-bit integers, finite floats, valid
+    UTF-8, no cycle."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise _NotJSON()
+        return int(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _NotJSON()
+        return float(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _NotJSON()
+        return str(value)
+    if depth >= _GET_DEPTH_MAX:
+        raise _NotJSON()
+    if isinstance(value, (list, tuple)):
+        return [_as_json(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise _NotJSON()
+        return {_as_json(key): _as_json(item, depth + 1) for key, item in value.items()}
+    raise _NotJSON()
+
+
+def _as_repr(value):
+    kind = type(value)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else kind.__module__ + "." + kind.__qualname__
+    try:
+        text = repr(value)
+    except BaseException as exc:
+        text = "<repr() raised %s>" % type(exc).__name__
+    described = {"repr": text[:_GET_REPR_MAX], "type": name}
+    if len(text) > _GET_REPR_MAX:
+        described["truncated"] = True
+    return described
+
+
+def run_globals(namespace, names):
+    """{"globals": {name: value}, "missing": [...], "omitted": [...]} for the names asked
+    (in their order): each value as JSON data when it is JSON by nature (_as_json) and its
+    JSON is under _GET_VALUE_MAX bytes, else {"repr", "type"} (repr capped at
+    _GET_REPR_MAX characters, "truncated": true when it was cut). "*" stands for every
+    public global (no leading "_") that is JSON by nature. A name the script did not bind
+    is missing, not an error; names past _GET_TOTAL_MAX bytes in all are omitted."""
+    import json
+    values, missing, omitted = {}, [], []
+    total = 0
+    wanted = []
+    for name in names:
+        if name == "*":
+            wanted.extend((n, True) for n in list(namespace)
+                          if isinstance(n, str) and not n.startswith("_"))
+        else:
+            wanted.append((name, False))
+    for name, only_json in wanted:
+        if name in values or name in omitted:
+            continue
+        if name not in namespace:
+            if name not in missing:
+                missing.append(name)
+            continue
+        value = namespace[name]
+        try:
+            data = _as_json(value)
+            size = len(json.dumps(data, ensure_ascii=False))
+            if size > _GET_VALUE_MAX:
+                raise _NotJSON()
+        except (_NotJSON, RecursionError, ValueError):
+            if only_json:
+                continue
+            data = _as_repr(value)
+            size = len(json.dumps(data, ensure_ascii=False))
+        if total + size > _GET_TOTAL_MAX:
+            omitted.append(name)
+            continue
+        total += size
+        values[name] = data
+    result = {"globals": values, "missing": missing}
+    if omitted:
+        result["omitted"] = omitted
+    return result
+
+
+def _main_namespace_of(exc):
+    """The globals of the script's top-level frame in exc's traceback (what the script had
+    bound when it raised or exited), or None."""
+    namespace = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__":
+            namespace = frame.f_globals
+        tb = tb.tb_next
+    return namespace
+
+
+def _send_globals(result, fd):
+    """An isolated child's values, as one JSON document on fd (the daemon's pipe), before
+    the child exits."""
+    import json
+    data = json.dumps(result, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass

@@ -13,6 +13,7 @@ It is compiled into the daemon (lib/py_support.py -> generated C string), so it 
 same file a reader sees here.
 """
 
+import ast
 import fnmatch
 import hashlib
 import importlib
@@ -80,18 +81,29 @@ def _install_stream_proxies():
 
 
 # ---------------------------------------------------------------------------------------
-# Deadline. The C side defines _deadline_due() in this module (true while the running job
-# is the one whose deadline passed) and installs _deadline_handler for SIGUSR1, which
-# CPython runs on the python thread between bytecodes and after a blocking call returns
-# EINTR. Inside a Critical() section (rollback, patching: work that must never stop half
-# way) the interrupt is deferred: the loop thread sends the signal again every second.
+# Deadline and interrupts. The C side defines _interrupt_due() in this module (while the
+# running job is being interrupted, why: enum py_interrupt of py_host.h, else 0) and
+# installs _deadline_handler for SIGUSR1, which CPython runs on the python thread between
+# bytecodes and after a blocking call returns EINTR. Inside a Critical() section
+# (rollback, patching: work that must never stop half way) the interrupt is deferred: the
+# loop thread sends the signal again every second.
 
 _critical_depth = 0
 
+_INTERRUPTS = {
+    1: (TimeoutError, "pyhot: the job passed its deadline"),
+    2: (KeyboardInterrupt, None),  # the client's interrupt: Ctrl-C, as python3 raises it
+    3: (KeyboardInterrupt, "pyhot: the client disconnected"),
+    4: (KeyboardInterrupt, "pyhot: interrupted so that a waiting reload can run"),
+}
+
 
 def _deadline_handler(signum, frame):
-    if _critical_depth == 0 and _deadline_due():  # noqa: F821 (defined by py_host.c)
-        raise TimeoutError("pyhot: the job passed its deadline")
+    if _critical_depth == 0:
+        reason = _interrupt_due()  # noqa: F821 (defined by py_host.c)
+        if reason:
+            kind, message = _INTERRUPTS[reason]
+            raise kind(message) if message else kind()
 
 
 class Critical:
@@ -126,13 +138,53 @@ def format_traceback(exc):
     return "".join(lines)
 
 
+# An error's message and traceback go into events that the daemon keeps for history and
+# sends to every subscriber: each is capped (characters), so that an exception carrying a
+# megabyte of text cannot make every event that large (docs/protocol.md, "Errors").
+MESSAGE_MAX = 8192
+TRACEBACK_MAX = 16384
+
+
+def _cap(text, limit, keep_tail):
+    """text cut to at most limit characters and a marker; with keep_tail, the cut is in the
+    middle (a traceback's end names the exception), else at the end."""
+    if len(text) <= limit:
+        return text, False
+    cut = len(text) - limit
+    marker = " [... %d characters cut by pyhot ...] " % cut
+    if keep_tail:
+        head = limit // 4
+        return text[:head] + marker + text[len(text) - (limit - head):], True
+    return text[:limit] + marker, True
+
+
+def _cap_error(error):
+    """Caps error's message and traceback in place; sets "truncated": true when it cut."""
+    cut = False
+    if isinstance(error.get("message"), str):
+        error["message"], m = _cap(error["message"], MESSAGE_MAX, False)
+        cut = cut or m
+    if isinstance(error.get("traceback"), str):
+        error["traceback"], t = _cap(error["traceback"], TRACEBACK_MAX, True)
+        cut = cut or t
+    if cut:
+        error["truncated"] = True
+    return error
+
+
 def describe_exception(exc, prefer_file=None):
-    """The error object of the protocol for exc.
+    """The error object of the protocol for exc: {"type", "message", "file", "line",
+    "traceback"} ("column" for a SyntaxError), the message and traceback capped at
+    MESSAGE_MAX and TRACEBACK_MAX characters ("truncated": true when either was cut).
 
     file and line point at the SyntaxError's location, else at the innermost frame of
     prefer_file when the traceback passes through it (the module being reloaded), else
     at the innermost frame.
     """
+    return _cap_error(_describe(exc, prefer_file))
+
+
+def _describe(exc, prefer_file):
     kind = type(exc)
     name = kind.__qualname__
     if kind.__module__ not in ("builtins", "__main__"):
@@ -164,7 +216,9 @@ def describe_exception(exc, prefer_file=None):
 
 
 # ---------------------------------------------------------------------------------------
-# exec: code in __main__'s namespace, output captured, the repr of a lone expression.
+# exec: code in __main__'s namespace, output captured, the repr of the value of a final
+# expression statement (as the REPL shows an expression's value, and IPython the last one
+# of a cell).
 
 _exec_counter = 0
 
@@ -181,19 +235,16 @@ def exec_code(source):
     _captures[ident] = (out, err)
     reply = {"ok": True, "value": None}
     try:
-        try:
-            code = compile(source, filename, "eval", dont_inherit=True)
-            is_expression = True
-        except SyntaxError:
-            code = compile(source, filename, "exec", dont_inherit=True)
-            is_expression = False
-        if is_expression:
-            value = eval(code, namespace)
+        tree = ast.parse(source, filename, "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
+        if last is not None:
+            value = eval(compile(last, filename, "eval", dont_inherit=True), namespace)
             if value is not None:
                 reply["value"] = repr(value)
                 namespace["_"] = value
-        else:
-            exec(code, namespace)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt must not end the daemon
         reply = {"ok": False, "error": describe_exception(exc)}
     finally:
@@ -337,6 +388,16 @@ class ModuleIndex:
 index = ModuleIndex()
 
 
+def loaded_files(since):
+    """For the watcher's polled roots (the C side asks after every job): the realpaths of
+    the watched modules' files as (generation, [path, ...]) when the index changed since
+    generation `since`, else None."""
+    index.refresh()
+    if index.generation == since:
+        return None
+    return index.generation, list(index.by_path)
+
+
 def configure(roots, paths, venv=None):
     """Puts the watch roots, then the extra paths, at the front of sys.path; with venv,
     makes the virtual environment's packages importable."""
@@ -450,8 +511,25 @@ def import_roots():
     return _import_modules(index.roots)
 
 
+def _setup_django(errors):
+    """django.setup() when DJANGO_SETTINGS_MODULE is set: a Django project's models and
+    admin modules raise AppRegistryNotReady when imported before the app registry is
+    populated (django/apps/registry.py, check_apps_ready). It imports the settings and the
+    installed apps, as manage.py does before anything else."""
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return
+    try:
+        import django
+        django.setup()
+    except BaseException as exc:
+        error = describe_exception(exc)
+        error["module"] = "django.setup"
+        errors.append(error)
+
+
 def _import_modules(roots):
     imported, errors = [], []
+    _setup_django(errors)
     for root in roots:
         for name in _root_modules(root, _DEFAULT_IGNORED_DIRS):
             if name in sys.modules:
@@ -504,8 +582,14 @@ def start_entry(entry):
             # Looked up at call time, not bound at start: a reload before the thread
             # ran still gives the new function.
             getattr(sys.modules[module_name], function_name)()
-        except BaseException:
-            sys.stderr.write("pyhot: entry %s raised:\n%s" % (entry, traceback.format_exc()))
+        except BaseException as exc:
+            sys.stderr.write("pyhot: entry %s raised:\n%s" % (entry, format_traceback(exc)))
+            # file and line: the entry module's frame, where the app's code failed.
+            origin = module_origin(sys.modules.get(module_name))
+            _entry_ended({"entry": entry, "state": "failed",  # noqa: F821 (py_host.c)
+                          "error": describe_exception(exc, prefer_file=origin)})
+        else:
+            _entry_ended({"entry": entry, "state": "returned"})  # noqa: F821 (py_host.c)
 
     thread = threading.Thread(target=run, name="pyhot-entry", daemon=True)
     thread.start()

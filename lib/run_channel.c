@@ -17,6 +17,10 @@
 #include "sandbox.h"
 
 #define PIPE_READ_SIZE (64 * 1024)
+/* Most bytes of run --get values an isolated child may send back (py_run.py caps the
+ * values at 8 MiB; this leaves room for their JSON around them). */
+#define GLOBALS_MAX_BYTES (16 * 1024 * 1024)
+#define GLOBALS_PIPE 2
 
 /* ---- the channel: run threads -> loop thread ------------------------------------------ */
 
@@ -104,10 +108,14 @@ struct child {
     pid_t pid;
     int pidfd;
     uv_poll_t poll;            /* the pidfd: readable once the child exits */
-    uv_pipe_t pipes[2];        /* stdout, stderr */
+    uv_pipe_t pipes[3];        /* stdout, stderr, and the run --get values (GLOBALS_PIPE) */
+    int n_pipes;               /* 2, or 3 with the values' pipe */
     uv_timer_t timer;          /* wall timeout */
     int handles_open;
-    bool eof[2];
+    bool eof[3];
+    char *globals;             /* the values' JSON as read so far (malloc'd), or NULL */
+    size_t globals_len;
+    bool globals_too_big;      /* more than GLOBALS_MAX_BYTES came: dropped */
     bool exited;
     bool ended;                /* the end message went out */
     bool timed_out;
@@ -132,13 +140,15 @@ static void child_unlink(struct child *c) {
 
 static void on_child_handle_closed(uv_handle_t *handle) {
     struct child *c = handle->data;
-    if (--c->handles_open == 0)
+    if (--c->handles_open == 0) {
+        free(c->globals);
         free(c);
+    }
 }
 
 static void child_close(struct child *c) {
     child_unlink(c);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < c->n_pipes; i++)
         if (!uv_is_closing((uv_handle_t *)&c->pipes[i]))
             uv_close((uv_handle_t *)&c->pipes[i], on_child_handle_closed);
     if (!uv_is_closing((uv_handle_t *)&c->poll))
@@ -222,11 +232,27 @@ static void child_emit(struct child *c, int stream, const char *data, size_t len
     free(text);
 }
 
+/* The values the child sent for run --get ({"globals", "missing", "omitted"}) into result;
+ * nothing when it sent none or something else. */
+static void child_add_globals(struct child *c, json_t *result) {
+    json_t *sent = c->globals && !c->globals_too_big ? json_loadb(c->globals, c->globals_len, 0, NULL)
+                                                       : NULL;
+    static const char *const keys[] = {"globals", "missing", "omitted"};
+    for (size_t i = 0; json_is_object(sent) && i < sizeof(keys) / sizeof(keys[0]); i++)
+        if (json_object_get(sent, keys[i]))
+            json_object_set(result, keys[i], json_object_get(sent, keys[i]));
+    json_decref(sent);
+}
+
 static void child_maybe_end(struct child *c) {
-    if (c->ended || !c->exited || !c->eof[0] || !c->eof[1])
+    if (c->ended || !c->exited)
         return;
+    for (int i = 0; i < c->n_pipes; i++)
+        if (!c->eof[i])
+            return;
     c->ended = true;
     json_t *result = json_object();
+    child_add_globals(c, result);
     if (WIFEXITED(c->status)) {
         json_object_set_new(result, "exit_code", json_integer(WEXITSTATUS(c->status)));
         json_object_set_new(result, "signal", json_null());
@@ -258,14 +284,30 @@ static void on_pipe_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) 
     buf->len = buf->base ? PIPE_READ_SIZE : 0;
 }
 
+/* Appends bytes of the values' pipe, up to GLOBALS_MAX_BYTES. */
+static void child_keep_globals(struct child *c, const char *data, size_t len) {
+    if (c->globals_too_big)
+        return;
+    char *grown = c->globals_len + len <= GLOBALS_MAX_BYTES ? realloc(c->globals, c->globals_len + len) : NULL;
+    if (!grown) {
+        c->globals_too_big = true;
+        return;
+    }
+    memcpy(grown + c->globals_len, data, len);
+    c->globals = grown;
+    c->globals_len += len;
+}
+
 static void on_pipe_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     struct child *c = stream->data;
-    int which = stream == (uv_stream_t *)&c->pipes[0] ? 0 : 1;
-    if (nread > 0)
+    int which = (int)((uv_pipe_t *)stream - c->pipes);
+    if (nread > 0 && which == GLOBALS_PIPE)
+        child_keep_globals(c, buf->base, (size_t)nread);
+    else if (nread > 0)
         child_emit(c, which, buf->base, (size_t)nread, false);
     free(buf->base);
     if (nread < 0) {
-        if (c->n_pending[which])
+        if (which != GLOBALS_PIPE && c->n_pending[which])
             child_emit(c, which, "", 0, true);
         uv_read_stop(stream);
         c->eof[which] = true;
@@ -306,8 +348,8 @@ static void on_child_timeout(uv_timer_t *timer) {
     child_kill(c->pid);
 }
 
-int run_channel_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, unsigned timeout_ms,
-                       char *err, size_t errlen) {
+int run_channel_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, int globals_fd,
+                            unsigned timeout_ms, char *err, size_t errlen) {
     struct child *c = calloc(1, sizeof(*c));
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     int r = 0;
@@ -321,14 +363,17 @@ int run_channel_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, un
         waitpid(pid, NULL, 0);
         close(out_fd);
         close(err_fd);
+        if (globals_fd >= 0)
+            close(globals_fd);
         return r;
     }
     c->run_id = run_id;
     c->pid = pid;
     c->pidfd = pidfd;
     c->started_ns = uv_hrtime();
-    int fds[2] = {out_fd, err_fd};
-    for (int i = 0; i < 2; i++) {
+    int fds[3] = {out_fd, err_fd, globals_fd};
+    c->n_pipes = globals_fd >= 0 ? 3 : 2;
+    for (int i = 0; i < c->n_pipes; i++) {
         uv_pipe_init(channel.loop, &c->pipes[i], 0);
         c->pipes[i].data = c;
         c->handles_open++;

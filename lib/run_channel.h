@@ -54,12 +54,14 @@ void run_channel_post(uint64_t run_id, json_t *msg);
 void run_channel_close(void);
 
 /* Takes over an isolated child started by a PY_JOB_RUN job: reads out_fd and err_fd (both
- * owned from here on, closed by the channel) as the run's stdout and stderr, reaps pid and,
- * when timeout_ms > 0, kills it with SIGKILL that long after this call (timed_out: true).
- * The end message follows the child's exit and the end of both pipes. Returns 0, or a
- * negative errno with err filled (the child is then killed and the fds closed). */
-int run_channel_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, unsigned timeout_ms,
-                       char *err, size_t errlen);
+ * owned from here on, closed by the channel) as the run's stdout and stderr, and
+ * globals_fd (-1 when the run has no "get"; owned too) as the JSON of its run --get values,
+ * at most 16 MiB, whose "globals", "missing" and "omitted" join the end's result; reaps pid
+ * and, when timeout_ms > 0, kills it with SIGKILL that long after this call (timed_out:
+ * true). The end message follows the child's exit and the end of every pipe. Returns 0, or
+ * a negative errno with err filled (the child is then killed and the fds closed). */
+int run_channel_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, int globals_fd,
+                            unsigned timeout_ms, char *err, size_t errlen);
 
 /* Kills the isolated child of run_id (SIGKILL), e.g. when its client disconnected.
  * Returns 0, or -ESRCH when run_id has no child being watched. Loop thread only. */

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "events.h"
 #include "histogram.h"
+#include "metrics.h"
 #include "py_host.h"
 
 /*
@@ -25,6 +26,7 @@
 struct control;
 struct watch;
 struct command_state; /* the commands' own state (status cache, runs), commands.c */
+struct plugins;
 
 struct server_counters {
     uint64_t batches;
@@ -37,6 +39,8 @@ struct server_counters {
     struct {
         uint64_t total, isolated, sandboxed, failed, timed_out;
     } runs_ended;                /* one per run event (cmd_runs.c) */
+    struct metrics_run_results runs; /* runs ended, by how (cmd_runs.c) */
+    struct histogram run_ms;     /* duration_ms of each run that ended */
 };
 
 struct server {
@@ -51,9 +55,12 @@ struct server {
     uint64_t status_generation; /* bumped by every command but the read-only ones */
     struct server_counters counters;
     json_t *last_batch;        /* the last batch event (owned), or NULL */
+    json_t *entry;             /* status "entry" (owned): {"name", "state", "error"?}, or
+                                  NULL without --entry */
     bool ready;                /* the startup job finished */
     bool stopping;
     struct command_state *commands;
+    struct plugins *plugins;   /* plugin directories (plugins.c), or NULL without any */
 
     /* Sends line (len bytes, "\n"-terminated, malloc'd; stolen) to client: the daemon
      * queues it on the control socket, a test server keeps it. */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -19,7 +20,7 @@
 
 /* Per-path flags of the current pending set. */
 #define PATH_GONE 1u     /* deleted or moved away, not written since */
-#define PATH_WRITING 2u  /* created, not closed yet */
+#define PATH_WRITING 2u  /* created, truncated or written, not closed yet */
 
 struct path_flag {
     char *path;          /* owned; NULL = empty slot */
@@ -32,7 +33,13 @@ struct path_flags {
     struct path_flag *slots;
     size_t n_slots;      /* power of two, or 0 */
     size_t used;
-    size_t n_set;        /* entries whose flags are not 0 (an upper bound) */
+    size_t n_set;        /* entries whose flags are not 0 */
+};
+
+enum root_method {
+    METHOD_EVENTS = 0,   /* the event backend alone */
+    METHOD_BOTH = 1,     /* the event backend, and polled */
+    METHOD_POLL = 2,     /* polled alone (backend = poll) */
 };
 
 struct watch_root {
@@ -40,6 +47,8 @@ struct watch_root {
     enum watch_root_state state;
     char *message;       /* why it is not watching, or NULL */
     bool removed;        /* by watch_remove_root: the slot stays so root indices stay stable */
+    enum root_method method;
+    char *why;           /* how it is watched, as status says it */
 };
 
 struct watch {
@@ -69,6 +78,13 @@ struct watch {
     uint64_t rescans;
     uint64_t batches;
     uint64_t setup_ns;
+    struct watch_poll *poll;           /* NULL until a tree is polled */
+    char **loaded;                     /* the loaded modules' files (watch_set_loaded) */
+    size_t n_loaded;
+    uint64_t recent_changes[WATCH_STORM_CHANGES]; /* uv_now() of the last changes, a ring */
+    size_t recent_next;
+    uint64_t fast_batches;
+    bool must_settle;                  /* a walk found files: this batch waits the window */
     bool closing;                      /* watch_close called: nothing goes out any more */
     void (*close_cb)(void *data);
     void *close_data;
@@ -134,9 +150,12 @@ static void flags_update(struct path_flags *m, const char *path, unsigned set, u
         e->flags = 0;
         m->used++;
     }
-    if (e->flags == 0 && set != 0)
-        m->n_set++;
+    unsigned old = e->flags;
     e->flags = (e->flags | set) & ~clear;
+    if (old == 0 && e->flags != 0)
+        m->n_set++;
+    else if (old != 0 && e->flags == 0)
+        m->n_set--;
 }
 
 static unsigned flags_get(const struct path_flags *m, const char *path) {
@@ -170,6 +189,25 @@ static void emit(struct watch *watch) {
     flags_clear(&watch->flags);
     watch->write_hold_started = false;
     watch->gone_grace_used = false;
+    watch->must_settle = false;
+    if (watch->poll) {
+        /* A change both inotify and the poll saw goes out once: the second sighting
+         * finds the content it already sent. */
+        size_t kept = 0;
+        for (size_t i = 0; i < batch->n_paths; i++) {
+            if (watch_poll_is_repeat(watch->poll, batch->paths[i])) {
+                log_debug("watch: %s: content already sent; not again", batch->paths[i]);
+                free(batch->paths[i]);
+            } else {
+                batch->paths[kept++] = batch->paths[i];
+            }
+        }
+        batch->n_paths = kept;
+        if (kept == 0) {
+            watch_batch_free(batch);
+            return;
+        }
+    }
     watch->batches++;
     watch->options.on_batch(watch, batch, watch->options.data);
 }
@@ -223,6 +261,8 @@ static void note_pending(struct watch *watch, const char *path) {
         return;
     if (watch->pending.len == 0)
         watch->first_event_ns = uv_hrtime();
+    watch->recent_changes[watch->recent_next] = uv_now(watch->loop);
+    watch->recent_next = (watch->recent_next + 1) % WATCH_STORM_CHANGES;
     if (strset_add(&watch->pending, path) < 0) {
         log_error("watch: out of memory; change to %s lost", path);
         return;
@@ -238,6 +278,11 @@ void watch_note_change(struct watch *watch, const char *path) {
     note_pending(watch, path);
 }
 
+void watch_note_found(struct watch *watch, const char *path) {
+    watch->must_settle = true;
+    watch_note_change(watch, path);
+}
+
 void watch_note_gone(struct watch *watch, const char *path) {
     flags_update(&watch->flags, path, PATH_GONE, PATH_WRITING);
     note_pending(watch, path);
@@ -247,9 +292,27 @@ void watch_note_writing(struct watch *watch, const char *path) {
     flags_update(&watch->flags, path, PATH_WRITING, 0);
 }
 
+/* Whether the pending set may leave now rather than after the settle window: every path
+ * in it finished (no file created, written or deleted and not yet closed or back, none
+ * found by a walk), it is small, and files are not changing in numbers (the oldest of the last
+ * WATCH_STORM_CHANGES changes is older than WATCH_STORM_WINDOW_MS). */
+static bool settled_early(const struct watch *watch) {
+    if (watch->flags.n_set > 0 || watch->pending.len > WATCH_FAST_MAX_PATHS ||
+        watch->must_settle)
+        return false;
+    if (watch->ops && !watch->ops->reports_completion)
+        return false;
+    uint64_t oldest = watch->recent_changes[watch->recent_next];
+    return oldest == 0 || uv_now(watch->loop) - oldest >= WATCH_STORM_WINDOW_MS;
+}
+
 void watch_note_drained(struct watch *watch) {
-    if (watch->options.settle_ms == 0 && watch->pending.len > 0 && !watch->waiting) {
+    if (watch->pending.len == 0 || watch->waiting)
+        return;
+    if (watch->options.settle_ms == 0 || settled_early(watch)) {
         uv_timer_stop(&watch->settle_timer);
+        if (watch->options.settle_ms > 0 && watch->holds == 0)
+            watch->fast_batches++;
         try_emit(watch);
     }
 }
@@ -487,7 +550,7 @@ static char *find_gitdir(const char *dir) {
 }
 
 static void add_vcs(struct watch *watch, const char *root) {
-    if (watch->options.defer_vcs_ms == 0 || !watch->backend)
+    if (watch->options.defer_vcs_ms == 0 || (!watch->backend && !watch->poll))
         return;
     char *gitdir = find_gitdir(root);
     if (!gitdir)
@@ -499,7 +562,12 @@ static void add_vcs(struct watch *watch, const char *root) {
         }
     }
     char err[PATH_MAX + 256];
-    if (watch->ops->add_vcs(watch->backend, gitdir, err, sizeof(err)) < 0) {
+    if (!watch->backend) {
+        if (watch_poll_add_vcs(watch->poll, gitdir) < 0) {
+            free(gitdir);
+            return;
+        }
+    } else if (watch->ops->add_vcs(watch->backend, gitdir, err, sizeof(err)) < 0) {
         log_warn("watch: %s; batches will not wait for git", err);
         free(gitdir);
         return;
@@ -518,6 +586,182 @@ static void add_vcs(struct watch *watch, const char *root) {
         watch_note_vcs_lock(watch, lock, true);
 }
 
+/* ---- how each root is watched ------------------------------------------------------ */
+
+/* Undoes the octal escapes of /proc/self/mounts (space, tab, newline, backslash). */
+static void unescape_mount_path(char *s) {
+    char *out = s;
+    for (char *in = s; *in; in++) {
+        if (in[0] == '\\' && in[1] >= '0' && in[1] <= '3' && in[2] >= '0' && in[2] <= '7' &&
+            in[3] >= '0' && in[3] <= '7') {
+            *out++ = (char)((in[1] - '0') * 64 + (in[2] - '0') * 8 + (in[3] - '0'));
+            in += 3;
+        } else {
+            *out++ = *in;
+        }
+    }
+    *out = '\0';
+}
+
+static bool path_at_or_below(const char *path, const char *dir) {
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/')
+        len--;
+    if (strncmp(path, dir, len) != 0)
+        return false;
+    return path[len] == '\0' || path[len] == '/' || (len == 1 && dir[0] == '/');
+}
+
+/* Calls fn for every mount of /proc/self/mounts (mount point unescaped, type). */
+static void each_mount(void (*fn)(const char *dir, const char *type, void *data), void *data) {
+    FILE *f = fopen("/proc/self/mounts", "re");
+    if (!f)
+        return;
+    char line[PATH_MAX * 2];
+    while (fgets(line, sizeof(line), f)) {
+        char *save = NULL;
+        char *dev = strtok_r(line, " ", &save);
+        char *dir = dev ? strtok_r(NULL, " ", &save) : NULL;
+        char *type = dir ? strtok_r(NULL, " ", &save) : NULL;
+        if (!type)
+            continue;
+        unescape_mount_path(dir);
+        fn(dir, type, data);
+    }
+    fclose(f);
+}
+
+struct mount_search {
+    const char *path;
+    size_t best_len;
+    char type[64];
+};
+
+static void find_mount(const char *dir, const char *type, void *data) {
+    struct mount_search *m = data;
+    size_t len = strlen(dir);
+    /* The last of equal mount points is the one on top. */
+    if (path_at_or_below(m->path, dir) && len >= m->best_len) {
+        m->best_len = len;
+        snprintf(m->type, sizeof(m->type), "%s", type);
+    }
+}
+
+static enum root_method choose_method(const struct watch *watch, const char *path, char *why,
+                                      size_t len) {
+    if (watch->options.backend == WATCH_BACKEND_POLL) {
+        snprintf(why, len, "backend = poll");
+        return METHOD_POLL;
+    }
+    for (size_t i = 0; i < watch->options.n_poll_dirs; i++) {
+        if (path_at_or_below(path, watch->options.poll_dirs[i])) {
+            snprintf(why, len, "poll = %s", watch->options.poll_dirs[i]);
+            return METHOD_BOTH;
+        }
+    }
+    struct mount_search m = {.path = path};
+    each_mount(find_mount, &m);
+    struct statfs sfs;
+    bool remote = m.type[0] ? watch_fs_name_is_remote(m.type)
+                            : statfs(path, &sfs) == 0 && watch_fs_magic_is_remote((long)sfs.f_type);
+    if (remote) {
+        snprintf(why, len, "%s file system", m.type[0] ? m.type : "network");
+        return METHOD_BOTH;
+    }
+    snprintf(why, len, "local %s file system", m.type[0] ? m.type : "");
+    return METHOD_EVENTS;
+}
+
+static int poll_tree(struct watch *watch, size_t root, const char *top, const char *why,
+                     char *err, size_t errlen) {
+    if (!watch->poll) {
+        if (watch_poll_new(watch, watch->loop, watch->options.poll_interval_ms, &watch->poll) < 0) {
+            snprintf(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+        if (watch->n_loaded > 0)
+            watch_poll_set_loaded(watch->poll, (const char *const *)watch->loaded, watch->n_loaded);
+    }
+    int r = watch_poll_add_tree(watch->poll, root, top, why, err, errlen);
+    if (r == 0)
+        log_info("watch: polling %s every %u ms (%s%s)", top, watch->options.poll_interval_ms, why,
+                 strncmp(why, "local", 5) != 0 && strchr(why, '=') == NULL
+                     ? ": changes made by other machines or through other mounts reach no inotify"
+                     : "");
+    return r;
+}
+
+/* Whether no component of dir below root is an ignored directory. */
+static bool dir_is_watched(const struct watch *watch, const char *root, const char *dir) {
+    size_t root_len = strlen(root);
+    char rel[PATH_MAX];
+    snprintf(rel, sizeof(rel), "%s", dir + root_len + (root_len > 1 ? 1 : 0));
+    for (char *p = rel;;) {
+        char *slash = strchr(p, '/');
+        if (slash)
+            *slash = '\0';
+        bool ignored = filter_ignores_dir(watch->options.filter, rel, p);
+        if (ignored || !slash)
+            return !ignored;
+        *slash = '/';
+        p = slash + 1;
+    }
+}
+
+struct inner_trees {
+    struct watch *watch;
+    size_t root;
+    char **dirs;          /* top, then why, in pairs */
+    size_t n;
+};
+
+static void collect_inner_tree(struct inner_trees *t, const char *dir, const char *why) {
+    const char *root = watch_root(t->watch, t->root);
+    if (!path_at_or_below(dir, root) || strcmp(dir, root) == 0 ||
+        !dir_is_watched(t->watch, root, dir))
+        return;
+    for (size_t i = 0; i < t->n; i += 2)
+        if (path_at_or_below(dir, t->dirs[i]))
+            return;  /* inside a tree polled already */
+    char **dirs = realloc(t->dirs, (t->n + 2) * sizeof(*dirs));
+    if (!dirs)
+        return;
+    t->dirs = dirs;
+    dirs[t->n] = strdup(dir);
+    dirs[t->n + 1] = strdup(why);
+    t->n += 2;
+}
+
+static void find_inner_mount(const char *dir, const char *type, void *data) {
+    if (!watch_fs_name_is_remote(type))
+        return;
+    char why[128];
+    snprintf(why, sizeof(why), "%s file system mounted there", type);
+    collect_inner_tree(data, dir, why);
+}
+
+/* Polls, beside inotify, the directories below root i that are `poll` directories or
+ * mounts of file systems inotify may be blind on. Failures are logged; the root's
+ * inotify watches stand either way. */
+static void poll_inner_trees(struct watch *watch, size_t root) {
+    struct inner_trees t = {.watch = watch, .root = root};
+    for (size_t i = 0; i < watch->options.n_poll_dirs; i++) {
+        char why[PATH_MAX + 16];
+        snprintf(why, sizeof(why), "poll = %s", watch->options.poll_dirs[i]);
+        collect_inner_tree(&t, watch->options.poll_dirs[i], why);
+    }
+    each_mount(find_inner_mount, &t);
+    for (size_t i = 0; i < t.n; i += 2) {
+        char err[PATH_MAX + 256];
+        if (t.dirs[i] && t.dirs[i + 1] &&
+            poll_tree(watch, root, t.dirs[i], t.dirs[i + 1], err, sizeof(err)) < 0)
+            log_warn("watch: %s; changes made elsewhere under it are not seen", err);
+        free(t.dirs[i]);
+        free(t.dirs[i + 1]);
+    }
+    free(t.dirs);
+}
+
 /* ---- lifetime --------------------------------------------------------------------- */
 
 int watch_new(uv_loop_t *loop, const struct watch_options *options, struct watch **out,
@@ -530,6 +774,8 @@ int watch_new(uv_loop_t *loop, const struct watch_options *options, struct watch
     if (options->backend == WATCH_BACKEND_INOTIFY)
         log_info("watch: inotify is Linux only; using the uv backend");
 #endif
+    if (options->backend == WATCH_BACKEND_POLL)
+        ops = NULL;
     struct watch *watch = calloc(1, sizeof(*watch));
     if (!watch) {
         snprintf(err, errlen, "out of memory");
@@ -538,9 +784,27 @@ int watch_new(uv_loop_t *loop, const struct watch_options *options, struct watch
     watch->loop = loop;
     watch->options = *options;
     watch->ops = ops;
+    char **poll_dirs = calloc(options->n_poll_dirs + 1, sizeof(*poll_dirs));
+    for (size_t i = 0; poll_dirs && i < options->n_poll_dirs; i++) {
+        poll_dirs[i] = strdup(options->poll_dirs[i]);
+        if (!poll_dirs[i]) {
+            while (i-- > 0)
+                free(poll_dirs[i]);
+            free(poll_dirs);
+            poll_dirs = NULL;
+        }
+    }
+    if (!poll_dirs) {
+        free(watch);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    watch->options.poll_dirs = (const char *const *)poll_dirs;
+    if (watch->options.poll_interval_ms == 0)
+        watch->options.poll_interval_ms = WATCH_POLL_INTERVAL_MS;
     strset_init(&watch->pending);
     char berr[512];
-    int r = ops->create(watch, loop, &watch->backend, berr, sizeof(berr));
+    int r = ops ? ops->create(watch, loop, &watch->backend, berr, sizeof(berr)) : 0;
     if (r < 0) {
         watch->backend = NULL;
         watch->backend_error = r;
@@ -575,22 +839,141 @@ int watch_add_root(struct watch *watch, const char *path, char *err, size_t errl
     roots[i].state = WATCH_ROOT_FAILED;
     roots[i].message = NULL;
     roots[i].removed = false;
-    int r;
-    if (!watch->backend) {
-        r = watch->backend_error;
-        snprintf(err, errlen, "%s", watch->backend_message ? watch->backend_message : "no backend");
-    } else {
-        uint64_t started = uv_hrtime();
-        r = watch->ops->add_root(watch->backend, i, err, errlen);
-        watch->setup_ns += uv_hrtime() - started;
+    roots[i].why = NULL;
+    char why[PATH_MAX + 128];
+    roots[i].method = choose_method(watch, copy, why, sizeof(why));
+    roots[i].why = strdup(why);
+    int r = 0;
+    uint64_t started = uv_hrtime();
+    if (roots[i].method != METHOD_POLL) {
+        if (!watch->backend) {
+            r = watch->backend_error;
+            snprintf(err, errlen, "%s",
+                     watch->backend_message ? watch->backend_message : "no backend");
+        } else {
+            r = watch->ops->add_root(watch->backend, i, err, errlen);
+        }
+        if ((r == -ENOSPC || r == -EMFILE || r == -ENFILE) && roots[i].method == METHOD_BOTH) {
+            /* Polled anyway: polling alone beats not watching it at all. */
+            log_warn("watch: %s; %s is polled alone", err, copy);
+            roots[i].method = METHOD_POLL;
+            snprintf(why + strlen(why), sizeof(why) - strlen(why), "; inotify limit reached");
+            free(roots[i].why);
+            roots[i].why = strdup(why);
+            r = 0;
+        }
     }
+    if (r == 0 && roots[i].method != METHOD_EVENTS)
+        r = poll_tree(watch, i, copy, why, err, errlen);
+    if (r == 0 && roots[i].method == METHOD_EVENTS)
+        poll_inner_trees(watch, i);
+    watch->setup_ns += uv_hrtime() - started;
     if (r == 0) {
         roots[i].state = WATCH_ROOT_WATCHING;
         add_vcs(watch, copy);
     } else {
+        if (watch->backend && roots[i].method != METHOD_POLL)
+            watch->ops->remove_root(watch->backend, i);
+        if (watch->poll)
+            watch_poll_remove_root(watch->poll, i);
         roots[i].message = strdup(err);
     }
     return r;
+}
+
+int watch_set_loaded(struct watch *watch, const char *const *paths, size_t n) {
+    char **copy = calloc(n ? n : 1, sizeof(*copy));
+    if (!copy)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        copy[i] = strdup(paths[i]);
+        if (!copy[i]) {
+            while (i-- > 0)
+                free(copy[i]);
+            free(copy);
+            return -ENOMEM;
+        }
+    }
+    for (size_t i = 0; i < watch->n_loaded; i++)
+        free(watch->loaded[i]);
+    free(watch->loaded);
+    watch->loaded = copy;
+    watch->n_loaded = n;
+    if (watch->poll)
+        watch_poll_set_loaded(watch->poll, (const char *const *)copy, n);
+    return 0;
+}
+
+const char *watch_root_method(const struct watch *watch, size_t i, const char **why) {
+    if (why)
+        *why = i < watch->n_roots ? watch->roots[i].why : NULL;
+    if (i >= watch->n_roots)
+        return NULL;
+    const char *events = watch->ops ? watch->ops->name : "poll";
+    switch (watch->roots[i].method) {
+    case METHOD_POLL:
+        return "poll";
+    case METHOD_BOTH:
+        return watch->ops == &watch_uv_ops ? "uv+poll" : "inotify+poll";
+    default:
+        return events;
+    }
+}
+
+const char *watch_root_describe(const struct watch *watch, size_t i, char *buf, size_t len) {
+    const char *why = NULL;
+    const char *method = watch_root_method(watch, i, &why);
+    snprintf(buf, len, "%s (%s)", method ? method : "nothing", why ? why : "");
+    return buf;
+}
+
+size_t watch_root_polled_count(const struct watch *watch, size_t i) {
+    if (!watch->poll || i >= watch->n_roots || watch->roots[i].method != METHOD_EVENTS)
+        return 0;
+    return watch_poll_tree_count(watch->poll, i);
+}
+
+const char *watch_root_polled(const struct watch *watch, size_t i, size_t k, const char **why,
+                              const char **problem) {
+    return watch_poll_tree(watch->poll, i, k, why, problem);
+}
+
+void watch_note_poll_problem(struct watch *watch, size_t root, const char *top,
+                             const char *message, bool lost) {
+    if (root >= watch->n_roots)
+        return;
+    struct watch_root *r = &watch->roots[root];
+    if (strcmp(r->path, top) == 0) {
+        watch_note_root_state(watch, root, lost ? WATCH_ROOT_LOST : WATCH_ROOT_FAILED, message);
+        return;
+    }
+    if (watch->options.on_error)
+        watch->options.on_error(watch, top, message, watch->options.data);
+}
+
+void watch_note_poll_restored(struct watch *watch, size_t root, const char *top,
+                              size_t n_dirs) {
+    if (root >= watch->n_roots)
+        return;
+    struct watch_root *r = &watch->roots[root];
+    bool whole = strcmp(r->path, top) == 0;
+    if (r->method != METHOD_POLL && watch->backend &&
+        (whole || r->state == WATCH_ROOT_WATCHING)) {
+        /* inotify dropped its watches of the tree when it was unmounted, or watched the
+         * directory the mount covers now: the root is watched afresh (nothing reported;
+         * the poll's walk reported what changed meanwhile). */
+        char err[PATH_MAX + 256];
+        watch->ops->remove_root(watch->backend, root);
+        if (watch->ops->add_root(watch->backend, root, err, sizeof(err)) < 0)
+            log_warn("watch: %s; %s is polled alone", err, top);
+    }
+    if (whole) {
+        watch_note_root_restored(watch, root, n_dirs);
+        return;
+    }
+    log_info("watch: %s can be read again: polling it (%zu directories)", top, n_dirs);
+    struct watch_notice n = {.kind = WATCH_NOTICE_RESTORED, .root = top, .n_dirs = n_dirs};
+    notify(watch, &n);
 }
 
 void watch_set_settle(struct watch *watch, unsigned settle_ms) {
@@ -598,7 +981,14 @@ void watch_set_settle(struct watch *watch, unsigned settle_ms) {
 }
 
 size_t watch_dir_count(const struct watch *watch) {
-    return watch->backend ? watch->ops->dir_count(watch->backend) : 0;
+    if (watch->backend)
+        return watch->ops->dir_count(watch->backend);
+    if (watch->poll) {
+        struct watch_stats st;
+        watch_poll_get_stats(watch->poll, &st);
+        return st.polled_dirs;
+    }
+    return 0;
 }
 
 int watch_remove_root(struct watch *watch, const char *path, char *err, size_t errlen) {
@@ -609,8 +999,10 @@ int watch_remove_root(struct watch *watch, const char *path, char *err, size_t e
         struct watch_root *root = &watch->roots[i];
         if (root->removed || strlen(root->path) != len || strncmp(root->path, path, len) != 0)
             continue;
-        if (watch->backend)
+        if (watch->backend && root->method != METHOD_POLL)
             watch->ops->remove_root(watch->backend, i);
+        if (watch->poll)
+            watch_poll_remove_root(watch->poll, i);
         root->removed = true;
         root->state = WATCH_ROOT_FAILED;
         return 0;
@@ -643,7 +1035,11 @@ enum watch_root_state watch_root_state(const struct watch *watch, size_t i,
 
 void watch_get_stats(const struct watch *watch, struct watch_stats *out) {
     memset(out, 0, sizeof(*out));
-    out->backend = watch->ops->name;
+    if (watch->poll)
+        watch_poll_get_stats(watch->poll, out);
+    out->backend = watch->ops ? watch->ops->name : "poll";
+    out->poll_interval_ms = watch->options.poll_interval_ms;
+    out->fast_batches = watch->fast_batches;
     out->dirs = watch_dir_count(watch);
     out->rescans = watch->rescans;
     out->batches = watch->batches;
@@ -663,7 +1059,11 @@ static void finish_close(struct watch *watch) {
     for (size_t i = 0; i < watch->n_roots; i++) {
         free(watch->roots[i].path);
         free(watch->roots[i].message);
+        free(watch->roots[i].why);
     }
+    for (size_t i = 0; i < watch->n_loaded; i++)
+        free(watch->loaded[i]);
+    free(watch->loaded);
     free(watch->roots);
     for (size_t i = 0; i < watch->n_vcs_locks; i++)
         free(watch->vcs_locks[i]);
@@ -671,6 +1071,9 @@ static void finish_close(struct watch *watch) {
     for (size_t i = 0; i < watch->n_gitdirs; i++)
         free(watch->gitdirs[i]);
     free(watch->gitdirs);
+    for (size_t i = 0; i < watch->options.n_poll_dirs; i++)
+        free((char *)watch->options.poll_dirs[i]);
+    free((char **)watch->options.poll_dirs);
     free(watch->backend_message);
     free(watch);
     if (cb)
@@ -689,11 +1092,13 @@ void watch_close(struct watch *watch, void (*close_cb)(void *data), void *data) 
     watch->close_cb = close_cb;
     watch->close_data = data;
     watch->closing = true;
-    watch->closing_parts = watch->backend ? 3 : 2;
+    watch->closing_parts = 2 + (watch->backend ? 1 : 0) + (watch->poll ? 1 : 0);
     uv_close((uv_handle_t *)&watch->settle_timer, on_timer_closed);
     uv_close((uv_handle_t *)&watch->vcs_timer, on_timer_closed);
     if (watch->backend)
         watch->ops->close(watch->backend, on_backend_closed, watch);
+    if (watch->poll)
+        watch_poll_close(watch->poll, on_backend_closed, watch);
 }
 
 void watch_batch_free(struct watch_batch *batch) {

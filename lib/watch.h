@@ -14,11 +14,20 @@
  * (docs/watching.md is the user's version).
  *
  * Every change to an accepted file (filter.h) under a root adds its path to the pending
- * set and restarts the settle timer; when settle_ms pass with no further change, the
- * pending set goes out as one batch. On Linux a finished write is IN_CLOSE_WRITE or
- * IN_MOVED_TO (inotify(7)); a half-written file is never batched on IN_MODIFY alone, and
- * a batch waits while one of its paths has been created but not yet closed (an editor
- * that renames the original away and writes a new file), at most WATCH_HOLD_WRITES_MS.
+ * set. The settle is adaptive: once the backend's queue is drained, the pending set goes
+ * out at once when every path in it has seen its completing event (on Linux
+ * IN_CLOSE_WRITE or IN_MOVED_TO, inotify(7); a poll's finished comparison), no accepted
+ * file is open for writing (created, truncated or modified and not yet closed), the set
+ * is small (at most WATCH_FAST_MAX_PATHS) and files are not changing in numbers (fewer
+ * than WATCH_STORM_CHANGES within WATCH_STORM_WINDOW_MS). Otherwise it goes out when
+ * settle_ms pass with no further change. A half-written file is never batched on
+ * IN_MODIFY alone, and a batch waits while one of its paths has been created or written
+ * but not yet closed (an editor that renames the original away and writes a new file),
+ * at most WATCH_HOLD_WRITES_MS.
+ *
+ * Each root is watched by inotify, by polling, or by both (watch_poll.c): polling where
+ * changes can come from elsewhere than this kernel (NFS, SMB, FUSE, 9p, ...; decided per
+ * root and per mount inside a root), or where the options ask for it.
  * New directories are watched and scanned at once, so files created in them before their
  * watch landed are batched too.
  *
@@ -31,6 +40,22 @@ struct watch;
 
 /* Longest time a batch waits for a file that was created and not yet closed, ms. */
 #define WATCH_HOLD_WRITES_MS 2000
+
+/* The adaptive settle's limits: a pending set larger than this, or this many changes
+ * within the window, waits the settle window (a checkout, a generator, a storm). */
+#define WATCH_FAST_MAX_PATHS 8
+#define WATCH_STORM_CHANGES 16
+#define WATCH_STORM_WINDOW_MS 100
+
+/* Default poll interval, ms (watchfiles polls every 300 ms, chokidar's binary-file
+ * interval is 300 ms, watchdog's PollingObserver every 1000 ms). */
+#define WATCH_POLL_INTERVAL_MS 300
+
+/* Polled trees list their directories (new and removed files and directories) every this
+ * many intervals, and compare every accepted file, loaded or not, every
+ * WATCH_POLL_SCAN_EVERY * WATCH_POLL_FULL_EVERY intervals. */
+#define WATCH_POLL_SCAN_EVERY 4
+#define WATCH_POLL_FULL_EVERY 4
 
 struct watch_batch {
     char **paths;            /* absolute paths, each once, in the order first seen (owned) */
@@ -82,6 +107,7 @@ typedef void (*watch_notice_cb)(struct watch *watch, const struct watch_notice *
 enum watch_backend_kind {
     WATCH_BACKEND_INOTIFY = 0,  /* Linux: one inotify fd, overflow detected and rescanned */
     WATCH_BACKEND_UV = 1,       /* uv_fs_event: kqueue, FSEvents, inotify; no overflow */
+    WATCH_BACKEND_POLL = 2,     /* every root polled, no event backend at all */
 };
 
 struct watch_options {
@@ -90,6 +116,12 @@ struct watch_options {
     enum watch_backend_kind backend;
     bool follow_symlinks;         /* watch directories reached through symlinks too */
     unsigned defer_vcs_ms;        /* longest hold while .git/index.lock exists; 0 = no hold */
+    unsigned poll_interval_ms;    /* polled roots: loaded files compared every interval, ms;
+                                   * directories every WATCH_POLL_SCAN_EVERY intervals;
+                                   * 0 = WATCH_POLL_INTERVAL_MS */
+    const char *const *poll_dirs; /* roots at or below these are polled beside inotify;
+                                   * copied by watch_new */
+    size_t n_poll_dirs;
     watch_batch_cb on_batch;
     watch_error_cb on_error;      /* may be NULL */
     watch_notice_cb on_notice;    /* may be NULL */
@@ -118,6 +150,11 @@ int watch_add_root(struct watch *watch, const char *path, char *err, size_t errl
  * message in err when no such root is watched. */
 int watch_remove_root(struct watch *watch, const char *path, char *err, size_t errlen);
 
+/* Tells the watcher which files are loaded modules (absolute paths, as the index holds
+ * them; copied): polled roots compare these every interval, the others only on the slower
+ * directory cycle. Replaces the previous list. Returns 0 or -ENOMEM (the old list stays). */
+int watch_set_loaded(struct watch *watch, const char *const *paths, size_t n);
+
 /* Changes the settle window (ms) for batches that start after the call. */
 void watch_set_settle(struct watch *watch, unsigned settle_ms);
 
@@ -134,6 +171,22 @@ enum watch_root_state {
     WATCH_ROOT_LOST = 2,     /* deleted or moved away; watched again when it reappears */
 };
 
+/* How root i is watched: "inotify", "uv", "inotify+poll" or "poll", and why (a sentence
+ * fragment such as "nfs4 file system", "backend = poll", "local ext4 file system";
+ * borrowed, valid until the root is removed). */
+const char *watch_root_method(const struct watch *watch, size_t i, const char **why);
+
+/* "inotify+poll (nfs4 file system)": root i's watch_root_method and why, for the log,
+ * written into buf (len bytes). Returns buf. */
+const char *watch_root_describe(const struct watch *watch, size_t i, char *buf, size_t len);
+
+/* The polled trees below root i that are not the root itself (mounts of network or FUSE
+ * file systems inside it): their count, and tree k's top path, why it is polled and,
+ * when polling it fails, the message (else NULL). Borrowed. */
+size_t watch_root_polled_count(const struct watch *watch, size_t i);
+const char *watch_root_polled(const struct watch *watch, size_t i, size_t k, const char **why,
+                              const char **problem);
+
 /* What status reports about the watcher. Strings are borrowed from the watcher and valid
  * until the next call into it. */
 struct watch_stats {
@@ -145,6 +198,12 @@ struct watch_stats {
     unsigned holds;          /* WATCH_HOLD_* bits set now */
     const char *vcs_lock;    /* one lock file holding batches now, or NULL */
     uint64_t setup_ns;       /* time the roots' initial walks took, summed */
+    unsigned poll_interval_ms;
+    size_t polled_dirs;      /* directories of polled trees */
+    size_t polled_files;     /* accepted files of polled trees */
+    size_t polled_loaded;    /* of them, loaded modules (compared every interval) */
+    uint64_t poll_cycles;    /* intervals polled since start */
+    uint64_t fast_batches;   /* batches that left before the settle window (adaptive) */
 };
 void watch_get_stats(const struct watch *watch, struct watch_stats *out);
 

@@ -42,11 +42,13 @@
 
 /* IN_CLOSE_WRITE and IN_MOVED_TO mark a finished write; IN_DELETE and IN_MOVED_FROM a file
  * gone (the module stays loaded; the reload event says so); IN_CREATE a new directory, or
- * a file being written. IN_ONLYDIR keeps a racing file from being watched in a directory's
- * place; IN_DONT_FOLLOW (unless symlinks are followed) a racing symlink. Every role uses
- * the same event mask, since a second inotify_add_watch on an inode replaces its mask. */
+ * a file being written; IN_MODIFY a file being written or truncated (the adaptive settle
+ * waits for its IN_CLOSE_WRITE; the kernel merges repeated ones in the queue). IN_ONLYDIR
+ * keeps a racing file from being watched in a directory's place; IN_DONT_FOLLOW (unless
+ * symlinks are followed) a racing symlink. Every role uses the same event mask, since a
+ * second inotify_add_watch on an inode replaces its mask. */
 #define EVENT_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | \
-                    IN_DELETE_SELF | IN_MOVE_SELF | IN_EXCL_UNLINK)
+                    IN_MODIFY | IN_DELETE_SELF | IN_MOVE_SELF | IN_EXCL_UNLINK)
 #define DIR_MASK (EVENT_MASK | IN_ONLYDIR | IN_DONT_FOLLOW)
 #define LINK_MASK (EVENT_MASK | IN_ONLYDIR)
 
@@ -508,12 +510,12 @@ static int walk_dir(struct walk *w, struct node *n, char *path, size_t len) {
             } else if (w->mode != WALK_INITIAL && (type == DT_REG || type == DT_LNK) &&
                        filter_accepts_file(filter, rel, name)) {
                 if (w->mode == WALK_REPORT) {
-                    watch_note_change(b->watch, path);
+                    watch_note_found(b->watch, path);
                     w->n_changed++;
                 } else if (fstatat(fd, name, &st, 0) == 0 &&
                            (int64_t)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec >=
                                b->synced_ns - RESCAN_MARGIN_NS) {
-                    watch_note_change(b->watch, path);
+                    watch_note_found(b->watch, path);
                     w->n_changed++;
                 }
             }
@@ -926,7 +928,7 @@ static void handle_event(struct watch_backend *b, const struct inotify_event *ev
         watch_note_change(b->watch, path);
     else if (ev->mask & (IN_DELETE | IN_MOVED_FROM))
         watch_note_gone(b->watch, path);
-    else if (ev->mask & IN_CREATE)
+    else if (ev->mask & (IN_CREATE | IN_MODIFY))
         watch_note_writing(b->watch, path);
 }
 
@@ -1088,6 +1090,7 @@ static void inotify_remove_root(struct watch_backend *b, size_t root) {
 
 const struct watch_backend_ops watch_inotify_ops = {
     .name = "inotify",
+    .reports_completion = true,
     .create = inotify_create,
     .add_root = inotify_add_root,
     .add_vcs = inotify_add_vcs,

@@ -257,7 +257,7 @@ static int list_dir(struct watch_backend *b, size_t root, const char *dir, struc
                     (int64_t)st.st_ctime * 1000000000LL + st.st_ctim.tv_nsec < since)
                     continue;
             }
-            watch_note_change(b->watch, path);
+            watch_note_found(b->watch, path);
             if (n_changed)
                 (*n_changed)++;
         }
@@ -534,6 +534,7 @@ static void uv_remove_root(struct watch_backend *b, size_t root) {
 
 const struct watch_backend_ops watch_uv_ops = {
     .name = "uv",
+    .reports_completion = false,
     .create = uv_create,
     .add_root = uv_add_root,
     .add_vcs = uv_add_vcs,

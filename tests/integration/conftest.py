@@ -15,6 +15,7 @@ watch root, the real Unix socket (newline-delimited JSON), the real embedded int
 
 import ast
 import collections
+import contextlib
 import json
 import os
 import select
@@ -25,6 +26,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -299,6 +302,17 @@ class Daemon:
     def status(self):
         return self.conn.call("status")
 
+    @contextlib.contextmanager
+    def one_batch(self, n_paths):
+        """Writes made inside go out as one batch: the watcher is paused until all
+        n_paths are pending, then resumed. (The adaptive settle sends a finished write at
+        once, so two writes in a row are two batches unless held together.)"""
+        self.conn.call("pause")
+        yield
+        wait_for(lambda: self.status()["watch"]["pending"] >= n_paths,
+                 what="%d paths pending" % n_paths)
+        self.conn.call("resume")
+
     def log(self):
         try:
             with open(self.log_path, errors="replace") as f:
@@ -551,6 +565,32 @@ def read_lines_until(proc, predicate, timeout=TIMEOUT):
     raise AssertionError("no matching line on stdout within %.1f s: %r" % (timeout, lines))
 
 
+def leave_console(pid, fd, timeout=TIMEOUT):
+    """Types Ctrl-D on the pty fd until the console (pid) leaves; returns its wait status.
+    Once is not always enough: a Ctrl-D typed while the terminal is still in canonical
+    mode (before libedit sets it up for the next line) is queued as an end-of-file mark,
+    which the kernel hands over as a NUL byte once the terminal leaves canonical mode; the
+    line is then not empty and Ctrl-D only beeps. Ctrl-U first empties the line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        os.write(fd, b"\x15\x04")
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.2)
+    raise AssertionError("the console did not leave on Ctrl-D")
+
+
+def reap(pid):
+    """Kills and reaps pid if it still runs, so that a failed test leaves no process."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def exec_in_thread(d, code):
     """Sends exec code from a thread of its own (a client with a long timeout): (thread,
     box), box getting "reply" or "exception", and "elapsed" seconds."""
@@ -567,3 +607,75 @@ def exec_in_thread(d, code):
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t, box
+
+
+# ---- framework apps (tests/integration/test_framework_*.py) ----------------------------------
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Straight to 127.0.0.1: an http_proxy of the environment must not see the tests' requests.
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(port, path, timeout=5.0 * SCALE):
+    """(status, body) of GET http://127.0.0.1:port/path; (None, reason) when nothing
+    answers there."""
+    try:
+        with _http.open("http://127.0.0.1:%d%s" % (port, path), timeout=timeout) as reply:
+            return reply.status, reply.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return None, repr(exc)
+
+
+class WebApp:
+    """A framework app served by pyhotd's --entry on 127.0.0.1:port, and a subscriber
+    that sees the batches of its edits."""
+
+    def __init__(self, daemon, port):
+        self.daemon = daemon
+        self.port = port
+        self.sub = daemon.subscriber()
+
+    def get(self, path):
+        return http_get(self.port, path)
+
+    def text(self, path):
+        """The body of a 200 answer to GET path (anything else fails the test)."""
+        status, body = self.get(path)
+        assert status == 200, "GET %s answered %s: %s" % (path, status, body[-2000:])
+        return body
+
+    def edit(self, rel, text):
+        """Writes rel (under the watch root) and returns (batch, reloads) of its batch."""
+        return self.sub.wait_batch(self.daemon.write(rel, text))
+
+    def edit_ok(self, rel, text):
+        """edit() whose batch must apply."""
+        batch, reloads = self.edit(rel, text)
+        assert batch["result"] == "ok", "the batch of %s did not apply:\n%s" % (
+            rel, json.dumps([batch] + reloads, indent=1)[-6000:])
+        return batch, reloads
+
+
+@pytest.fixture
+def web_app(pyhotd):
+    """Factory: web_app(modules, entry="app:main", ready_path="/", args=(), config=None,
+    env=None) -> WebApp. The app finds its port in $PYHOT_TEST_PORT; start returns once
+    GET ready_path gets any HTTP answer."""
+
+    def start(modules, entry="app:main", ready_path="/", args=(), config=None, env=None):
+        port = free_port()
+        environment = {"PYHOT_TEST_PORT": str(port)}
+        environment.update(env or {})
+        d = pyhotd(modules, args=["--entry", entry] + list(args), config=config, env=environment)
+        app = WebApp(d, port)
+        wait_for(lambda: app.get(ready_path)[0] is not None, what="the app on port %d" % port)
+        return app
+    return start

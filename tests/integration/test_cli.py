@@ -102,5 +102,7 @@ def test_relative_paths_in_config_are_relative_to_its_directory(pyhotd, tmp_path
     d = pyhotd({"m.py": "VALUE = 1\n"},
                config="[daemon]\nsocket = {socket}\n[watch]\nroot = app\n", cwd="/")
     # The file is d<N>/pyhotd.conf and the root d<N>/app: "app" resolved against the file.
-    assert d.status()["roots"] == [{"path": d.root, "state": "watching"}]
+    roots = d.status()["roots"]
+    assert [(r["path"], r["state"], r["watched_by"]) for r in roots] == \
+        [(d.root, "watching", "inotify")], roots
     assert d.module_value("m", "VALUE") == 1

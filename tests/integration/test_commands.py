@@ -248,7 +248,7 @@ def test_watch_and_unwatch(pyhotd, tmp_path):
     assert r["watched_dirs"] == d.status()["watched_dirs"] == 3
     assert sub.next_event("import_error")["module"] == "pkg.broken"
     roots = d.status()["roots"]
-    assert {"path": os.path.realpath(str(extra)), "state": "watching"} in roots
+    assert (os.path.realpath(str(extra)), "watching") in [(r["path"], r["state"]) for r in roots]
     assert d.eval("__import__('sys').path[0]") == os.path.realpath(str(extra))
 
     # Its modules reload on change, like those of a root given at start.
@@ -328,7 +328,10 @@ def test_status(pyhotd):
     assert st["python"].startswith("3.")
     assert st["socket"] == d.socket
     assert st["settle_ms"] == 10
-    assert st["roots"] == [{"path": d.root, "state": "watching"}]
+    assert len(st["roots"]) == 1 and {k: st["roots"][0][k] for k in ("path", "state", "watched_by",
+                                                                     "polled")} == \
+        {"path": d.root, "state": "watching", "watched_by": "inotify", "polled": []}, st["roots"]
+    assert st["roots"][0]["why"].startswith("local "), st["roots"]
     assert st["watched_dirs"] == 2
     assert st["modules_loaded"] > 10
     assert st["reloads"] == {"ok": 0, "error": 0, "rolled_back": 0, "skipped": 0}

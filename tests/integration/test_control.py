@@ -3,8 +3,10 @@ line and client limits as a client meets them, and stopping (signals, shutdown, 
 after it)."""
 
 import os
+import re
 import select
 import signal
+import socket
 import threading
 import time
 
@@ -191,3 +193,44 @@ def test_requests_after_shutdown_are_refused_or_closed(pyhotd):
     if len(got) > 1:
         assert got[1]["ok"] is False and got[1]["error"]["code"] == "shutting_down", got
     assert d.wait_exit() == 0
+
+
+def test_an_entry_that_dies_is_an_error_in_the_log_events_and_status(pyhotd, pyhotctl):
+    """The entry raising (its port taken, as when another demo runs) is an ERROR with its
+    cause, an entry_ended event, and state "failed" in status; the daemon keeps serving."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    app = ("import socket\n\ndef main():\n    s = socket.socket()\n"
+           "    s.bind(('127.0.0.1', %d))\n" % port)
+    try:
+        d = pyhotd({"app.py": app}, args=["--entry", "app:main"])
+        wait_for(lambda: "ERROR: entry app:main failed: OSError" in d.log(), what="the ERROR line")
+        assert "Address already in use" in d.log()
+        entry = d.status()["entry"]
+        assert (entry["name"], entry["state"], entry["error"]["type"]) == \
+            ("app:main", "failed", "OSError"), entry
+        assert entry["error"]["line"] == 5 and entry["error"]["file"].endswith("app.py"), entry
+        out = pyhotctl("status", socket=d.socket).stdout
+        assert re.search(r"^entry:\s+app:main failed: OSError: .*Address already in use.*app\.py:5\)$",
+                         out, re.M), out
+        ended = d.conn.call("history", events="entry_ended")["events"]
+        assert [(e["entry"], e["state"]) for e in ended] == [("app:main", "failed")], ended
+        assert d.conn.call("ping")["pong"] is True
+    finally:
+        blocker.close()
+
+
+def test_entry_state_running_and_returned(pyhotd):
+    d = pyhotd({"app.py": "import threading\n\ndef main():\n    threading.Event().wait()\n"},
+               args=["--entry", "app:main"])
+    assert d.status()["entry"] == {"name": "app:main", "state": "running"}
+    d = pyhotd({"app.py": "def main():\n    return 1\n"}, args=["--entry", "app:main"])
+    wait_for(lambda: d.status()["entry"]["state"] == "returned", what="state returned")
+    assert "INFO: entry app:main returned" in d.log()
+    d = pyhotd({"app.py": "X = 1\n"}, args=["--entry", "app:nothing"])
+    entry = d.status()["entry"]
+    assert (entry["state"], entry["error"]["type"]) == ("not_started", "AttributeError"), entry
+    assert pyhotd({"app.py": "X = 1\n"}).status()["entry"] is None
+

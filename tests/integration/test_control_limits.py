@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import QUIET, SCALE, TIMEOUT, Client, Closed, wait_for, write
+from conftest import QUIET, SANITIZED, SCALE, TIMEOUT, Client, Closed, wait_for, write
 
 # These tests count how often a module's top level runs (a reload each): whole-module
 # reloads. test_reload_definitions.py covers the default, definition-level mode.
@@ -275,3 +275,64 @@ def test_emfile_pauses_accepting_instead_of_spinning(pyhotd):
     assert "pausing accept" in d.log()
     with Client(d.socket) as c:
         assert c.request("ping")["ok"] is True
+
+
+# ---- the event history ---------------------------------------------------------------------
+
+# A reload that fails with a 48 KiB message: unbounded, its reload and batch events carry
+# the message and the traceback (which repeats it): about 200 KB of events per failure.
+HUGE_ERROR = "X = 2\nraise RuntimeError('x' * 49152)\n"
+
+
+def test_memory_stays_bounded_under_a_flood_of_large_events(pyhotd):
+    """300 reloads fail with a 48 KiB message each while one subscriber never reads: the
+    daemon stays under its start RSS + 64 MiB (the history is bounded in bytes, error
+    texts are capped), drops the stuck subscriber, and keeps serving a reading subscriber
+    and new clients."""
+    env = None
+    if SANITIZED:
+        # ASan keeps freed blocks in a quarantine (256 MiB by default): keep it small, so
+        # that what is measured is what the daemon holds.
+        env = {"ASAN_OPTIONS": ":".join(filter(None, [os.environ.get("ASAN_OPTIONS"),
+                                                      "quarantine_size_mb=16"]))}
+    d = pyhotd({"big.py": "X = 1\n"}, env=env)
+    requester = d.client()
+    start_kib = _rss_kib(d.proc.pid)
+    never_reader = d.client()
+    never_reader.subscribe()
+    reader = d.subscriber()
+
+    write(d.path("big.py"), HUGE_ERROR)
+    assert reader.wait_batch(d.path("big.py"))[0]["result"] == "rolled_back"
+    peak_kib = start_kib
+    for i in range(300):
+        r = requester.request("reload", targets=["big"])
+        assert r["ok"] is False and r["error"]["code"] == "reload_failed", r
+        batch = reader.next_event("batch")
+        error = batch["error"]
+        assert error["type"] == "RuntimeError" and error["truncated"] is True, error
+        assert 8192 <= len(error["message"]) < 8300 and "characters cut" in error["message"]
+        assert len(error["traceback"]) < 16500
+        assert error["traceback"].rstrip().endswith("x"), error["traceback"][-200:]
+        if i % 25 == 0:
+            with Client(d.socket) as newcomer:
+                assert newcomer.call("status")["ready"] is True
+            peak_kib = max(peak_kib, _rss_kib(d.proc.pid))
+    peak_kib = max(peak_kib, _rss_kib(d.proc.pid))
+    grown_mib = (peak_kib - start_kib) / 1024
+    print("pyhotd: start RSS %.1f MiB, peak %.1f MiB (+%.1f MiB) over 300 failed reloads" %
+          (start_kib / 1024, peak_kib / 1024, grown_mib))
+    assert grown_mib < 64, "the daemon grew by %.1f MiB" % grown_mib
+
+    stats = requester.call("stats")
+    assert stats["connections"]["dropped_overflow"] == 1, stats["connections"]
+    wait_for(lambda: requester.call("status")["subscribers"] == 1,
+             what="the daemon to close the subscriber that never reads")
+    # The reading subscriber missed nothing; the history holds the newest events only.
+    batches = [e for e in reader.seen if e["event"] == "batch"]
+    assert len(batches) == 301
+    history = requester.call("history", n=1000)
+    assert 0 < len(history["events"]) < 1000
+    assert history["events"][-1]["seq"] == reader.seen[-1]["seq"]
+    write(d.path("big.py"), "X = 3\n")
+    assert reader.wait_batch(d.path("big.py"))[0]["result"] == "ok"

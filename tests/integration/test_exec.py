@@ -2,6 +2,7 @@
 and deadlines (a job past its timeout is interrupted, again if it swallows the
 TimeoutError; a reload past its deadline rolls back)."""
 
+import os
 import time
 
 import pytest
@@ -24,6 +25,11 @@ def test_exec(pyhotd):
     assert c.call("exec", code="x = 21")["value"] is None
     assert c.call("exec", code="x * 2")["value"] == "42"          # one namespace (__main__)
     assert c.call("exec", code="__name__")["value"] == "'__main__'"
+    # The value of a final expression statement, after the statements before it.
+    assert c.call("exec", code="import m\ny = m.X + 4\ny * 2")["value"] == "10"
+    assert c.call("exec", code="_")["value"] == "10"
+    assert c.call("exec", code="y = 3\nprint(y)") == {"stdout": "3\n", "stderr": "", "value": None}
+    assert c.call("exec", code="if True:\n    z = 1\n")["value"] is None
 
     r = c.call("exec", code="import sys\nprint('to out')\nprint('to err', file=sys.stderr)\n")
     assert r == {"stdout": "to out\n", "stderr": "to err\n", "value": None}
@@ -141,3 +147,74 @@ def test_reload_deadline_rolls_back(pyhotd):
     assert d.module_value("slow", "VALUE") == 1
 
 
+# ---- interrupting a statement ------------------------------------------------------------
+
+STATEMENT = ("import time\n"
+             "try:\n    time.sleep(60)\n"
+             "except KeyboardInterrupt as exc:\n"
+             "    open(%r, 'w').write(str(exc))\n    raise\n")
+
+
+def test_a_disconnecting_client_cancels_its_statement(pyhotd, tmp_path):
+    """A client that leaves while its exec runs: the statement gets KeyboardInterrupt and
+    the python thread is free for the next job at once, not after the exec deadline."""
+    d = pyhotd({"m.py": "X = 1\n"})
+    flag = str(tmp_path / "interrupted")
+    leaving = d.client()
+    leaving.send("exec", code=STATEMENT % flag)
+    wait_for(lambda: (d.status()["job"] or {}).get("kind") == "exec", what="the exec to run")
+    queued = d.client()
+    queued_id = queued.send("exec", code="'queued'")
+    leaving.close()
+    wait_for(lambda: os.path.exists(flag), what="the statement to be interrupted")
+    assert open(flag).read() == "pyhot: the client disconnected"
+    assert queued.response(queued_id)["result"]["value"] == "'queued'"
+    assert d.status()["job"] is None
+    # A statement queued behind it by the leaving client is dropped too.
+    leaving = d.client()
+    leaving.send("exec", code=STATEMENT % flag)
+    wait_for(lambda: (d.status()["job"] or {}).get("kind") == "exec", what="the exec to run")
+    leaving.send("exec", code="open(%r, 'w').write('ran')" % (flag + ".2"))
+    wait_for(lambda: d.status()["queued_jobs"] == 1, what="the second exec to queue")
+    leaving.close()
+    wait_for(lambda: d.status()["job"] is None and d.status()["queued_jobs"] == 0,
+             what="both statements to go")
+    assert not os.path.exists(flag + ".2")
+
+
+def test_a_long_statement_yields_to_a_reload(pyhotd, tmp_path):
+    """A save while a repl or exec statement sleeps: the reload does not wait for the
+    statement's deadline; the statement is interrupted (KeyboardInterrupt) once the reload
+    has waited a second, and its client is told why."""
+    d = pyhotd({"m.py": "X = 1\n"})
+    sub = d.subscriber()
+    flag = str(tmp_path / "interrupted")
+    runner = d.client()
+    exec_id = runner.send("exec", code=STATEMENT % flag)
+    wait_for(lambda: (d.status()["job"] or {}).get("kind") == "exec", what="the exec to run")
+    began = time.monotonic()
+    path = d.write("m.py", "X = 2\n")
+    batch, _ = sub.wait_batch(path)
+    waited = time.monotonic() - began
+    assert batch["result"] == "ok", batch
+    assert d.module_value("m", "X") == 2
+    reply = runner.response(exec_id)
+    assert reply["ok"] is False and reply["error"]["code"] == "interrupted", reply
+    assert reply["error"]["type"] == "KeyboardInterrupt", reply
+    assert "waiting reload" in reply["error"]["message"]
+    assert open(flag).read() == "pyhot: interrupted so that a waiting reload can run"
+    # Within its grace of 1 s plus scheduling, far from the exec deadline (30 s).
+    assert waited < 1 + 4 * SCALE, waited
+    # A repl statement yields the same way; its output says KeyboardInterrupt.
+    repl_id = runner.send("repl", source="import time; time.sleep(60)")
+    wait_for(lambda: (d.status()["job"] or {}).get("kind") == "repl", what="the repl to run")
+    path = d.write("m.py", "X = 3\n")
+    assert sub.wait_batch(path)[0]["result"] == "ok"
+    reply = runner.response(repl_id)
+    assert reply["ok"] is True and "KeyboardInterrupt" in reply["result"]["stderr"], reply
+    # A short statement is never interrupted: the reload waits for it.
+    exec_id = runner.send("exec", code="import time; time.sleep(0.3); 'done'")
+    wait_for(lambda: (d.status()["job"] or {}).get("kind") == "exec", what="the exec to run")
+    path = d.write("m.py", "X = 4\n")
+    assert runner.response(exec_id)["result"]["value"] == "'done'"
+    assert sub.wait_batch(path)[0]["result"] == "ok"

@@ -62,8 +62,11 @@ def test_json_output(pyhotd, pyhotctl):
 
 def test_exec(pyhotd, pyhotctl):
     d = pyhotd({"m.py": "VALUE = 7\n"})
+    # A final expression statement's value is shown after the output, as in the REPL.
     r = pyhotctl("exec", "import m; print('out'); m.VALUE * 6", socket=d.socket)
-    # Statements: no value line, only the output.
+    assert (r.returncode, r.stdout) == (0, "out\n42\n"), r
+    # Statements only: no value line, only the output.
+    r = pyhotctl("exec", "import m; print('out'); y = m.VALUE", socket=d.socket)
     assert (r.returncode, r.stdout) == (0, "out\n"), r
     r = pyhotctl("exec", "__import__('m').VALUE * 6", socket=d.socket)
     assert (r.returncode, r.stdout) == (0, "42\n"), r

@@ -88,13 +88,14 @@ def test_edit_gives_one_ok_reload_and_keeps_state(pyhotd):
 # ---- 1. pre-check -----------------------------------------------------------------------
 
 def test_syntax_error_in_a_batch_touches_nothing(pyhotd):
-    """A good edit of a and a broken one of b in one batch (a long settle window makes one
-    batch of them): the batch fails at the pre-check, a is skipped, neither runs."""
-    d = pyhotd({"a.py": "A = 1\n", "b.py": "B = 1\n"}, args=["--settle-ms", "300"])
+    """A good edit of a and a broken one of b in one batch (written while the watcher is
+    paused): the batch fails at the pre-check, a is skipped, neither runs."""
+    d = pyhotd({"a.py": "A = 1\n", "b.py": "B = 1\n"})
     sub = d.subscriber()
     d.exec("import a, b")
-    path_a = d.write("a.py", "A = 2\n")
-    path_b = d.write("b.py", "B = 2\nif B:\n    x = (\n")
+    with d.one_batch(2):
+        path_a = d.write("a.py", "A = 2\n")
+        path_b = d.write("b.py", "B = 2\nif B:\n    x = (\n")
     batch, reloads = sub.wait_batch(path_b)
     assert batch["result"] == "error", batch
     assert path_a in batch["paths"], batch
@@ -217,13 +218,14 @@ def test_exception_at_top_level_rolls_back(pyhotd):
 
 
 def test_failed_batch_rolls_back_every_module_and_stays_pending(pyhotd):
-    """Two files in one batch (a long settle window makes one batch of them): b raises, so
-    a's good edit is rolled back too; fixing b alone then applies both."""
-    d = pyhotd({"a.py": "VALUE = 'a1'\n", "b.py": "VALUE = 'b1'\n"}, args=["--settle-ms", "300"])
+    """Two files in one batch (written while the watcher is paused): b raises, so a's good
+    edit is rolled back too; fixing b alone then applies both."""
+    d = pyhotd({"a.py": "VALUE = 'a1'\n", "b.py": "VALUE = 'b1'\n"})
     sub = d.subscriber()
 
-    pa = d.write("a.py", "VALUE = 'a2'\n")
-    pb = d.write("b.py", "VALUE = 'b2'\nraise ValueError('b is broken')\n")
+    with d.one_batch(2):
+        pa = d.write("a.py", "VALUE = 'a2'\n")
+        pb = d.write("b.py", "VALUE = 'b2'\nraise ValueError('b is broken')\n")
     batch, reloads = sub.wait_batch(pb)
     assert sorted(batch["paths"]) == sorted([pa, pb]), batch
     assert batch["result"] == "rolled_back", batch
@@ -247,12 +249,12 @@ def test_failed_batch_rolls_back_every_module_and_stays_pending(pyhotd):
 def test_failed_batch_reports_every_module(pyhotd):
     """Every module of a failed batch gets a reload event (rolled_back or skipped), not only
     those that ran before the failing one."""
-    d = pyhotd({"a.py": "VALUE = 1\n", "b.py": "VALUE = 1\n", "c.py": "VALUE = 1\n"},
-               args=["--settle-ms", "300"])
+    d = pyhotd({"a.py": "VALUE = 1\n", "b.py": "VALUE = 1\n", "c.py": "VALUE = 1\n"})
     sub = d.subscriber()
-    paths = [d.write("a.py", "VALUE = 2\n"),
-             d.write("b.py", "VALUE = 2\nraise KeyError('b')\n"),
-             d.write("c.py", "VALUE = 2\n")]
+    with d.one_batch(3):
+        paths = [d.write("a.py", "VALUE = 2\n"),
+                 d.write("b.py", "VALUE = 2\nraise KeyError('b')\n"),
+                 d.write("c.py", "VALUE = 2\n")]
     batch, reloads = sub.wait_batch(paths[1])
     assert sorted(batch["paths"]) == sorted(paths)
     assert batch["result"] == "rolled_back"
@@ -293,8 +295,9 @@ def test_dependents_run_once_each_in_dependency_order(pyhotd):
     d = pyhotd(modules, mode="module")
     sub = d.subscriber()
     d.exec("import trace_log; trace_log.ORDER.clear()")
-    d.write("c.py", COUNTED.format(imports="import b\nY = 2"))
-    path = d.write("a.py", COUNTED.format(imports="X = 2"))
+    with d.one_batch(2):
+        d.write("c.py", COUNTED.format(imports="import b\nY = 2"))
+        path = d.write("a.py", COUNTED.format(imports="X = 2"))
     batch, reloads = sub.wait_batch(path)
     assert batch["result"] == "ok", batch
     assert batch["modules"] == ["a", "b", "c", "d"], batch
@@ -672,14 +675,14 @@ def test_same_size_edit_in_same_second_runs_new_source(pyhotd):
     """The stale .pyc trap: a cached .pyc records the source's mtime in whole seconds and
     its size; an edit of the same size with the same mtime must still run the new source."""
     # The .pyc is written before the daemon starts, as a previous run would have left it
-    # (the daemon writes one too unless PYTHONDONTWRITEBYTECODE is set). A long settle
-    # window: the mtime is put back before the batch is taken.
+    # (the daemon writes one too unless PYTHONDONTWRITEBYTECODE is set). Paused while the
+    # edit is made: the mtime is put back before the batch is taken.
     def compile_pyc(root):
         src = os.path.join(root, "m.py")
         py_compile.compile(src, cfile=importlib.util.cache_from_source(src), doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
 
-    d = pyhotd({"m.py": "VALUE = 1\n"}, args=["--settle-ms", "200"], prepare=compile_pyc,
+    d = pyhotd({"m.py": "VALUE = 1\n"}, prepare=compile_pyc,
                env={"PYTHONDONTWRITEBYTECODE": None})
     assert d.module_value("m", "VALUE") == 1
     path = d.path("m.py")
@@ -689,11 +692,12 @@ def test_same_size_edit_in_same_second_runs_new_source(pyhotd):
         "the start-up import did not leave a timestamp .pyc of m.py"
     sub = d.subscriber()
 
-    d.write("m.py", "VALUE = 2\n")
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    after = os.stat(path)
-    # The trap is armed: same size, same mtime as the .pyc records.
-    assert (after.st_size, int(after.st_mtime)) == (pyc_size, pyc_mtime)
+    with d.one_batch(1):
+        d.write("m.py", "VALUE = 2\n")
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = os.stat(path)
+        # The trap is armed: same size, same mtime as the .pyc records.
+        assert (after.st_size, int(after.st_mtime)) == (pyc_size, pyc_mtime)
 
     batch, reloads = sub.wait_batch(path)
     assert batch["result"] == "ok", batch
@@ -745,17 +749,28 @@ def test_touch_and_identical_rewrite_do_not_reload(pyhotd, mode):
 
 def test_edit_back_to_applied_content_is_skipped_after_failure(pyhotd):
     """A broken save followed by a save of the last applied content: nothing new to apply,
-    and the broken file is no longer pending."""
+    the broken file is no longer pending, and the event and the log say that the module is
+    back to the code that runs. The failed batch names the module it tried."""
     d = pyhotd({"m.py": "VALUE = 1\n"})
     sub = d.subscriber()
     path = d.write("m.py", "VALUE = (\n")
     batch, _ = sub.wait_batch(path)
     assert batch["result"] == "error"
+    assert batch["modules"] == ["m"], batch
+    assert d.status()["last_batch"]["modules"] == ["m"]
     d.write("m.py", "VALUE = 1\n")
     batch, reloads = sub.wait_batch(path)
-    assert batch["result"] in ("ok", "skipped"), batch
-    assert all(r["result"] in ("ok", "skipped") for r in reloads), reloads
+    assert batch["result"] == "skipped", batch
+    assert [(r["module"], r["result"], r.get("reverted")) for r in reloads] == \
+        [("m", "skipped", True)], reloads
+    assert "back to the applied code" in reloads[0]["reason"]
     assert d.module_value("m", "VALUE") == 1
+    wait_for(lambda: "reload m: back to the code that runs" in d.log(), what="the log line")
+    assert "INFO: reload m: back to the code that runs" in d.log()
+    # Saving it again is plain "content unchanged": nothing was pending any more.
+    d.write("m.py", "VALUE = 1\n")
+    batch, reloads = sub.wait_batch(path)
+    assert [(r["reason"], r.get("reverted")) for r in reloads] == [("content unchanged", None)]
     # Nothing left pending: an edit of another module is a batch of that file only.
     other = d.write("other.py", "Y = 1\n")
     batch, _ = sub.wait_batch(other)

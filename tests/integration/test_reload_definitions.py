@@ -291,13 +291,14 @@ def test_a_statement_reading_a_removed_name_fails_the_batch(pyhotd):
 
 
 def test_importlib_reload_from_the_apps_own_thread(pyhotd):
-    # The watcher is kept out (a long settle window): only the app's reload applies the edit.
+    # The watcher is kept out (paused): only the app's reload applies the edit.
     app = ("import importlib, queue, m\nASK, ANSWERS = queue.Queue(), queue.Queue()\n"
            "def main():\n    while True:\n        ASK.get()\n        try:\n"
            "            importlib.reload(m)\n            ANSWERS.put(m.f())\n"
            "        except Exception as exc:\n            ANSWERS.put(repr(exc))\n")
     d = pyhotd({"m.py": "def f():\n    return 1\n", "app.py": app}, import_all=False,
-               args=["--entry", "app:main", "--settle-ms", "60000"])
+               args=["--entry", "app:main"])
+    d.conn.call("pause")
     d.exec("import _pyhot_reload, app, m\nbatches = []\nheld = m.f\n"
            "_pyhot_reload.add_hook('after', lambda info: batches.append((info.batch, info.modules)))")
     d.write("m.py", "def f():\n    return 2\n")

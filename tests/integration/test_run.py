@@ -9,7 +9,8 @@ import subprocess
 import time
 import zipfile
 
-from conftest import PYHOTCTL, SANITIZED, SCALE, TIMEOUT, clean_env, wait_for, write
+from conftest import (PYHOTCTL, SANITIZED, SCALE, TIMEOUT, clean_env, leave_console, reap, wait_for,
+                      write)
 
 
 def ctl_run(pyhotctl, d, *args, **kw):
@@ -245,9 +246,9 @@ def test_repl_through_a_pty(pyhotd, tmp_path):
                      b"print('printed')"):
             os.write(fd, line + b"\n")
         read_until(b"printed\r\n>>> ")
-        os.write(fd, b"\x04")
-        _, status = os.waitpid(pid, 0)
+        status = leave_console(pid, fd)
     finally:
+        reap(pid)
         os.close(fd)
     text = out.decode()
     assert "42\r\n" in text and "... " in text and "7\r\n" in text, text

@@ -190,10 +190,29 @@ def test_install_into_a_prefix_and_verify_units(tmp_path):
     for expected in ["bin/pyhotd", "bin/pyhotctl", "etc/pyhot/pyhotd.conf",
                      "lib/systemd/system/pyhotd.service", "lib/systemd/system/pyhotd@.service",
                      "lib/systemd/user/pyhotd-user.service", "share/man/man8/pyhotd.8",
-                     "share/doc/pyhot/README.md", "share/doc/pyhot/service.md"]:
+                     "share/doc/pyhot/README.md", "share/doc/pyhot/service.md",
+                     "share/doc/pyhot/benchmarks.md"]:
         assert expected in files, (expected, files)
+    # One configuration path, the install's, everywhere it is named: ExecStart, the units'
+    # comments, the man page's FILES.
+    conf_dir = "%s/etc/pyhot/" % prefix
     unit = (prefix / "lib/systemd/system/pyhotd.service").read_text()
-    assert "ExecStart=%s/bin/pyhotd --config %s/etc/pyhot/pyhotd.conf" % (prefix, prefix) in unit
+    assert "ExecStart=%s/bin/pyhotd --config %spyhotd.conf" % (prefix, conf_dir) in unit
+    assert "# Edit %spyhotd.conf" % conf_dir in unit
+    instance_unit = (prefix / "lib/systemd/system/pyhotd@.service").read_text()
+    assert "# %smyproject.conf" % conf_dir in instance_unit
+    assert "--config %s%%i.conf" % conf_dir in instance_unit
+    page = (prefix / "share/man/man8/pyhotd.8").read_text()
+    assert ".I %spyhotd.conf" % conf_dir in page
+    for text in (unit, instance_unit, page):
+        assert "/etc/pyhot/" not in text.replace(conf_dir, ""), text
+        assert "@" + "CMAKE" not in text
+    # Templates are *.in, so every unit file in the source tree is a real unit.
+    systemd_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "systemd")
+    for name in os.listdir(systemd_dir):
+        if name.endswith(".service"):
+            assert "@" + "CMAKE" not in open(os.path.join(systemd_dir, name)).read(), name
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     # The template is verified through an instance name, as systemd would load it.

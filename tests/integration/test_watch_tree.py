@@ -447,7 +447,7 @@ def test_watch_config_keys(pyhotd, tmp_path):
     assert st["rescans"] == 0 and st["paused"] is False and st["held"] == [], st
 
     from conftest import PYHOTD, run
-    for line, message in (("backend = kqueue", "expected inotify or uv"),
+    for line, message in (("backend = kqueue", "expected inotify, uv or poll"),
                           ("follow_symlinks = maybe", "expected yes or no"),
                           ("defer_vcs_ms = -1", "defer_vcs_ms: expected an integer")):
         cfg = tmp_path / "bad.conf"

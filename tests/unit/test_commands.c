@@ -58,7 +58,7 @@ static int setup(void **state) {
     t->server.config = &t->config;
     t->server.send = capture_send;
     t->server.stop = capture_stop;
-    assert_int_equal(events_new(16, &t->server.events), 0);
+    assert_int_equal(events_new(16, t->config.history_bytes, &t->server.events), 0);
     *state = t;
     return 0;
 }
@@ -176,9 +176,12 @@ static void test_argument_specs(void **state) {
          "argument \"isolate\" must be true or false"},
         {"{\"cmd\": \"run\", \"path\": \"/x\", \"memory_mb\": 99999999}",
          "argument \"memory_mb\" must be between 0 and 16777216, not 99999999"},
-        {"{\"cmd\": \"run\"}", "run needs \"path\" (a script, directory or zip) or \"module\""},
+        {"{\"cmd\": \"run\"}", "run needs \"path\" (a script, directory or zip), \"module\" or "
+         "\"source\" (the script's text)"},
         {"{\"cmd\": \"run\", \"path\": \"/x\", \"module\": \"m\"}",
-         "run takes \"path\" or \"module\", not both"},
+         "run takes one of \"path\", \"module\" and \"source\""},
+        {"{\"cmd\": \"run\", \"source\": \"print(1)\", \"module\": \"m\"}",
+         "run takes one of \"path\", \"module\" and \"source\""},
         {"{\"cmd\": \"run\", \"module\": \"\"}", "run: empty \"module\""},
         {"{\"cmd\": \"run\", \"path\": \"/x\", \"cpu_s\": 1}",
          "\"cpu_s\" needs \"isolate\": true (the daemon's working directory and limits are "

@@ -125,6 +125,9 @@ static void test_defaults(void **state) {
     assert_null(cfg.sandbox_write);
     assert_int_equal(cfg.sandbox_pids, 64);
     assert_int_equal(cfg.sandbox_tmp_mb, 64);
+    assert_int_equal(cfg.backend, CONFIG_BACKEND_INOTIFY);
+    assert_null(cfg.poll_dirs);
+    assert_int_equal(cfg.poll_interval_ms, 300);
     assert_false(cfg.check_config);
     assert_false(cfg.show_help);
     assert_false(cfg.show_version);
@@ -287,6 +290,10 @@ static void test_file_errors(void **state) {
          "log_level: expected error, warn, info or debug, got 'loud'"},
         {"[watch]\nimport = some\n", 2, "import: expected on-demand or all, got 'some'"},
         {"[reload]\nmode = lines\n", 2, "mode: expected definitions or module, got 'lines'"},
+        {"[watch]\nbackend = kqueue\n", 2, "backend: expected inotify, uv or poll, got 'kqueue'"},
+        {"[watch]\npoll_interval_ms = 10\n", 2,
+         "poll_interval_ms: expected an integer from 20 to 60000, got '10'"},
+        {"[watch]\npoll =\n", 2, "poll: empty value"},
         {"[reload]\nstrategy = all\n", 2, "strategy: expected dependents or module, got 'all'"},
         {"[python]\nentry = app\n", 2, "entry: expected MODULE:FUNCTION, got 'app'"},
         {"[python]\nentry = :main\n", 2, "entry: expected MODULE:FUNCTION, got ':main'"},
@@ -313,6 +320,22 @@ static void test_file_errors(void **state) {
         if (r != -EINVAL || strcmp(fx->err, want) != 0)
             fail_msg("case %zu: got %d '%s', want '%s'", i, r, fx->err, want);
     }
+}
+
+static void test_poll_keys(void **state) {
+    struct fixture *fx = *state;
+    make_dir(fx, "share");
+    assert_int_equal(load(fx, "[watch]\nbackend = poll\npoll = share\npoll = /mnt/later\n"
+                              "poll_interval_ms = 500\n"), 0);
+    assert_int_equal(fx->cfg.backend, CONFIG_BACKEND_POLL);
+    assert_int_equal(fx->cfg.poll_interval_ms, 500);
+    assert_int_equal(fx->cfg.n_poll_dirs, 2);
+    assert_int_equal(config_finish(&fx->cfg, fx->err, sizeof(fx->err)), 0);
+    char *real = realpath(in_dir(fx, "share"), NULL);
+    assert_non_null(real);
+    assert_string_equal(fx->cfg.poll_dirs[0], real);  /* realpath'd, to compare with roots */
+    assert_string_equal(fx->cfg.poll_dirs[1], "/mnt/later");  /* not there yet: as given */
+    free(real);
 }
 
 static void test_unopenable_file(void **state) {
@@ -435,13 +458,22 @@ static void test_help_version(void **state) {
     assert_true(fx->cfg.show_help);
 
     const char *usage = config_usage();
+    /* The synopsis (DESIGN.md's command line), wrapped to fit 80 columns. */
     assert_non_null(strstr(usage,
-        "\nUsage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N] "
-        "[--python-path DIR]... [--entry MODULE:FUNCTION] [--no-import] [--log-level LEVEL] "
-        "[--check-config] [--version] [--help]\n"));
+        "\nUsage: pyhotd [--config FILE] [--watch DIR]... [--socket PATH] [--settle-ms N]\n"
+        "              [--python-path DIR]... [--entry MODULE:FUNCTION]\n"
+        "              [--plugins DIR]... [--no-import] [--log-level LEVEL]\n"
+        "              [--check-config] [--version] [--help]\n"));
+    for (const char *line = usage; *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        if (len > 80)
+            fail_msg("a line of %zu columns: %.*s", len, (int)len, line);
+        line += len + (end != NULL);
+    }
     static const char *const words[] = {
         "--config FILE", "--watch DIR", "--socket PATH", "--settle-ms N", "--python-path DIR",
-        "--entry MODULE:FUNCTION", "--no-import", "--log-level LEVEL", "--check-config",
+        "--entry MODULE:FUNCTION", "--plugins DIR", "--no-import", "--log-level LEVEL", "--check-config",
         "--version", "--help", "Default: 10", "Default: info", "PYHOT_SOCKET",
         "JOURNAL_STREAM", "0  clean stop", "1  runtime failure", "2  usage or configuration error",
     };
@@ -563,7 +595,7 @@ static void test_shipped_file(void **state) {
     assert_int_equal(fx->cfg.n_include, 0);
     config_free(&fx->cfg);
 
-    /* Uncomment every example but the roots (they name directories that need not exist). */
+    /* Uncomment every example but the roots and plugin dirs (they name directories that need not exist). */
     FILE *in = fopen(shipped, "r");
     FILE *out = fopen(fx->conf, "w");
     assert_non_null(in);
@@ -571,7 +603,8 @@ static void test_shipped_file(void **state) {
     char line[512];
     int uncommented = 0;
     while (fgets(line, sizeof(line), in) != NULL) {
-        bool example = line[0] == ';' && strncmp(line, ";root", 5) != 0;
+        bool example = line[0] == ';' && strncmp(line, ";root", 5) != 0 &&
+                       strncmp(line, ";dir", 4) != 0;
         fputs(example ? line + 1 : line, out);
         uncommented += example;
     }
@@ -598,6 +631,51 @@ static void test_shipped_file(void **state) {
     assert_int_equal(fx->cfg.n_sandbox_write, 1);
     assert_int_equal(fx->cfg.sandbox_pids, defaults.sandbox_pids);
     assert_int_equal(fx->cfg.sandbox_tmp_mb, defaults.sandbox_tmp_mb);
+    assert_string_equal(fx->cfg.plugin_pattern, CONFIG_PLUGIN_PATTERN);
+    assert_string_equal(fx->cfg.plugin_api, "app:PLUGIN_API");
+}
+
+static void test_plugins(void **state) {
+    struct fixture *fx = *state;
+    make_dir(fx, "p1");
+    make_dir(fx, "p2");
+    assert_int_equal(load(fx, "[plugins]\ndir = p1\ndir = p2\ndir = p1\npattern = ext_*.py\n"
+                              "api = host.api:API\n"), 0);
+    assert_int_equal(fx->cfg.n_plugin_dirs, 2);
+    assert_string_equal(fx->cfg.plugin_dirs[0], in_dir(fx, "p1"));
+    assert_string_equal(fx->cfg.plugin_pattern, "ext_*.py");
+    assert_string_equal(fx->cfg.plugin_api, "host.api:API");
+
+    /* --plugins replaces the file's list; the pattern defaults. */
+    config_free(&fx->cfg);
+    assert_int_equal(chdir(fx->dir), 0);
+    assert_int_equal(PARSE(fx, "--plugins", "p2"), 0);
+    assert_int_equal(config_finish(&fx->cfg, fx->err, sizeof(fx->err)), 0);
+    assert_int_equal(fx->cfg.n_plugin_dirs, 1);
+    assert_string_equal(fx->cfg.plugin_dirs[0], in_dir(fx, "p2"));
+    assert_string_equal(fx->cfg.plugin_pattern, "plugin_*.py");
+    assert_null(fx->cfg.plugin_api);
+
+    config_free(&fx->cfg);
+    assert_int_equal(PARSE(fx, "--plugins", "nope"), 0);
+    assert_int_equal(config_finish(&fx->cfg, fx->err, sizeof(fx->err)), -ENOENT);
+    assert_string_equal(fx->err, "--plugins nope: No such file or directory");
+
+    /* Errors name the file and line. */
+    static const char *const bad[][2] = {
+        {"[plugins]\n\ndir = missing\n", ":3: dir = missing: No such file or directory"},
+        {"[plugins]\npattern = sub/plugin_*.py\n",
+         ":2: pattern: expected a file-name glob without '/', got 'sub/plugin_*.py'"},
+        {"[plugins]\napi = host\n", ":2: api: expected MODULE:ATTR, got 'host'"},
+        {"[plugins]\nfile = x\n", ":2: unknown key 'file' in section [plugins]"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        config_free(&fx->cfg);
+        assert_int_equal(load(fx, bad[i][0]), -EINVAL);
+        char expected[PATH_MAX + 200];
+        fmt(expected, sizeof(expected), "%s%s", fx->conf, bad[i][1]);
+        assert_string_equal(fx->err, expected);
+    }
 }
 
 int main(void) {
@@ -606,6 +684,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_full_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relative_config_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_poll_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unopenable_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_args_override_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_replacement, setup, teardown),
@@ -614,6 +693,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_bad_args, setup, teardown),
         cmocka_unit_test_setup_teardown(test_finish, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shipped_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_plugins, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -140,7 +140,7 @@ static void test_ring_and_history(void **state) {
     bool truncated;
 
     (void)state;
-    assert_int_equal(events_new(4, &e), 0);
+    assert_int_equal(events_new(4, 1 << 20, &e), 0);
     for (int i = 0; i < 6; i++)
         assert_int_equal(publish_reload(e, i % 2 ? "odd" : "even"), (uint64_t)i + 1);
     assert_int_equal(events_last_seq(e), 6);
@@ -167,13 +167,67 @@ static void test_ring_and_history(void **state) {
     events_free(e);
 }
 
+/* An event of about `size` bytes of message. */
+static uint64_t publish_large(struct events *e, size_t size) {
+    char *message = malloc(size + 1);
+    assert_non_null(message);
+    memset(message, 'x', size);
+    message[size] = '\0';
+    uint64_t seq = events_publish(e, "reload", json_pack("{s:s, s:{s:s}}", "module", "m", "error",
+                                                         "message", message));
+    free(message);
+    return seq;
+}
+
+static void test_history_bounded_in_bytes(void **state) {
+    struct events *e;
+    bool truncated;
+
+    (void)state;
+    /* Room for 1000 events, but 100 KiB: each 10 KB event costs about 20 KB (object and
+     * line), so at most five stay, the newest. */
+    assert_int_equal(events_new(1000, 100 * 1024, &e), 0);
+    for (int i = 0; i < 50; i++)
+        publish_large(e, 10000);
+    assert_true(events_history_bytes(e) <= 100 * 1024);
+    assert_int_equal(events_history_count(e), 5);
+    json_t *h = events_history(e, 100, NULL, 1 << 20, &truncated);
+    assert_int_equal(json_array_size(h), 5);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(h, 4), "seq")), 50);
+    json_decref(h);
+
+    /* Small events fill the room the large ones leave. */
+    for (int i = 0; i < 100; i++)
+        publish_reload(e, "small");
+    assert_true(events_history_bytes(e) <= 100 * 1024);
+    assert_true(events_history_count(e) >= 100);
+
+    /* One event larger than the whole budget is published but not kept. */
+    size_t before = events_history_count(e);
+    assert_int_equal(publish_large(e, 200 * 1024), 151);
+    assert_int_equal(events_last_seq(e), 151);
+    assert_true(events_history_count(e) <= before);
+    assert_true(events_history_bytes(e) <= 100 * 1024);
+    h = events_history(e, 1, NULL, 1 << 20, &truncated);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(h, 0), "seq")), 150);
+    json_decref(h);
+    events_free(e);
+
+    /* history_bytes 0 keeps nothing. */
+    assert_int_equal(events_new(1000, 0, &e), 0);
+    publish_reload(e, "a");
+    assert_int_equal(events_history_count(e), 0);
+    assert_int_equal(events_last_seq(e), 1);
+    events_free(e);
+}
+
 static void test_fan_out_filters_and_drops(void **state) {
     struct events *e;
     struct sink_state s = { 0 };
     struct events_filter all = { 0 }, batches = filter_of("\"batch\"", NULL);
 
     (void)state;
-    assert_int_equal(events_new(16, &e), 0);
+    assert_int_equal(events_new(16, 1 << 20, &e), 0);
     s.events = e;
     events_set_sink(e, sink, &s);
     assert_int_equal(events_subscribe(e, 1, &all), 0);
@@ -225,6 +279,7 @@ int main(void) {
         cmocka_unit_test(test_filter_parse_errors),
         cmocka_unit_test(test_filter_match),
         cmocka_unit_test(test_ring_and_history),
+        cmocka_unit_test(test_history_bounded_in_bytes),
         cmocka_unit_test(test_fan_out_filters_and_drops),
     };
 
