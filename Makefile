@@ -10,13 +10,13 @@ JOBS       ?= $(shell nproc)
 # saves) and setpriv (util-linux: peers of another uid); the README's tour runs curl and
 # an editor.
 DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev libinih-dev \
-                libsystemd-dev libcmocka-dev libedit-dev python3-pytest inotify-tools systemd \
+                libsystemd-dev libseccomp-dev libcmocka-dev libedit-dev python3-pytest inotify-tools systemd \
                 python3-flask python3-fastapi python3-uvicorn python3-django python3-aiohttp \
                 python3-sqlalchemy python3-click python3-numpy vim curl util-linux bindfs fuse3 \
                 prometheus
 # prometheus: its promtool checks the metrics command's exposition in the tests.
 # Peers measured beside pyhotd by `make bench` only.
-BENCH_PACKAGES := watchman hyperfine python3-watchdog
+BENCH_PACKAGES := watchman hyperfine python3-watchdog bubblewrap
 # clang and its runtime (libFuzzer, ASan) for `make fuzz`.
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 
@@ -92,6 +92,7 @@ bench: deps-bench build
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_idle.py
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_storm.py
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_poll.py
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/sandbox.py
 
 # Installs into a temporary prefix and runs systemd-analyze verify on every unit there
 # (ExecStart must name an installed binary, so the units are checked as installed). The

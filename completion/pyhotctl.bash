@@ -6,7 +6,7 @@
 # socket given on the command line if any.
 
 _pyhotctl_commands="hello ping status stats metrics plugins modules reload watch unwatch pause resume tail history exec run repl stop help"
-_pyhotctl_events="reload batch plugin started stopping watch_error import_error startup_error"
+_pyhotctl_events="reload batch plugin run started stopping watch_error import_error startup_error"
 
 # Module names loaded in the daemon whose socket is $1 (may be empty).
 _pyhotctl_modules()
@@ -66,7 +66,8 @@ _pyhotctl()
         case $cmd in
             tail) COMPREPLY=($(compgen -W "$global --lines --event --module" -- "$cur")) ;;
             history) COMPREPLY=($(compgen -W "$global --lines --event --module" -- "$cur")) ;;
-            run) COMPREPLY=($(compgen -W "$global --isolate --set --get --memory --cpu --cwd -m" -- "$cur")) ;;
+            run) COMPREPLY=($(compgen -W "$global --isolate --sandbox --set --get --memory --cpu --pids --cwd -m"\
+                                         -- "$cur")) ;;
             *) COMPREPLY=($(compgen -W "$global" -- "$cur")) ;;
         esac
         return

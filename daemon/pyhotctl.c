@@ -173,10 +173,15 @@ static const struct ctl_command commands[] = {
         "  --memory MB      (--isolate) address space the child may add (RLIMIT_AS)\n"
         "  --cpu S          (--isolate) CPU seconds (RLIMIT_CPU)\n"
         "  --cwd DIR        (--isolate) working directory (default: the current one)\n"
+        "  --sandbox        --isolate, and no network, no files but the import paths,\n"
+        "                   the script's directory, --cwd and a private TMPDIR, no\n"
+        "                   privileges, no dangerous system calls ([sandbox] config)\n"
+        "  --pids N         (--sandbox) processes the run may have (default 64)\n"
         "\n"
         "The global --timeout (how long to wait for a response) does not apply: run\n"
         "waits for the run's end, which only run --timeout limits. A run ended by\n"
-        "signal N exits 128+N. See docs/run.md.\n",
+        "signal N exits 128+N; a sandbox that cannot be set up, 125. See\n"
+        "docs/run.md.\n",
         1, -1, true, cmd_run, CTL_OPT_RAW,
     },
     {

@@ -296,6 +296,34 @@ static void print_batch(const struct ctl *ctl, FILE *out, json_t *ev) {
     }
 }
 
+/* A run event: "run 4 /srv/job.py sandboxed exited 0 in 18.40 ms, cpu 9.10 ms, max rss
+ * 15848 KiB (uid 1000, pid 5120)". */
+static void print_run(FILE *out, json_t *ev) {
+    long long n;
+
+    fputs(" run", out);
+    if (jint(ev, "run", &n))
+        fprintf(out, " %lld", n);
+    fputc(' ', out);
+    put_clean(out, jstr(ev, "script") != NULL ? jstr(ev, "script") : "?");
+    fputs(json_is_true(json_object_get(ev, "sandboxed")) ? " sandboxed"
+          : json_is_true(json_object_get(ev, "isolated")) ? " isolated" : " in-process", out);
+    if (jint(ev, "signal", &n) && n > 0)
+        fprintf(out, " ended by signal %lld", n);
+    else if (jint(ev, "exit_code", &n))
+        fprintf(out, " exited %lld", n);
+    if (json_is_true(json_object_get(ev, "timed_out")))
+        fputs(" (timed out)", out);
+    put_ms(out, " in ", ev, "duration_ms");
+    put_ms(out, ", cpu ", ev, "cpu_ms");
+    if (jint(ev, "max_rss_kb", &n))
+        fprintf(out, ", max rss %lld KiB", n);
+    if (jint(ev, "peer_uid", &n))
+        fprintf(out, " (uid %lld", n);
+    if (jint(ev, "peer_pid", &n))
+        fprintf(out, ", pid %lld)", n);
+}
+
 void print_event(const struct ctl *ctl, FILE *out, json_t *ev) {
     const char *name = jstr(ev, "event");
     long long n;
@@ -335,6 +363,8 @@ void print_event(const struct ctl *ctl, FILE *out, json_t *ev) {
     } else if (strcmp(name, "overflow") == 0) {
         fputs(" overflow: ", out);
         put_value(out, json_object_get(ev, "message"));
+    } else if (strcmp(name, "run") == 0) {
+        print_run(out, ev);
     } else if (strcmp(name, "plugin") == 0) {
         /* A plugin file loaded, run again, failed or removed (docs/plugins.md). */
         fputs(" plugin ", out);

@@ -201,6 +201,23 @@ int cmd_status(struct ctl *ctl, int argc, char **argv) {
         printf("idle\n");
     }
     status_count(result, "queued_jobs", "queued jobs:");
+    status_key("runs:");
+    put_value(stdout, json_object_get(result, "runs"));
+    printf(" running");
+    {
+        json_t *ended = json_object_get(result, "runs_ended");
+        static const char *const kinds[][2] = {
+            { "total", "ended" }, { "isolated", "isolated" }, { "sandboxed", "sandboxed" },
+            { "failed", "failed" }, { "timed_out", "timed out" },
+        };
+
+        for (i = 0; json_is_object(ended) && i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+            printf("%s", i == 0 ? ", " : i == 1 ? " (" : ", ");
+            put_value(stdout, json_object_get(ended, kinds[i][0]));
+            printf(" %s", kinds[i][1]);
+        }
+        printf("%s\n", json_is_object(ended) ? ")" : "");
+    }
     status_count(result, "subscribers", "subscribers:");
     json_decref(resp);
     return EXIT_OK;

@@ -71,17 +71,21 @@ static int run_status(json_t *result) {
 /* What `pyhotctl run` was asked, from its options and operands. */
 struct run_options {
     const char *module, *script, *cwd;
-    bool isolate;
+    bool isolate, sandbox;
     long long timeout_ms, memory_mb, cpu_s;
+    long long pids;  /* -1: not given */
     json_t *globals; /* --set NAME=JSON, an object */
     json_t *get;     /* --get NAME..., an array, or NULL */
     json_t *argv;    /* ARGS after SCRIPT or -m MODULE, an array */
 };
 
-enum { RUN_ISOLATE = 256, RUN_TIMEOUT, RUN_MEMORY, RUN_CPU, RUN_CWD, RUN_SET, RUN_GET };
+enum { RUN_ISOLATE = 256, RUN_TIMEOUT, RUN_MEMORY, RUN_CPU, RUN_CWD, RUN_SET, RUN_GET, RUN_SANDBOX,
+       RUN_PIDS };
 
 static const struct option run_long_options[] = {
     { "isolate", no_argument, NULL, RUN_ISOLATE },
+    { "sandbox", no_argument, NULL, RUN_SANDBOX },
+    { "pids", required_argument, NULL, RUN_PIDS },
     { "timeout", required_argument, NULL, RUN_TIMEOUT },
     { "memory", required_argument, NULL, RUN_MEMORY },
     { "cpu", required_argument, NULL, RUN_CPU },
@@ -101,6 +105,11 @@ static int run_option(int c, int argc, char **argv, struct run_options *o) {
     case RUN_ISOLATE:
         o->isolate = true;
         return 0;
+    case RUN_SANDBOX:
+        o->sandbox = o->isolate = true;
+        return 0;
+    case RUN_PIDS:
+        return parse_whole("--pids", optarg, 65536, &o->pids);
     case RUN_TIMEOUT:
         return parse_seconds("--timeout", optarg, &o->timeout_ms);
     case RUN_MEMORY:
@@ -224,6 +233,10 @@ static json_t *run_request(const struct run_options *o) {
         json_object_set_new(args, "timeout_ms", json_integer(o->timeout_ms));
     if (o->isolate)
         json_object_set_new(args, "isolate", json_true());
+    if (o->sandbox)
+        json_object_set_new(args, "sandbox", json_true());
+    if (o->pids >= 0)
+        json_object_set_new(args, "pids", json_integer(o->pids));
     if (o->memory_mb > 0)
         json_object_set_new(args, "memory_mb", json_integer(o->memory_mb));
     if (o->cpu_s > 0)
@@ -313,7 +326,7 @@ static int run_line(const struct ctl *ctl, const char *line, size_t len) {
 
 /* argv[0] is "run" (main hands run its whole command line, for getopt_long). */
 int cmd_run(struct ctl *ctl, int argc, char **argv) {
-    struct run_options o = { .globals = json_object(), .argv = json_array() };
+    struct run_options o = { .pids = -1, .globals = json_object(), .argv = json_array() };
     json_t *args = NULL;
     int r = EXIT_USAGE;
 

@@ -133,6 +133,13 @@ static json_t *status_result(struct server *server) {
         "watch", watch);
     if (status) {
         json_object_set_new(status, "runs", json_integer((json_int_t)cmd_runs_active(server)));
+        const struct server_counters *n = &server->counters;
+        json_object_set_new(status, "runs_ended",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I}", "total", (json_int_t)n->runs_ended.total,
+                                      "isolated", (json_int_t)n->runs_ended.isolated,
+                                      "sandboxed", (json_int_t)n->runs_ended.sandboxed,
+                                      "failed", (json_int_t)n->runs_ended.failed,
+                                      "timed_out", (json_int_t)n->runs_ended.timed_out));
         json_object_set(status, "entry", server->entry ? server->entry : json_null());
     }
     return status;

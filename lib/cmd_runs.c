@@ -12,6 +12,7 @@
 #include "log.h"
 #include "protocol.h"
 #include "run_channel.h"
+#include "sandbox.h"
 #include "server.h"
 
 #define ERR_LEN 512
@@ -25,7 +26,11 @@ struct run_entry {
     uint64_t client; /* 0 once the client disconnected: output is dropped */
     json_t *id;
     bool isolate;
+    bool sandbox;
     unsigned timeout_ms;
+    uid_t peer_uid;  /* who asked for it (SO_PEERCRED), for the run event */
+    pid_t peer_pid;
+    char *target;    /* "path" or "module", for the run event */
     json_t *get;       /* the names of "get", or NULL */
     struct run_entry *next;
 };
@@ -52,6 +57,7 @@ static void run_entry_free(struct run_entry *e) {
     if (!e)
         return;
     json_decref(e->id);
+    free(e->target);
     json_decref(e->get);
     free(e);
 }
@@ -85,6 +91,33 @@ static void send_output(struct server *server, struct run_entry *entry, json_t *
     json_decref(line_obj);
     if (line)
         server->send(server, entry->client, line, len);
+}
+
+/* An ended run: the run event, logged and kept in the history, and the counters status
+ * shows (docs/protocol.md). result (borrowed) gains "sandboxed". */
+static void run_ended(struct server *server, const struct run_entry *entry, json_t *result) {
+    json_object_set_new(result, "sandboxed", json_boolean(entry->sandbox));
+    json_t *exit_code = json_object_get(result, "exit_code");
+    json_t *sig = json_object_get(result, "signal");
+    bool timed_out = json_is_true(json_object_get(result, "timed_out"));
+    struct server_counters *n = &server->counters;
+    n->runs_ended.total++;
+    n->runs_ended.isolated += entry->isolate;
+    n->runs_ended.sandboxed += entry->sandbox;
+    n->runs_ended.timed_out += timed_out;
+    n->runs_ended.failed += json_integer_value(exit_code) != 0 || json_integer_value(sig) != 0;
+    json_t *event = json_pack("{s:I, s:s, s:i, s:i, s:b, s:b, s:O, s:O, s:b, s:O, s:O, s:O}",
+                              "run", (json_int_t)entry->run_id, "script", entry->target ? entry->target : "",
+                              "peer_uid", (int)entry->peer_uid, "peer_pid", (int)entry->peer_pid,
+                              "isolated", entry->isolate, "sandboxed", entry->sandbox,
+                              "exit_code", exit_code ? exit_code : json_null(),
+                              "signal", sig ? sig : json_null(), "timed_out", timed_out,
+                              "duration_ms", json_object_get(result, "duration_ms") ?: json_null(),
+                              "cpu_ms", json_object_get(result, "cpu_ms") ?: json_null(),
+                              "max_rss_kb", json_object_get(result, "max_rss_kb") ?: json_null());
+    if (event && json_object_get(result, "signal_name"))
+        json_object_set(event, "signal_name", json_object_get(result, "signal_name"));
+    events_publish(server->events, "run", event);
 }
 
 /* A run's end into the counters (metrics): how it ended, and its duration. */
@@ -123,6 +156,8 @@ static void on_run_message(uint64_t run_id, json_t *msg, void *data) {
     bool end = json_is_true(json_object_get(msg, "end"));
     struct run_entry *entry = run_find(server->commands, run_id, end);
     if (end && json_is_object(json_object_get(msg, "result"))) {
+        if (entry)
+            run_ended(server, entry, json_object_get(msg, "result"));
         count_run(server, json_object_get(msg, "result"));
         if (entry)
             complete_globals(entry, json_object_get(msg, "result"));
@@ -166,6 +201,21 @@ static void on_run_job_done(struct py_job *job, void *data) {
     py_job_free(job);
 }
 
+/* What a sandboxed run's child applies ([sandbox] of the configuration; docs/run.md): the
+ * input's "sandbox" object, read by py_run.c. pids is the request's, or NULL. */
+static json_t *sandbox_settings(const struct config *cfg, json_t *pids) {
+    json_t *read = json_array(), *write = json_array();
+    for (size_t i = 0; i < cfg->n_sandbox_read; i++)
+        json_array_append_new(read, json_string(cfg->sandbox_read[i]));
+    for (size_t i = 0; i < cfg->n_sandbox_write; i++)
+        json_array_append_new(write, json_string(cfg->sandbox_write[i]));
+    return json_pack("{s:s, s:s, s:o, s:o, s:I, s:I}",
+                     "network", cfg->sandbox_network == CONFIG_NETWORK_LOOPBACK ? "loopback" : "none",
+                     "user", cfg->sandbox_user ? cfg->sandbox_user : "nobody", "read", read, "write", write,
+                     "pids", json_is_integer(pids) ? json_integer_value(pids) : (json_int_t)cfg->sandbox_pids,
+                     "tmp_size_mb", (json_int_t)cfg->sandbox_tmp_mb);
+}
+
 /* Starts the run of input (stolen; the validated request) for client. */
 static void start_run(struct server *server, json_t *input, uint64_t client, json_t *id) {
     struct command_state *state = server->commands;
@@ -182,7 +232,15 @@ static void start_run(struct server *server, json_t *input, uint64_t client, jso
     entry->client = client;
     entry->id = json_incref(id);
     entry->isolate = json_is_true(json_object_get(input, "isolate"));
+    entry->sandbox = json_is_true(json_object_get(input, "sandbox"));
     entry->timeout_ms = (unsigned)json_integer_value(json_object_get(input, "timeout_ms"));
+    entry->peer_uid = (uid_t)-1;
+    if (server->control)
+        control_peer(server->control, client, &entry->peer_uid, &entry->peer_pid);
+    const char *target = json_string_value(json_object_get(input, "path"));
+    entry->target = strdup(target ? target : json_string_value(json_object_get(input, "module")) ?: "");
+    if (entry->sandbox)
+        json_object_set_new(input, "sandbox", sandbox_settings(server->config, json_object_get(input, "pids")));
     entry->get = json_incref(json_object_get(input, "get"));
     json_object_set_new(input, "run_id", json_integer((json_int_t)entry->run_id));
     entry->next = state->runs;
@@ -220,7 +278,13 @@ static int check_run_args(const struct protocol_request *req, char *err, size_t 
                                : command_int(req, "memory_mb", 0) ? "memory_mb"
                                : command_int(req, "cpu_s", 0)     ? "cpu_s"
                                                                   : NULL;
-    if (process_wide && !json_is_true(json_object_get(req->root, "isolate"))) {
+    bool sandboxed = json_is_true(json_object_get(req->root, "sandbox"));
+    if (command_int(req, "pids", 0) && !sandboxed) {
+        snprintf(err, len, "\"pids\" needs \"sandbox\": true");
+        return -EINVAL;
+    }
+    /* A sandbox is an isolated run. */
+    if (process_wide && !sandboxed && !json_is_true(json_object_get(req->root, "isolate"))) {
         /* The working directory and rlimits are process-wide: only a child can have its own. */
         snprintf(err, len, "\"%s\" needs \"isolate\": true (the daemon's working directory and "
                  "limits are shared by every run and the app)", process_wide);
@@ -243,7 +307,7 @@ static int check_run_args(const struct protocol_request *req, char *err, size_t 
 }
 
 /* run: "path", "module" or "source", "argv", "globals", "get", "cwd", "timeout_ms", "isolate",
- * "memory_mb", "cpu_s" (docs/protocol.md, docs/run.md). */
+ * "memory_mb", "cpu_s", "sandbox" (implies isolate), "pids" (docs/protocol.md, docs/run.md). */
 void cmd_run(struct server *server, uint64_t client, const struct protocol_request *req) {
     char err[ERR_LEN];
     int r = check_run_args(req, err, sizeof(err));
@@ -259,7 +323,8 @@ void cmd_run(struct server *server, uint64_t client, const struct protocol_reque
         "{s:o, s:o, s:I, s:b, s:I, s:I}", "argv", argv, "globals",
         json_is_object(globals) ? json_incref(globals) : json_object(), "timeout_ms",
         (json_int_t)command_int(req, "timeout_ms", 0), "isolate",
-        json_is_true(json_object_get(req->root, "isolate")), "memory_mb",
+        json_is_true(json_object_get(req->root, "isolate")) || json_is_true(json_object_get(req->root, "sandbox")),
+        "memory_mb",
         (json_int_t)command_int(req, "memory_mb", 0), "cpu_s",
         (json_int_t)command_int(req, "cpu_s", 0));
     const char *names[] = {"path", "module", "source", "cwd"};
@@ -273,6 +338,11 @@ void cmd_run(struct server *server, uint64_t client, const struct protocol_reque
     if (!input) {
         server_reply_error(server, client, req->id, PROTOCOL_E_INTERNAL, "out of memory", NULL);
         return;
+    }
+    if (json_is_true(json_object_get(req->root, "sandbox"))) {
+        json_object_set_new(input, "sandbox", json_true());
+        if (command_int(req, "pids", 0))
+            json_object_set_new(input, "pids", json_integer(command_int(req, "pids", 0)));
     }
     start_run(server, input, client, req->id);
 }
@@ -307,4 +377,5 @@ void cmd_runs_host_stopped(struct server *server) {
                                NULL);
         run_entry_free(e);
     }
+    sandbox_release(); /* the python thread that prepared it has ended */
 }

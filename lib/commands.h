@@ -39,7 +39,7 @@ struct command_arg {
     const char *invalid; /* the error when of the wrong type; NULL: generic */
 };
 
-#define COMMAND_MAX_ARGS 12 /* the last stays empty: the list ends there */
+#define COMMAND_MAX_ARGS 16 /* the last stays empty: the list ends there */
 
 typedef void command_exec_fn(struct server *server, uint64_t client,
                              const struct protocol_request *req);

@@ -146,6 +146,7 @@ enum key_kind {
     KEY_ENTRY,
     KEY_BOOL,       /* bool: yes/no, true/false, on/off, 1/0 */
     KEY_BACKEND,
+    KEY_NETWORK,
     KEY_API,        /* char *, MODULE:ATTR */
     KEY_PATTERN,    /* char *, a file-name glob (no '/') */
 };
@@ -190,6 +191,12 @@ static const struct config_key config_keys[] = {
     {"reload", "strategy", KEY_STRATEGY, FIELD(strategy), 0, 0, 0},
     {"reload", "mode", KEY_MODE, FIELD(mode), 0, 0, 0},
     {"run", "timeout_ms", KEY_UINT, FIELD(exec_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
+    {"sandbox", "network", KEY_NETWORK, FIELD(sandbox_network), 0, 0, 0},
+    {"sandbox", "user", KEY_STRING, FIELD(sandbox_user), 0, 0, 0},
+    {"sandbox", "read", KEY_PATHS, LIST(sandbox_read), 0, 0},
+    {"sandbox", "write", KEY_PATHS, LIST(sandbox_write), 0, 0},
+    {"sandbox", "pids", KEY_UINT, FIELD(sandbox_pids), 0, 1, 65536},
+    {"sandbox", "tmp_size_mb", KEY_UINT, FIELD(sandbox_tmp_mb), 0, 1, 65536},
     {"plugins", "dir", KEY_DIRS, LIST(plugin_dirs), 0, 0},
     {"plugins", "pattern", KEY_PATTERN, FIELD(plugin_pattern), 0, 0, 0},
     {"plugins", "api", KEY_API, FIELD(plugin_api), 0, 0, 0},
@@ -392,6 +399,15 @@ static int set_value(struct load_ctx *ctx, const struct config_key *key, const c
         else
             return load_fail(ctx, -EINVAL, "%s: expected inotify, uv or poll, got '%s'",
                              key->name, value);
+        return 1;
+    case KEY_NETWORK:
+        if (strcmp(value, "none") == 0)
+            *(enum config_network *)(base + key->offset) = CONFIG_NETWORK_NONE;
+        else if (strcmp(value, "loopback") == 0)
+            *(enum config_network *)(base + key->offset) = CONFIG_NETWORK_LOOPBACK;
+        else
+            return load_fail(ctx, -EINVAL, "%s: expected none or loopback, got '%s'", key->name,
+                             value);
         return 1;
     case KEY_STRATEGY:
         if (strcmp(value, "dependents") == 0)
@@ -793,6 +809,8 @@ void config_init(struct config *cfg) {
     cfg->max_output_bytes = 4194304;
     cfg->history_bytes = 8388608;
     cfg->request_timeout_ms = 10000;
+    cfg->sandbox_pids = 64;
+    cfg->sandbox_tmp_mb = 64;
 }
 
 void config_free(struct config *cfg) {
@@ -812,6 +830,9 @@ void config_free(struct config *cfg) {
     strv_free(&cfg->poll_dirs, &cfg->n_poll_dirs);
     strv_free(&cfg->python_paths, &cfg->n_python_paths);
     strv_free(&cfg->preload, &cfg->n_preload);
+    free(cfg->sandbox_user);
+    strv_free(&cfg->sandbox_read, &cfg->n_sandbox_read);
+    strv_free(&cfg->sandbox_write, &cfg->n_sandbox_write);
     config_init(cfg);
 }
 

@@ -20,6 +20,11 @@ enum config_import {
     CONFIG_IMPORT_ALL = 1,       /* import every module under the watch roots at start */
 };
 
+enum config_network {
+    CONFIG_NETWORK_NONE = 0,     /* [sandbox] network = none: a namespace with no usable device */
+    CONFIG_NETWORK_LOOPBACK,     /* a loopback of the run's own, up */
+};
+
 enum config_backend {
     CONFIG_BACKEND_INOTIFY = 0, /* Linux inotify (the default on Linux) */
     CONFIG_BACKEND_UV = 1,      /* libuv's uv_fs_event (kqueue, FSEvents; inotify on Linux) */
@@ -100,6 +105,17 @@ struct config {
 
     /* [run] */
     unsigned exec_timeout_ms;   /* deadline of exec and run jobs; default 30000 */
+
+    /* [sandbox]: run --sandbox (docs/run.md "Sandbox") */
+    enum config_network sandbox_network; /* default none */
+    char *sandbox_user;         /* the user a root daemon's sandboxed runs become; NULL = nobody */
+    char **sandbox_read;        /* paths sandboxed runs may also read */
+    size_t n_sandbox_read;
+    char **sandbox_write;       /* paths sandboxed runs may also read and write */
+    size_t n_sandbox_write;
+    unsigned sandbox_pids;      /* default for --pids: processes of the run; default 64; 1..65536 */
+    unsigned sandbox_tmp_mb;    /* size of a run's private TMPDIR (tmpfs), MiB; default 64;
+                                   1..65536 */
 
     /* command-line only */
     bool check_config;          /* --check-config: validate and exit */

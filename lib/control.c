@@ -833,6 +833,15 @@ int control_set_subscriber(struct control *control, uint64_t client_id, bool sub
     return 0;
 }
 
+int control_peer(const struct control *control, uint64_t client_id, uid_t *uid, pid_t *pid) {
+    struct client *client = find_client((struct control *)control, client_id);
+    if (!client)
+        return -ENOTCONN;
+    *uid = client->uid;
+    *pid = client->pid;
+    return 0;
+}
+
 void control_close_client(struct control *control, uint64_t client_id) {
     struct client *client = find_client(control, client_id);
     if (client)

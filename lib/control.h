@@ -112,6 +112,10 @@ int control_send_owned(struct control *control, uint64_t client, char *line, siz
 /* Marks client as a subscriber (or not), for the counts. Returns 0 or -ENOTCONN. */
 int control_set_subscriber(struct control *control, uint64_t client, bool subscribed);
 
+/* The peer credentials of client as SO_PEERCRED gave them at accept (socket(7)): *uid and
+ * *pid ((uid_t)-1 and 0 when they could not be read). Returns 0 or -ENOTCONN. */
+int control_peer(const struct control *control, uint64_t client, uid_t *uid, pid_t *pid);
+
 /* Closes client once what is queued to it has been written (at most
  * CONTROL_CLOSE_GRACE_MS later). */
 void control_close_client(struct control *control, uint64_t client);

@@ -255,6 +255,22 @@ static void log_event(const char *name, json_t *event) {
                      json_integer_value(json_object_get(event, "batch")), result,
                      modules ? modules : "[]", num(event, "duration_ms"), num(event, "latency_ms"));
         free(modules);
+    } else if (strcmp(name, "run") == 0) {
+        json_t *sig = json_object_get(event, "signal");
+        char end[64];
+        if (json_integer_value(sig) > 0)
+            snprintf(end, sizeof(end), "ended by %s", str(event, "signal_name", "a signal"));
+        else
+            snprintf(end, sizeof(end), "exited %lld", json_integer_value(json_object_get(event, "exit_code")));
+        log_info("run %lld %s (%s) for uid %lld pid %lld %s%s in %.2f ms, cpu %.2f ms, max rss %lld KiB",
+                 json_integer_value(json_object_get(event, "run")), str(event, "script", "?"),
+                 json_is_true(json_object_get(event, "sandboxed")) ? "sandboxed"
+                 : json_is_true(json_object_get(event, "isolated")) ? "isolated" : "in-process",
+                 json_integer_value(json_object_get(event, "peer_uid")),
+                 json_integer_value(json_object_get(event, "peer_pid")), end,
+                 json_is_true(json_object_get(event, "timed_out")) ? " (timed out)" : "",
+                 num(event, "duration_ms"), num(event, "cpu_ms"),
+                 json_integer_value(json_object_get(event, "max_rss_kb")));
     } else {
         /* Other events (started, stopping, watch_error, ...) are logged in prose where they
          * arise; their JSON is for debugging. */

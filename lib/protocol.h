@@ -42,6 +42,7 @@
 #define PROTOCOL_E_REQUEST_TIMEOUT "request_timeout"   /* a partial line was not finished */
 #define PROTOCOL_E_ALREADY_WATCHED "already_watched"   /* watch: DIR is, is under or holds a root */
 #define PROTOCOL_E_WATCH_FAILED    "watch_failed"      /* watch: the kernel refused (limits, access) */
+#define PROTOCOL_E_SANDBOX        "sandbox_failed"    /* run --sandbox: cannot be set up */
 
 struct protocol_request {
     json_t *root;     /* the whole request object (owned; arguments are its members) */

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "protocol.h"
+#include "sandbox.h"
 #include "py_run_source.h"
 
 /* ---- run threads: registry, cancel, sleep (python side, GIL held unless said) ----------- */
@@ -299,8 +301,99 @@ static void child_fail(const char *what) {
     _exit(2);
 }
 
-/* The child: never returns. */
-static void child_main(json_t *input, int out_w, int err_w, int globals_w) {
+/* A sandboxed run's plan (docs/run.md "Sandbox"), built on the python thread before the
+ * fork, so that the user lookup (NSS), the Python call for the import paths and the
+ * allocations stay out of the child; the child reads its copy. */
+struct sandbox_plan {
+    struct sandbox_spec spec;
+    json_t *read;             /* owned: the read paths; spec's strings point into it */
+    json_t *write;            /* owned: the write paths */
+    const char **paths;       /* spec.read_paths then spec.write_paths, malloc'd */
+};
+
+static void sandbox_plan_free(struct sandbox_plan *plan) {
+    json_decref(plan->read);
+    json_decref(plan->write);
+    free(plan->paths);
+    memset(plan, 0, sizeof(*plan));
+}
+
+/* The last [sandbox] user resolved: NSS is asked again only when the name changes. */
+static struct {
+    char name[256];
+    uid_t uid;
+    gid_t gid;
+} user_cache;
+
+static int resolve_user_cached(const char *user, uid_t *uid, gid_t *gid, char *err, size_t errlen) {
+    if (user_cache.name[0] && strcmp(user_cache.name, user) == 0) {
+        *uid = user_cache.uid;
+        *gid = user_cache.gid;
+        return 0;
+    }
+    int r = sandbox_resolve_user(user, uid, gid, err, errlen);
+    if (r == 0 && strlen(user) < sizeof(user_cache.name)) {
+        snprintf(user_cache.name, sizeof(user_cache.name), "%s", user);
+        user_cache.uid = *uid;
+        user_cache.gid = *gid;
+    }
+    return r;
+}
+
+/* Builds plan from input's "sandbox" settings (cmd_runs.c sandbox_settings). Returns 0, or -1
+ * with *error set (the plan freed). */
+static int sandbox_plan_build(json_t *input, struct sandbox_plan *plan, json_t **error) {
+    json_t *settings = json_object_get(input, "sandbox");
+    char err[PATH_MAX + 128] = "";
+    memset(plan, 0, sizeof(*plan));
+    const char *network = json_string_value(json_object_get(settings, "network"));
+    plan->spec.network = network && strcmp(network, "loopback") == 0 ? SANDBOX_NETWORK_LOOPBACK
+                                                                     : SANDBOX_NETWORK_NONE;
+    plan->spec.pids = (unsigned)json_integer_value(json_object_get(settings, "pids"));
+    plan->spec.tmp_size_mb = (unsigned)json_integer_value(json_object_get(settings, "tmp_size_mb"));
+    const char *base = getenv("TMPDIR");
+    int r = sandbox_prepare(base && base[0] == '/' ? base : "/tmp", err, sizeof(err));
+    if (r == 0 && geteuid() == 0) {
+        const char *user = json_string_value(json_object_get(settings, "user"));
+        plan->spec.change_user = true;
+        r = resolve_user_cached(user ? user : "nobody", &plan->spec.uid, &plan->spec.gid, err, sizeof(err));
+    }
+    json_t *args = json_pack("[O]", input);
+    plan->read = r == 0 ? py_module_call(run_module, "sandbox_read_paths", args, error) : NULL;
+    json_decref(args);
+    if (r == 0 && !plan->read)
+        return -1;
+    plan->write = json_deep_copy(json_object_get(settings, "write"));
+    if (plan->read && plan->write) {
+        json_array_extend(plan->read, json_object_get(settings, "read"));
+        const char *cwd = json_string_value(json_object_get(input, "cwd"));
+        if (cwd)
+            json_array_append_new(plan->write, json_string(cwd));
+    }
+    size_t n_read = json_array_size(plan->read), n_write = json_array_size(plan->write);
+    plan->paths = r == 0 ? calloc(n_read + n_write + 1, sizeof(*plan->paths)) : NULL;
+    if (!plan->paths) {
+        *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_SANDBOX, "message",
+                           err[0] ? err : "out of memory");
+        sandbox_plan_free(plan);
+        return -1;
+    }
+    for (size_t i = 0; i < n_read; i++)
+        plan->paths[i] = json_string_value(json_array_get(plan->read, i));
+    for (size_t i = 0; i < n_write; i++)
+        plan->paths[n_read + i] = json_string_value(json_array_get(plan->write, i));
+    plan->spec.read_paths = plan->paths;
+    plan->spec.n_read = n_read;
+    plan->spec.write_paths = plan->paths + n_read;
+    plan->spec.n_write = n_write;
+    plan->spec.tmpdir = sandbox_tmpdir();
+    json_object_set_new(input, "tmpdir", json_string(plan->spec.tmpdir));
+    return 0;
+}
+
+/* The child: never returns. sandbox is NULL for a run that is only isolated. */
+static void child_main(json_t *input, int out_w, int err_w, int globals_w,
+                       const struct sandbox_spec *sandbox) {
     if (dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
         _exit(2);
     /* run --get: py_run.py's run_isolated writes the values to fd 3 before the end. */
@@ -333,6 +426,18 @@ static void child_main(json_t *input, int out_w, int err_w, int globals_w) {
     const char *cwd = json_string_value(json_object_get(input, "cwd"));
     if (cwd && chdir(cwd) < 0)
         child_fail(cwd);
+    if (sandbox) {
+        /* Every layer before any of the script's code, or the script does not run at all
+         * (exit status 125, as env(1) and timeout(1) use for their own failures). */
+        char why[PATH_MAX + 256];
+        if (sandbox_enter(sandbox, why, sizeof(why)) < 0) {
+            char line[sizeof(why) + 64];
+            int n = snprintf(line, sizeof(line), "pyhot: sandbox: %s; the script did not run\n", why);
+            if (n > 0 && write(2, line, (size_t)n) < 0)
+                _exit(125);
+            _exit(125);
+        }
+    }
 
     json_t *error = NULL;
     json_t *args = json_pack("[O]", input);
@@ -361,10 +466,16 @@ static void close_pipes(int (*pipes)[2], int n) {
 static json_t *start_isolated(json_t *input, json_t **error) {
     int pipes[3][2];
     int n = json_array_size(json_object_get(input, "get")) > 0 ? 3 : 2;
+    struct sandbox_plan plan;
+    bool sandboxed = json_is_object(json_object_get(input, "sandbox"));
+    if (sandboxed && sandbox_plan_build(input, &plan, error) < 0)
+        return NULL;
     for (int i = 0; i < n; i++) {
         if (pipe2(pipes[i], O_CLOEXEC) < 0) {
             *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(errno));
             close_pipes(pipes, i);
+            if (sandboxed)
+                sandbox_plan_free(&plan);
             return NULL;
         }
     }
@@ -372,13 +483,16 @@ static json_t *start_isolated(json_t *input, json_t **error) {
     pid_t pid = fork();
     if (pid == 0) {
         PyOS_AfterFork_Child();
-        child_main(input, pipes[0][1], pipes[1][1], n == 3 ? pipes[2][1] : -1);
+        child_main(input, pipes[0][1], pipes[1][1], n == 3 ? pipes[2][1] : -1,
+                   sandboxed ? &plan.spec : NULL);
         _exit(2);
     }
     int e = errno;
     PyOS_AfterFork_Parent();
     for (int i = 0; i < n; i++)
         close(pipes[i][1]);
+    if (sandboxed)
+        sandbox_plan_free(&plan);
     if (pid < 0) {
         for (int i = 0; i < n; i++)
             close(pipes[i][0]);

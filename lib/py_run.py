@@ -13,6 +13,7 @@ file a reader sees here.
 
 import io
 import os
+import runpy  # here, not in run_isolated: a forked child would import it afresh each run
 import sys
 import threading
 import traceback
@@ -165,7 +166,6 @@ def _execute(spec, argv, namespace):
     """Runs spec's script as __main__ in namespace, a fresh dict (runpy._run_code
     semantics); namespace keeps what the script bound even when it raised."""
     import pkgutil
-    import runpy
     init_globals = spec.get("globals") or None
     source = spec.get("source")
     if source is not None:
@@ -228,6 +228,7 @@ def start_run(spec):
 def _run_thread(run_id, spec):
     import time as time_module
     started = time_module.monotonic()
+    cpu_started = time_module.thread_time()
     ident = threading.get_ident()
     out, err = _RunOutput(run_id, "stdout"), _RunOutput(run_id, "stderr")
     out.other, err.other = err, out
@@ -278,20 +279,54 @@ def _run_thread(run_id, spec):
                 if _active_runs[0] == 0 and isinstance(sys.argv, _ArgvProxy):
                     sys.argv = _real_argv[0]
                     _real_argv[0] = None
+            import resource
             result = {
                 "exit_code": code, "timed_out": bool(timed_out), "signal": None,
                 "isolated": False,
-                "duration_ms": (time_module.monotonic() - started) * 1000.0}
+                "duration_ms": (time_module.monotonic() - started) * 1000.0,
+                # The run thread's own CPU time; the peak RSS is the daemon's (one process).
+                "cpu_ms": (time_module.thread_time() - cpu_started) * 1000.0,
+                "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
             if spec.get("get"):
                 result.update(run_globals(namespace, spec["get"]))
             finish(run_id, result)
+
+
+# What a sandboxed run may read besides [sandbox] read (docs/run.md "Sandbox"): what the
+# dynamic loader needs to load an extension module's libraries, and the child's own
+# /proc/self (resolved in the child, so only its own process).
+_SANDBOX_SYSTEM_READ = ("/usr/lib", "/usr/local/lib", "/etc/ld.so.cache", "/proc/self")
+_sandbox_stdlib_paths = []
+
+
+def sandbox_read_paths(spec):
+    """The paths a sandboxed run of spec may read (py_run.c hands them to sandbox.c's
+    Landlock step): the interpreter's and the daemon's import paths (sys.path, the standard
+    library), the script's directory, and _SANDBOX_SYSTEM_READ; only those that exist,
+    each once, in that order."""
+    if not _sandbox_stdlib_paths:
+        import sysconfig  # asked once: get_path costs half a millisecond a call
+        _sandbox_stdlib_paths.extend(sysconfig.get_path(key) for key in
+                                     ("stdlib", "platstdlib", "purelib", "platlib"))
+    candidates = list(sys.path) + _sandbox_stdlib_paths
+    target = spec.get("path")
+    if target:
+        candidates.append(target if os.path.isdir(target) else os.path.dirname(target))
+    candidates.extend(_SANDBOX_SYSTEM_READ)
+    paths, seen = [], set()
+    for path in candidates:
+        if not path or not os.path.isabs(path) or path in seen:
+            continue
+        seen.add(path)
+        if path == "/proc/self" or os.path.exists(path):
+            paths.append(path)
+    return paths
 
 
 def run_isolated(spec):
     """In the forked child (py_run.c): fd 1 and 2 are the daemon's pipes. Runs spec as
     python3 would (runpy, sys.modules['__main__'] and sys.argv are the child's own) and
     returns the exit status."""
-    import runpy
     _captures.clear()
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True)
@@ -299,6 +334,12 @@ def run_isolated(spec):
                                   errors="backslashreplace", line_buffering=True)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     code = 1
+    if spec.get("tmpdir"):
+        # The sandbox's private TMPDIR; tempfile caches its choice once imported, so it is
+        # told too (not imported here: that costs a run milliseconds).
+        os.environ["TMPDIR"] = spec["tmpdir"]
+        if "tempfile" in sys.modules:
+            sys.modules["tempfile"].tempdir = spec["tmpdir"]
     namespace = None
     try:
         try:

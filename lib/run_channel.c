@@ -9,9 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "sandbox.h"
 
 #define PIPE_READ_SIZE (64 * 1024)
 /* Most bytes of run --get values an isolated child may send back (py_run.py caps the
@@ -117,6 +120,7 @@ struct child {
     bool ended;                /* the end message went out */
     bool timed_out;
     int status;                /* waitpid's */
+    struct rusage usage;       /* wait4's: the child's CPU time and peak RSS */
     uint64_t started_ns;
     char pending[2][4];        /* an incomplete UTF-8 sequence held for the next read */
     size_t n_pending[2];
@@ -265,6 +269,9 @@ static void child_maybe_end(struct child *c) {
     json_object_set_new(result, "isolated", json_true());
     json_object_set_new(result, "pid", json_integer(c->pid));
     json_object_set_new(result, "duration_ms", json_real((double)(uv_hrtime() - c->started_ns) / 1e6));
+    json_object_set_new(result, "cpu_ms", json_real((double)(c->usage.ru_utime.tv_sec + c->usage.ru_stime.tv_sec) * 1e3 +
+                                                    (double)(c->usage.ru_utime.tv_usec + c->usage.ru_stime.tv_usec) / 1e3));
+    json_object_set_new(result, "max_rss_kb", json_integer(c->usage.ru_maxrss));
     uint64_t run_id = c->run_id;
     child_close(c);
     channel.cb(run_id, json_pack("{s:b, s:o}", "end", 1, "result", result), channel.data);
@@ -308,14 +315,24 @@ static void on_pipe_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
     }
 }
 
+/* SIGKILL to the child and, when it leads one (a sandboxed run), its process group. */
+static void child_kill(pid_t pid) {
+    sandbox_kill_group(pid);
+    kill(pid, SIGKILL);
+}
+
 static void on_child_exit(uv_poll_t *poll, int status, int events) {
     struct child *c = poll->data;
     (void)status;
     (void)events;
-    int st;
-    pid_t r = waitpid(c->pid, &st, WNOHANG);
-    if (r == 0)
+    siginfo_t info = {0};
+    if (waitid(P_PID, (id_t)c->pid, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid == 0)
         return; /* not yet (spurious wake-up) */
+    /* Its descendants go with it: while it is an unreaped zombie its pid, and so the id of
+     * the process group a sandboxed run made, cannot be reused. */
+    sandbox_kill_group(c->pid);
+    int st;
+    pid_t r = wait4(c->pid, &st, 0, &c->usage);
     uv_poll_stop(poll);
     uv_timer_stop(&c->timer);
     c->exited = true;
@@ -328,7 +345,7 @@ static void on_child_timeout(uv_timer_t *timer) {
     if (c->exited)
         return;
     c->timed_out = true;
-    kill(c->pid, SIGKILL);
+    child_kill(c->pid);
 }
 
 int run_channel_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, int globals_fd,
@@ -384,7 +401,7 @@ int run_channel_watch_child(uint64_t run_id, int pid, int out_fd, int err_fd, in
 int run_channel_kill_child(uint64_t run_id) {
     for (struct child *c = channel.children; c; c = c->next) {
         if (c->run_id == run_id && !c->exited) {
-            kill(c->pid, SIGKILL);
+            child_kill(c->pid);
             return 0;
         }
     }
@@ -411,7 +428,7 @@ void run_channel_close(void) {
     while (channel.children) {
         struct child *c = channel.children;
         if (!c->exited) {
-            kill(c->pid, SIGKILL);
+            child_kill(c->pid);
             waitpid(c->pid, NULL, 0);
         }
         child_close(c);

@@ -21,11 +21,16 @@
  *   script with its fd 1 and 2 on pipes and never returns into the daemon; the job's output
  *   is {"pid", "stdout_fd", "stderr_fd"} and the loop thread hands those to
  *   run_channel_watch_child, which streams the pipes, reaps the child through a pidfd and
- *   enforces the wall timeout with SIGKILL.
+ *   enforces the wall timeout with SIGKILL;
+ * - sandboxed (input "sandbox": the settings cmd_runs.c adds): isolated, and the child
+ *   applies sandbox.c's layers (sandbox_enter) before the script, from a plan built on the
+ *   python thread before the fork; a failing layer ends it with status 125 and a line on
+ *   stderr. Its process group is killed with it (when it exits, times out or is killed).
  *
  * Messages (json, stolen by the callback): {"stream": "stdout"|"stderr", "data": str} while
  * the run writes, then exactly one {"end": true, "result": {"exit_code", "timed_out",
- * "signal", "isolated", "duration_ms"}}.
+ * "signal", "isolated", "duration_ms" (wall), "cpu_ms", "max_rss_kb" (getrusage: the run
+ * thread's CPU and the daemon's peak in-process, wait4's for a child)}}.
  *
  * One channel per process (like the interpreter). The channel is loop-thread code
  * (run_channel.c, no Python.h); the python side of runs is py_run.c. No PyObject crosses

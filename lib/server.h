@@ -36,6 +36,9 @@ struct server_counters {
     uint64_t responses, failed_responses;
     struct histogram reload_ms;  /* duration_ms of each module reloaded ok */
     struct histogram latency_ms; /* latency_ms of each file batch that applied (ok) */
+    struct {
+        uint64_t total, isolated, sandboxed, failed, timed_out;
+    } runs_ended;                /* one per run event (cmd_runs.c) */
     struct metrics_run_results runs; /* runs ended, by how (cmd_runs.c) */
     struct histogram run_ms;     /* duration_ms of each run that ended */
 };

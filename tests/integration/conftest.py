@@ -567,11 +567,13 @@ def read_lines_until(proc, predicate, timeout=TIMEOUT):
 
 def leave_console(pid, fd, timeout=TIMEOUT):
     """Types Ctrl-D on the pty fd until the console (pid) leaves; returns its wait status.
-    Once is not always enough: a Ctrl-D typed while libedit sets the terminal up for the
-    next line can be flushed with the pending input."""
+    Once is not always enough: a Ctrl-D typed while the terminal is still in canonical
+    mode (before libedit sets it up for the next line) is queued as an end-of-file mark,
+    which the kernel hands over as a NUL byte once the terminal leaves canonical mode; the
+    line is then not empty and Ctrl-D only beeps. Ctrl-U first empties the line."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        os.write(fd, b"\x04")
+        os.write(fd, b"\x15\x04")
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return status

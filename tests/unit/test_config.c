@@ -119,6 +119,12 @@ static void test_defaults(void **state) {
     assert_int_equal(cfg.strategy, CONFIG_STRATEGY_DEPENDENTS);
     assert_int_equal(cfg.mode, CONFIG_MODE_DEFINITIONS);
     assert_int_equal(cfg.exec_timeout_ms, 30000);
+    assert_int_equal(cfg.sandbox_network, CONFIG_NETWORK_NONE);
+    assert_null(cfg.sandbox_user);
+    assert_null(cfg.sandbox_read);
+    assert_null(cfg.sandbox_write);
+    assert_int_equal(cfg.sandbox_pids, 64);
+    assert_int_equal(cfg.sandbox_tmp_mb, 64);
     assert_int_equal(cfg.backend, CONFIG_BACKEND_INOTIFY);
     assert_null(cfg.poll_dirs);
     assert_int_equal(cfg.poll_interval_ms, 300);
@@ -164,7 +170,16 @@ static void test_full_file(void **state) {
              "mode = module\n"
              "\n"
              "[run]\n"
-             "timeout_ms = 1\n",
+             "timeout_ms = 1\n"
+             "\n"
+             "[sandbox]\n"
+             "network = loopback\n"
+             "user = runner\n"
+             "read = data\n"
+             "read = /srv/models\n"
+             "write = out\n"
+             "pids = 8\n"
+             "tmp_size_mb = 16\n",
              fx->dir);
     assert_int_equal(load(fx, text), 0);
     struct config *cfg = &fx->cfg;
@@ -202,6 +217,16 @@ static void test_full_file(void **state) {
     assert_int_equal(cfg->strategy, CONFIG_STRATEGY_MODULE);
     assert_int_equal(cfg->mode, CONFIG_MODE_MODULE);
     assert_int_equal(cfg->exec_timeout_ms, 1);
+
+    assert_int_equal(cfg->sandbox_network, CONFIG_NETWORK_LOOPBACK);
+    assert_string_equal(cfg->sandbox_user, "runner");
+    assert_int_equal(cfg->n_sandbox_read, 2);
+    assert_string_equal(cfg->sandbox_read[0], in_dir(fx, "data"));
+    assert_string_equal(cfg->sandbox_read[1], "/srv/models");
+    assert_int_equal(cfg->n_sandbox_write, 1);
+    assert_string_equal(cfg->sandbox_write[0], in_dir(fx, "out"));
+    assert_int_equal(cfg->sandbox_pids, 8);
+    assert_int_equal(cfg->sandbox_tmp_mb, 16);
 
     assert_int_equal(config_finish(cfg, fx->err, sizeof(fx->err)), 0);
     assert_int_equal(cfg->n_watch_roots, 2);
@@ -257,6 +282,10 @@ static void test_file_errors(void **state) {
          "timeout_ms: expected an integer from 1 to 86400000, got '0'"},
         {"[run]\ntimeout_ms = 86400001\n", 2,
          "timeout_ms: expected an integer from 1 to 86400000, got '86400001'"},
+        {"[sandbox]\nnetwork = host\n", 2, "network: expected none or loopback, got 'host'"},
+        {"[sandbox]\npids = 0\n", 2, "pids: expected an integer from 1 to 65536, got '0'"},
+        {"[sandbox]\ntmp_size_mb = 65537\n", 2,
+         "tmp_size_mb: expected an integer from 1 to 65536, got '65537'"},
         {"[daemon]\nlog_level = loud\n", 2,
          "log_level: expected error, warn, info or debug, got 'loud'"},
         {"[watch]\nimport = some\n", 2, "import: expected on-demand or all, got 'some'"},
@@ -596,6 +625,12 @@ static void test_shipped_file(void **state) {
     assert_int_equal(fx->cfg.reload_timeout_ms, defaults.reload_timeout_ms);
     assert_int_equal(fx->cfg.strategy, defaults.strategy);
     assert_int_equal(fx->cfg.exec_timeout_ms, defaults.exec_timeout_ms);
+    assert_int_equal(fx->cfg.sandbox_network, defaults.sandbox_network);
+    assert_string_equal(fx->cfg.sandbox_user, "nobody");
+    assert_int_equal(fx->cfg.n_sandbox_read, 1);
+    assert_int_equal(fx->cfg.n_sandbox_write, 1);
+    assert_int_equal(fx->cfg.sandbox_pids, defaults.sandbox_pids);
+    assert_int_equal(fx->cfg.sandbox_tmp_mb, defaults.sandbox_tmp_mb);
     assert_string_equal(fx->cfg.plugin_pattern, CONFIG_PLUGIN_PATTERN);
     assert_string_equal(fx->cfg.plugin_api, "app:PLUGIN_API");
 }
