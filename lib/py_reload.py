@@ -810,6 +810,25 @@ class _Stmt:
         return text[:cut + 1] if lines else ""
 
 
+_AST = ast.AST
+_CONTEXT = ast.expr_context
+
+
+def _children(node):
+    """ast.iter_child_nodes(node) as a list, less the Load/Store/Del markers (which have
+    no children and bind or read nothing): without iter_fields' generators, a third
+    cheaper, and these walks run on the save -> run path."""
+    out = []
+    for field in node._fields:
+        value = getattr(node, field, None)
+        if isinstance(value, _AST):
+            if not isinstance(value, _CONTEXT):
+                out.append(value)
+        elif isinstance(value, list):
+            out.extend([item for item in value if isinstance(item, _AST)])
+    return out
+
+
 def _bound_names(node):
     """The names a statement binds in the scope it runs in (nested function, lambda and
     class bodies and comprehensions excluded, as their names are their own)."""
@@ -819,9 +838,11 @@ def _bound_names(node):
     stack = [node]
     while stack:
         current = stack.pop()
-        if isinstance(current, ast.Name) and isinstance(current.ctx, (ast.Store, ast.Del)):
-            names.add(current.id)
-        elif isinstance(current, (ast.Import, ast.ImportFrom)):
+        if isinstance(current, ast.Name):
+            if isinstance(current.ctx, (ast.Store, ast.Del)):
+                names.add(current.id)
+            continue  # its only child is its context
+        if isinstance(current, (ast.Import, ast.ImportFrom)):
             for alias in current.names:
                 if alias.name != "*":
                     names.add(alias.asname or alias.name.partition(".")[0])
@@ -839,7 +860,7 @@ def _bound_names(node):
             names.update(n.target.id for n in ast.walk(current)
                          if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name))
             continue
-        stack.extend(ast.iter_child_nodes(current))
+        stack.extend(_children(current))
     return names
 
 
@@ -863,10 +884,12 @@ def _read_names(node):
     stack = roots
     while stack:
         current = stack.pop()
-        if isinstance(current, ast.Name) and isinstance(current.ctx, ast.Load):
-            names.add(current.id)
-        elif (isinstance(current, ast.Attribute) and isinstance(current.value, ast.Name)
-              and isinstance(current.ctx, ast.Load)):
+        if isinstance(current, ast.Name):
+            if isinstance(current.ctx, ast.Load):
+                names.add(current.id)
+            continue  # its only child is its context
+        if (isinstance(current, ast.Attribute) and isinstance(current.value, ast.Name)
+                and isinstance(current.ctx, ast.Load)):
             names.add(current.value.id)
             names.add(current.value.id + "." + current.attr)
             continue
@@ -880,7 +903,7 @@ def _read_names(node):
         if isinstance(current, ast.ClassDef):
             names |= _read_names(current)
             continue
-        stack.extend(ast.iter_child_nodes(current))
+        stack.extend(_children(current))
     return names
 
 
@@ -944,6 +967,27 @@ _states = {}  # module name -> _ModuleState of what it last ran
 
 
 def _decode(data):
+    """importlib.util.decode_source(data): the text of source bytes, newlines translated.
+    Most sources are UTF-8 with no BOM and no coding cookie: those are decoded here
+    directly, without tokenize.detect_encoding's machinery (tens of microseconds on a
+    save, cold); anything else, and any byte that is not UTF-8, goes to decode_source, so
+    it decides and raises as it does (PEP 263)."""
+    if data[:3] != b"\xef\xbb\xbf":
+        end = data.find(b"\n", data.find(b"\n") + 1)  # the two lines PEP 263 looks at
+        if b"coding" not in (data if end < 0 else data[:end]):
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                if "\r" in text:
+                    # As decode_source's IncrementalNewlineDecoder (not final: a last
+                    # "\r" stays pending, so it is left out).
+                    text = text.replace("\r\n", "\n")
+                    if text.endswith("\r"):
+                        text = text[:-1]
+                    text = text.replace("\r", "\n")
+                return text
     return importlib.util.decode_source(data)
 
 
@@ -1050,18 +1094,36 @@ def _parse_new(state, text):
     return lines, new, (lo, hi)
 
 
+def _equal_blocks(a, b):
+    """difflib.SequenceMatcher(None, a, b, autojunk=False)'s matching blocks (i, j, size),
+    less the final dummy. The common edit, one statement's text changed into a text that
+    occurs nowhere else and from one that occurs nowhere else, is answered without the
+    matcher: no common block can then hold either text, so the longest blocks are the
+    unchanged head and tail, aligned, as difflib's rule (longest, then earliest in a, then
+    in b) picks them (Lib/difflib.py, find_longest_match)."""
+    if len(a) == len(b):
+        changed = [k for k in range(len(a)) if a[k] != b[k]]
+        if not changed:
+            return [(0, 0, len(a))] if a else []
+        if len(changed) == 1:
+            k = changed[0]
+            rest = a[:k] + a[k + 1:]
+            if a[k] not in rest and b[k] not in rest:
+                return [block for block in ((0, 0, k), (k + 1, k + 1, len(a) - k - 1)) if block[2]]
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return [tuple(block) for block in matcher.get_matching_blocks()[:-1]]
+
+
 def _match(old, new):
     """Pairs statements of two versions of a body: [(old or None, new or None, same)] in
     new source order, removed old statements (new None) at the end. Equal texts align
     first (difflib), then left-over defs and classes pair by kind and name, in order."""
     pairs = [None] * len(new)
     used = set()
-    matcher = difflib.SequenceMatcher(None, [s.text for s in old], [s.text for s in new], autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            for k in range(i2 - i1):
-                pairs[j1 + k] = (old[i1 + k], new[j1 + k], True)
-                used.add(i1 + k)
+    for i1, j1, size in _equal_blocks([s.text for s in old], [s.text for s in new]):
+        for k in range(size):
+            pairs[j1 + k] = (old[i1 + k], new[j1 + k], True)
+            used.add(i1 + k)
     for j, stmt in enumerate(new):
         if pairs[j] is not None:
             continue
@@ -1185,6 +1247,10 @@ class _Definitions:
         self.delta = len(self.lines) - len(state.lines)
         self.pairs = _match(state.stmts[lo:hi], new)
         for old, stmt, same in self.pairs:
+            if same:
+                # Equal text, so equal names bound and read: the old statement's, known
+                # already, save walking the new one's tree (apply reads them all).
+                stmt._binds, stmt._reads = old._binds, old._reads
             if stmt is not None and stmt.kind == "class":
                 stmt.body = _class_body(stmt, self.lines)
         # Every changed or new statement compiles before anything runs.
@@ -1927,8 +1993,7 @@ class Engine:
                 update = _Update(name, module, path, True)
                 update.data, update.digest = data, digest
                 try:
-                    text = _decode(data)
-                    self.prepare(update, text)
+                    self.prepare(update)
                 except (SyntaxError, ValueError, UnicodeDecodeError) as exc:
                     raise _Failure(_pyhot.describe_exception(exc), name, path, exc, "precheck")
                 updates[name] = update
@@ -1966,9 +2031,15 @@ class Engine:
             ordered.append(update)
         return plan, ordered
 
-    def prepare(self, update, text):
+    def prepare(self, update):
         module = update.module
-        state = None if self.module_mode(module, text) else _state_of(module, update.path)
+        state = text = None
+        # A module that runs whole needs no text: compile() decodes the bytes as the
+        # import system's source_to_code does (PEP 263), so that saves a decode per save.
+        if not self.module_mode(module, None):
+            text = _decode(update.data)
+            if not self.module_mode(module, text):
+                state = _state_of(module, update.path)
         if state is not None:
             update.definitions = _Definitions(state, text)
         else:

@@ -448,9 +448,22 @@ def digest(data):
 
 
 def read_source(path):
-    """The bytes of the file at path; OSError as open() raises it."""
-    with open(path, "rb") as f:
-        return f.read()
+    """The bytes of the file at path; OSError as open() raises it. Plain system calls
+    (open, fstat, read until end of file, close): on the save -> run path a buffered
+    file object's set-up costs more than the read of a source file. Reads to an empty
+    read, not a short one, since a FUSE or network file system may return short reads."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        want = os.fstat(fd).st_size + 1
+        while True:
+            chunk = os.read(fd, want)
+            if not chunk:
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.append(chunk)
+            want = 65536
+    finally:
+        os.close(fd)
 
 
 

@@ -4,16 +4,24 @@ Standard library only; the benches import it from their own directory.
 """
 
 
-def whole_module_config(directory):
-    """Writes directory/pyhotd.conf for benches whose modules count their top-level runs:
-    every module imported at start ([watch] import = all) and run whole on each reload
-    ([reload] mode = module), as the benches measured before definition-level reload became
-    the default. Returns the file's path, for --config."""
+def import_all_config(directory, mode=None):
+    """Writes directory/pyhotd.conf: every module imported at start ([watch] import = all),
+    and with mode ("module" or "definitions") that [reload] mode, else pyhotd's default.
+    Returns the file's path, for --config."""
     import os
     path = os.path.join(directory, "pyhotd.conf")
     with open(path, "w") as f:
-        f.write("[watch]\nimport = all\n[reload]\nmode = module\n")
+        f.write("[watch]\nimport = all\n")
+        if mode is not None:
+            f.write("[reload]\nmode = %s\n" % mode)
     return path
+
+
+def whole_module_config(directory):
+    """import_all_config(directory, "module"), for benches whose modules count their
+    top-level runs: each reload runs the whole module, as the benches measured before
+    definition-level reload became the default."""
+    return import_all_config(directory, "module")
 
 
 def cpu_model(default="?"):
