@@ -149,10 +149,20 @@ def test_reload_deadline_rolls_back(pyhotd):
 
 # ---- interrupting a statement ------------------------------------------------------------
 
+# Marks FLAG.started once inside its try block: an interrupt that comes earlier (the job
+# is already running, its `import time` is not done) would end it before the handler.
 STATEMENT = ("import time\n"
-             "try:\n    time.sleep(60)\n"
+             "try:\n    open(%(flag)r + '.started', 'w').close()\n    time.sleep(60)\n"
              "except KeyboardInterrupt as exc:\n"
-             "    open(%r, 'w').write(str(exc))\n    raise\n")
+             "    open(%(flag)r, 'w').write(str(exc))\n    raise\n")
+
+
+def statement(flag):
+    return STATEMENT % {"flag": flag}
+
+
+def wait_started(flag):
+    wait_for(lambda: os.path.exists(flag + ".started"), what="the statement to sleep")
 
 
 def test_a_disconnecting_client_cancels_its_statement(pyhotd, tmp_path):
@@ -161,8 +171,8 @@ def test_a_disconnecting_client_cancels_its_statement(pyhotd, tmp_path):
     d = pyhotd({"m.py": "X = 1\n"})
     flag = str(tmp_path / "interrupted")
     leaving = d.client()
-    leaving.send("exec", code=STATEMENT % flag)
-    wait_for(lambda: (d.status()["job"] or {}).get("kind") == "exec", what="the exec to run")
+    leaving.send("exec", code=statement(flag))
+    wait_started(flag)
     queued = d.client()
     queued_id = queued.send("exec", code="'queued'")
     leaving.close()
@@ -172,8 +182,9 @@ def test_a_disconnecting_client_cancels_its_statement(pyhotd, tmp_path):
     assert d.status()["job"] is None
     # A statement queued behind it by the leaving client is dropped too.
     leaving = d.client()
-    leaving.send("exec", code=STATEMENT % flag)
-    wait_for(lambda: (d.status()["job"] or {}).get("kind") == "exec", what="the exec to run")
+    os.unlink(flag + ".started")
+    leaving.send("exec", code=statement(flag))
+    wait_started(flag)
     leaving.send("exec", code="open(%r, 'w').write('ran')" % (flag + ".2"))
     wait_for(lambda: d.status()["queued_jobs"] == 1, what="the second exec to queue")
     leaving.close()
@@ -190,8 +201,8 @@ def test_a_long_statement_yields_to_a_reload(pyhotd, tmp_path):
     sub = d.subscriber()
     flag = str(tmp_path / "interrupted")
     runner = d.client()
-    exec_id = runner.send("exec", code=STATEMENT % flag)
-    wait_for(lambda: (d.status()["job"] or {}).get("kind") == "exec", what="the exec to run")
+    exec_id = runner.send("exec", code=statement(flag))
+    wait_started(flag)
     began = time.monotonic()
     path = d.write("m.py", "X = 2\n")
     batch, _ = sub.wait_batch(path)
