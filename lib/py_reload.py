@@ -176,20 +176,35 @@ def _code_imports(code, module_name, is_package, names):
     return exact
 
 
+def _tree_imports(names, module_name, is_package, tree):
+    """Adds to names the modules that the import statements of tree (an ast node) name."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            _add_import(names, module_name, is_package, node.module, node.level,
+                        tuple(alias.name for alias in node.names))
+
+
 def _source_imports(module_name, is_package, source):
     names = set()
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return names
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                names.add(alias.name)
-        elif isinstance(node, ast.ImportFrom):
-            _add_import(names, module_name, is_package, node.module, node.level,
-                        tuple(alias.name for alias in node.names))
+    _tree_imports(names, module_name, is_package, tree)
     return names
+
+
+def _set_imports(name, names):
+    """Makes names (minus name itself) the module's entry of the import graph; a change
+    bumps the generation that the graph cache is keyed on."""
+    global _imports_generation
+    names.discard(name)
+    names = frozenset(names)
+    if _imports.get(name) != names:
+        _imports[name] = names
+        _imports_generation += 1
 
 
 def _record_imports(name, path, code=None, source=None):
@@ -209,12 +224,7 @@ def _record_imports(name, path, code=None, source=None):
                                      source if source is not None else _pyhot.read_source(path))
         except OSError:
             pass
-    names.discard(name)
-    names = frozenset(names)
-    if _imports.get(name) != names:
-        global _imports_generation
-        _imports[name] = names
-        _imports_generation += 1
+    _set_imports(name, names)
 
 
 _graph_cache = [None, None]  # [(watched modules, imports) it was built from, graph]
@@ -1269,18 +1279,8 @@ class _Definitions:
         for _old, stmt, same in self.pairs:
             if stmt is None or same:
                 continue
-            for node in ast.walk(stmt.node):
-                if isinstance(node, ast.Import):
-                    names.update(alias.name for alias in node.names)
-                elif isinstance(node, ast.ImportFrom):
-                    _add_import(names, name, is_package, node.module, node.level,
-                                tuple(alias.name for alias in node.names))
-        names.discard(name)
-        names = frozenset(names)
-        if _imports.get(name) != names:
-            global _imports_generation
-            _imports[name] = names
-            _imports_generation += 1
+            _tree_imports(names, name, is_package, stmt.node)
+        _set_imports(name, names)
 
     def compile(self, node):
         module = ast.Module([node], [])

@@ -33,8 +33,8 @@
  * thread's CPU and the daemon's peak in-process, wait4's for a child)}}.
  *
  * One channel per process (like the interpreter). The channel is loop-thread code
- * (run_channel.c, no Python.h); the python side of runs is py_run.c. No PyObject crosses
- * this header.
+ * (run_channel.c, which never calls into Python); the python side of runs is py_run.c.
+ * No PyObject crosses this header.
  */
 
 /* Called on the loop thread for each message of run_id; msg is owned by the callee. */

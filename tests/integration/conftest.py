@@ -622,6 +622,22 @@ def free_port():
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+# The models module the Flask, FastAPI and aiohttp test apps share: a plain class whose
+# method an edit changes, and the state (STORE) a reload must keep.
+ITEM_MODELS = """\
+class Item:
+    def __init__(self, name, price):
+        self.name = name
+        self.price = price
+
+    def label(self):
+        return "%s costs %d" % (self.name, self.price)
+
+
+STORE = {"hits": 0, "items": [Item("tea", 3)]}
+"""
+
+
 def http_get(port, path, timeout=5.0 * SCALE):
     """(status, body) of GET http://127.0.0.1:port/path; (None, reason) when nothing
     answers there."""

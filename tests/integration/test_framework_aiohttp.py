@@ -1,23 +1,14 @@
 """aiohttp 3.8 apps inside pyhotd (--entry), edited while they serve (their router frozen):
 the edits of issue 10 checked over HTTP, state kept (docs/reload.md, "aiohttp")."""
 
+from conftest import ITEM_MODELS
+
 APP = {
     "helpers.py": """\
 def greet(name):
     return "hello " + name
 """,
-    "models.py": """\
-class Item:
-    def __init__(self, name, price):
-        self.name = name
-        self.price = price
-
-    def label(self):
-        return "%s costs %d" % (self.name, self.price)
-
-
-STORE = {"hits": 0, "items": [Item("tea", 3)]}
-""",
+    "models.py": ITEM_MODELS,
     "views.py": """\
 from aiohttp import web
 

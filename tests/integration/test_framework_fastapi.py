@@ -3,23 +3,14 @@ of issue 10 checked over HTTP, with the app's state kept (docs/reload.md, "FastA
 
 import json
 
+from conftest import ITEM_MODELS
+
 APP = {
     "helpers.py": """\
 def greet(name):
     return "hello " + name
 """,
-    "models.py": """\
-class Item:
-    def __init__(self, name, price):
-        self.name = name
-        self.price = price
-
-    def label(self):
-        return "%s costs %d" % (self.name, self.price)
-
-
-STORE = {"hits": 0, "items": [Item("tea", 3)]}
-""",
+    "models.py": ITEM_MODELS,
     "items.py": """\
 from fastapi import APIRouter
 

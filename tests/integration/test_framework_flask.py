@@ -1,6 +1,8 @@
 """Flask 2.2 apps served inside pyhotd (--entry), edited while they serve: the edits of
 issue 10 checked over HTTP, with the app's state kept (docs/reload.md, "Flask")."""
 
+from conftest import ITEM_MODELS
+
 APP = {
     "core.py": """\
 from flask import Flask
@@ -11,18 +13,7 @@ app = Flask(__name__)
 def shout(text):
     return text.upper()
 """,
-    "models.py": """\
-class Item:
-    def __init__(self, name, price):
-        self.name = name
-        self.price = price
-
-    def label(self):
-        return "%s costs %d" % (self.name, self.price)
-
-
-STORE = {"hits": 0, "items": [Item("tea", 3)]}
-""",
+    "models.py": ITEM_MODELS,
     "views.py": """\
 from core import app
 from helpers import shout
