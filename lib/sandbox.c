@@ -274,11 +274,6 @@ static int landlock_apply(const struct sandbox_spec *spec, char *err, size_t err
     return r;
 }
 
-static int step_filesystem(const struct sandbox_spec *spec, char *err, size_t errlen) {
-    int r = mount_private_tmp(spec, err, errlen);
-    return r < 0 ? r : landlock_apply(spec, err, errlen);
-}
-
 /* ---- 3. privileges --------------------------------------------------------------------- */
 
 static int step_privileges(const struct sandbox_spec *spec, char *err, size_t errlen) {
@@ -472,10 +467,13 @@ static int step_seccomp(char *err, size_t errlen) {
 
 /* ---- all of it ------------------------------------------------------------------------- */
 
-int sandbox_enter(const struct sandbox_spec *spec, char *err, size_t errlen) {
+int sandbox_unshare(const struct sandbox_spec *spec, char *err, size_t errlen) {
     int r = step_network(spec, err, errlen);
-    if (r == 0)
-        r = step_filesystem(spec, err, errlen);
+    return r < 0 ? r : mount_private_tmp(spec, err, errlen);
+}
+
+int sandbox_restrict(const struct sandbox_spec *spec, char *err, size_t errlen) {
+    int r = landlock_apply(spec, err, errlen);
     if (r == 0)
         r = step_privileges(spec, err, errlen);
     if (r == 0)
@@ -483,4 +481,9 @@ int sandbox_enter(const struct sandbox_spec *spec, char *err, size_t errlen) {
     if (r == 0)
         r = step_seccomp(err, errlen);
     return r;
+}
+
+int sandbox_enter(const struct sandbox_spec *spec, char *err, size_t errlen) {
+    int r = sandbox_unshare(spec, err, errlen);
+    return r < 0 ? r : sandbox_restrict(spec, err, errlen);
 }

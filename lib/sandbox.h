@@ -83,6 +83,15 @@ void sandbox_release(void);
  * seccomp): the caller must then end the process without running the script. */
 int sandbox_enter(const struct sandbox_spec *spec, char *err, size_t errlen);
 
+/* The two halves of sandbox_enter, for a child forked before its request is known
+ * (lib/py_prefork.c): sandbox_unshare applies what depends only on the [sandbox] settings
+ * (network, uid, gid, tmpdir, tmp_size_mb): step 1 and the mount namespace with its tmpfs of
+ * step 2; sandbox_restrict the rest, in order: Landlock (the read and write paths), then
+ * steps 3, 4 and 5. Same rules and returns as sandbox_enter; sandbox_restrict only after
+ * sandbox_unshare succeeded, and no untrusted code in between. */
+int sandbox_unshare(const struct sandbox_spec *spec, char *err, size_t errlen);
+int sandbox_restrict(const struct sandbox_spec *spec, char *err, size_t errlen);
+
 /* The highest Landlock ABI of the running kernel (landlock_create_ruleset(2) with
  * LANDLOCK_CREATE_RULESET_VERSION): >= 1, or a negative errno (-ENOSYS: not built in,
  * -EOPNOTSUPP: disabled at boot). */
