@@ -98,6 +98,10 @@ void config_reload(struct server *server, int argc, char **argv_in) {
         json_array_append_new(changed, json_string("import"));
     if (fresh.mode != old->mode)
         json_array_append_new(changed, json_string("mode"));
+    if (fresh.run_prefork != old->run_prefork)
+        json_array_append_new(changed, json_string("prefork"));
+    if (fresh.run_prefork_max_age_ms != old->run_prefork_max_age_ms)
+        json_array_append_new(changed, json_string("prefork_max_age_ms"));
 
     /* Roots: added ones are watched, put on sys.path and (import = all) imported; removed
      * ones stop being watched and their modules stop being reloadable. */

@@ -483,7 +483,3 @@ int sandbox_restrict(const struct sandbox_spec *spec, char *err, size_t errlen) 
     return r;
 }
 
-int sandbox_enter(const struct sandbox_spec *spec, char *err, size_t errlen) {
-    int r = sandbox_unshare(spec, err, errlen);
-    return r < 0 ? r : sandbox_restrict(spec, err, errlen);
-}
