@@ -7,11 +7,13 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -401,6 +403,42 @@ static const char *const *child_paths(json_t *input, const char *key, size_t *n)
     return paths;
 }
 
+/* The run's memory holder: a process that shares the run's address space (clone(2) with
+ * CLONE_VM, not CLONE_FILES) and only waits to be killed. The kernel tears an address
+ * space down when the last process using it is gone (mmput, kernel/fork.c): without a
+ * holder that is the run's own exit, about a millisecond for the daemon's image here,
+ * between the script's end and the moment the daemon sees the run end. With one, the run's
+ * process exits at once and the holder, killed then (its parent-death signal, and the
+ * process group of a sandboxed run), tears the memory down off the run's path. It is
+ * started after the whole sandbox (it is as caged as the script, and counts against
+ * --pids), and not when the daemon is PID 1: orphans go to PID 1 to be reaped, and the
+ * daemon reaps only its own children. */
+#define HOLDER_STACK_BYTES (64 * 1024)
+static char holder_stack[HOLDER_STACK_BYTES] __attribute__((aligned(64)));
+
+static int hold_memory(void *arg) {
+    /* Raw system calls that do not fail here: the holder shares the run's memory, its
+     * thread-local errno included, and must write nothing the run could see. Its own
+     * copies of the run's descriptors go first, so that the run's pipes end with the run. */
+    uint64_t all = ~0ULL;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, sizeof(all));
+    syscall(SYS_close_range, 0U, ~0U, 0U);
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0L, 0L, 0L);
+    if (syscall(SYS_getppid) != (long)(intptr_t)arg)
+        syscall(SYS_exit, 0);
+    for (;;)
+        syscall(SYS_ppoll, NULL, 0L, NULL, NULL, 0L);
+    return 0;
+}
+
+static void start_memory_holder(void) {
+    pid_t self = getpid();
+    if (getppid() == 1)
+        return;
+    /* A failure (RLIMIT_NPROC: --pids 1) only costs the run its teardown. */
+    clone(hold_memory, holder_stack + sizeof(holder_stack), CLONE_VM | SIGCHLD, (void *)(intptr_t)self);
+}
+
 void py_run_child_main(json_t *input, const struct sandbox_spec *early) {
     json_int_t memory_mb = json_integer_value(json_object_get(input, "memory_mb"));
     json_int_t cpu_s = json_integer_value(json_object_get(input, "cpu_s"));
@@ -428,6 +466,8 @@ void py_run_child_main(json_t *input, const struct sandbox_spec *early) {
         if (sandbox_restrict(&spec, why, sizeof(why)) < 0)
             py_run_child_refuse(why);
     }
+
+    start_memory_holder();
 
     json_t *error = NULL;
     json_t *args = json_pack("[O]", input);
