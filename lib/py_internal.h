@@ -107,6 +107,13 @@ __attribute__((noreturn)) void py_run_child_main(json_t *input, const struct san
  * every failed sandbox step gives. */
 __attribute__((noreturn)) void py_run_child_refuse(const char *why);
 
+/* In the daemon, right after it forked a ready child (isolated, or sandboxed): goes once
+ * through what the hand-off of the last run of that kind did on this thread (the sandbox's
+ * plan, the request's JSON), discarding the results. The fork left every page shared with
+ * the child; the first write to each copies it (a page fault, about 2 us here), and this
+ * takes those copies now, while idle, rather than in the next request's path. */
+void py_run_rehearse(bool sandboxed);
+
 /* ---- py_prefork.c: ready children (docs/run.md "Ready children") ---- */
 
 /* Starts the isolated run of input (early NULL) or the sandboxed one (early: the settings

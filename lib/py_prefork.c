@@ -465,6 +465,7 @@ void py_prefork_step(void) {
         }
         pool.ready[k][pool.n_ready[k]++] = c;
         publish_counts();
+        py_run_rehearse(k == KIND_SANDBOXED);
         return; /* one fork per step: the job queue is looked at in between */
     }
 }

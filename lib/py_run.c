@@ -40,6 +40,7 @@ static pthread_cond_t slots_cond;  /* CLOCK_MONOTONIC; initialised in py_run_ini
 static struct run_slot *slots;
 static PyObject *original_sleep;   /* time.sleep as it was before runs replaced it */
 static PyObject *run_module;       /* _pyhot_run: the C functions and lib/py_run.py */
+static json_t *last_input[2];      /* of the last isolated and sandboxed run: py_run_rehearse */
 
 static struct run_slot *slot_find_ident(unsigned long ident) {
     for (struct run_slot *s = slots; s; s = s->next)
@@ -279,6 +280,9 @@ int py_run_init(void) {
 }
 
 void py_run_fini(void) {
+    json_decref(last_input[0]);
+    json_decref(last_input[1]);
+    last_input[0] = last_input[1] = NULL;
     Py_CLEAR(run_module);
     Py_CLEAR(original_sleep);
 }
@@ -352,7 +356,7 @@ static int sandbox_plan_build(json_t *input, struct sandbox_spec *early, json_t 
         *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_SANDBOX, "message", err);
         return -1;
     }
-    json_t *args = json_pack("[O]", input);
+    json_t *args = json_pack("[s?]", json_string_value(json_object_get(input, "path")));
     json_t *read = py_module_call(run_module, "sandbox_read_paths", args, error);
     json_decref(args);
     if (!read)
@@ -483,11 +487,26 @@ void py_run_child_main(json_t *input, const struct sandbox_spec *early) {
     _exit(status);
 }
 
+void py_run_rehearse(bool sandboxed) {
+    json_t *input = json_deep_copy(last_input[sandboxed]);
+    if (!input)
+        return;
+    json_t *error = NULL;
+    struct sandbox_spec early;
+    if (sandboxed)
+        sandbox_plan_build(input, &early, &error);
+    free(json_dumps(input, JSON_COMPACT));
+    json_decref(error);
+    json_decref(input);
+}
+
 json_t *py_run_start(json_t *input, json_t **error) {
     *error = NULL;
     if (json_is_true(json_object_get(input, "isolate"))) {
         struct sandbox_spec early;
         bool sandboxed = json_is_object(json_object_get(input, "sandbox"));
+        json_decref(last_input[sandboxed]);
+        last_input[sandboxed] = json_deep_copy(input);
         if (sandboxed && sandbox_plan_build(input, &early, error) < 0)
             return NULL;
         return py_prefork_start(input, sandboxed ? &early : NULL, error);

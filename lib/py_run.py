@@ -302,8 +302,9 @@ _SANDBOX_SYSTEM_READ = ("/usr/lib", "/usr/local/lib", "/etc/ld.so.cache", "/proc
 _sandbox_stdlib_paths = []
 
 
-def sandbox_read_paths(spec):
-    """The paths a sandboxed run of spec may read (py_run.c hands them to sandbox.c's
+def sandbox_read_paths(target):
+    """The paths a sandboxed run of target (its "path": a script, directory or zip; None
+    for a module or a script given as text) may read (py_run.c hands them to sandbox.c's
     Landlock step): the interpreter's and the daemon's import paths (sys.path, the standard
     library), the script's directory, and _SANDBOX_SYSTEM_READ; only those that exist,
     each once, in that order."""
@@ -312,7 +313,6 @@ def sandbox_read_paths(spec):
         _sandbox_stdlib_paths.extend(sysconfig.get_path(key) for key in
                                      ("stdlib", "platstdlib", "purelib", "platlib"))
     candidates = list(sys.path) + _sandbox_stdlib_paths
-    target = spec.get("path")
     if target:
         candidates.append(target if os.path.isdir(target) else os.path.dirname(target))
     candidates.extend(_SANDBOX_SYSTEM_READ)
