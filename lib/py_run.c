@@ -488,7 +488,8 @@ void py_run_child_main(json_t *input, const struct sandbox_spec *early) {
 }
 
 void py_run_rehearse(bool sandboxed) {
-    json_t *input = json_deep_copy(last_input[sandboxed]);
+    /* Shallow copies here and in py_run_start: the plan only adds keys to the top level. */
+    json_t *input = json_copy(last_input[sandboxed]);
     if (!input)
         return;
     json_t *error = NULL;
@@ -506,7 +507,7 @@ json_t *py_run_start(json_t *input, json_t **error) {
         struct sandbox_spec early;
         bool sandboxed = json_is_object(json_object_get(input, "sandbox"));
         json_decref(last_input[sandboxed]);
-        last_input[sandboxed] = json_deep_copy(input);
+        last_input[sandboxed] = json_copy(input);
         if (sandboxed && sandbox_plan_build(input, &early, error) < 0)
             return NULL;
         return py_prefork_start(input, sandboxed ? &early : NULL, error);
