@@ -18,6 +18,7 @@
 #include <ini.h>
 
 #include "protocol.h"
+#include "sandbox.h"
 
 #define SETTLE_MS_MAX 60000U
 #define DEFER_VCS_MS_MAX 3600000U
@@ -1026,6 +1027,19 @@ int config_finish(struct config *cfg, char *err, size_t errlen) {
     r = finish_venv(cfg, err, errlen);
     if (r < 0)
         return r;
+    /* A root daemon's sandboxed runs become this user: a name that does not resolve (or
+     * root) is a config error now, not a failure of every sandboxed run later. */
+    if (geteuid() == 0) {
+        uid_t uid;
+        gid_t gid;
+        char why[512];
+        r = sandbox_resolve_user(cfg->sandbox_user ? cfg->sandbox_user : "nobody", &uid, &gid,
+                                 why, sizeof(why));
+        if (r < 0) {
+            snprintf(err, errlen, "[sandbox] user: %s", why);
+            return r;
+        }
+    }
 
     /* Checked here rather than at bind(2) so that a bad path is a config error (exit 2)
      * that --check-config reports too. */

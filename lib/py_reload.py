@@ -3,8 +3,9 @@
 docs/reload.md is the user's account of these rules; this module is their implementation.
 A batch goes through: plan (the changed modules, then their dependents, in dependency
 order), pre-check (every changed source compiled), run (each module's namespace
-snapshotted, its new top level run by importlib.reload with the code compiled here, its
-functions and classes patched in place at once), and, if anything raised, rollback (every
+snapshotted, then its definition-level update applied in it, or in whole-module mode its
+new top level run by importlib.reload with the code compiled here; its functions and
+classes patched in place at once), and, if anything raised, rollback (every
 namespace, function and class the batch touched restored). It runs on the python thread
 only, with the GIL held, called from lib/py_reload.c.
 """
@@ -36,11 +37,12 @@ _index = _pyhot.index  # watched modules, their files, applied digests (py_suppo
 
 # ---------------------------------------------------------------------------------------
 # The loader. importlib.reload keeps its semantics (spec re-found, module attributes
-# re-initialised, the module object kept), and stays the entry point: the engine calls it,
-# and so may the app or `exec`. exec_module of a watched module that is already loaded is
-# where the engine takes over: inside a batch it performs that module's update (a
-# definition-level update, or the whole top level with the code compiled by the batch); a
-# reload started by anyone else becomes a batch of its own. get_code compiles a watched
+# re-initialised, the module object kept), and stays the entry point for the app and
+# `exec`, and for the engine's whole-module runs. exec_module of a watched module that is
+# already loaded is where the engine takes over: inside a batch it performs that module's
+# update (a definition-level update, or the whole top level with the code compiled by the
+# batch); a reload started by anyone else becomes a batch of its own. (The engine applies
+# a definition-level update of its own batch directly: Engine.run_module.) get_code compiles a watched
 # module's first import from the bytes whose digest is recorded as applied, never a .pyc:
 # SourceLoader.get_code would accept a cached .pyc whose recorded source mtime (whole
 # seconds) and size still match an edited file.
@@ -1238,7 +1240,7 @@ def _functions_running(code, places):
 class _Definitions:
     """A module's definition-level update, made in the batch's pre-check: what the new
     source is, which statement became which; applied by apply() when the module's turn
-    comes (through importlib.reload). The new state is kept for the commit."""
+    comes (Engine.run_module). The new state is kept for the commit."""
 
     def __init__(self, state, text):
         self.state = state
@@ -1779,7 +1781,8 @@ def _run_rollbacks(info):
 # The engine: one object holds its state (the index of watched modules with the applied
 # digests, the pending files, the strategy and mode) and runs a batch in DESIGN's steps:
 # collect (paths -> changed modules), plan, pre-check (every source compiled, every
-# definition-level diff made), run (hooks, then each module through importlib.reload),
+# definition-level diff made), run (hooks, then each module's update: definition-level
+# in place, or whole through importlib.reload),
 # and then roll back or commit.
 
 _MODES = ("definitions", "module")
@@ -2083,8 +2086,9 @@ class Engine:
             raise _Failure(_hook_error(fn, exc), None, None, exc, "hook")
 
     def run_module(self, update, batch_changes):
-        """Runs one module's update inside importlib.reload (so the module's loader does it,
-        as it does for the app's own importlib.reload), with its state hand-over hooks."""
+        """Runs one module's update, with its state hand-over hooks: a definition-level
+        update in the module's namespace, a whole-module run inside importlib.reload (so
+        the module's loader does it, as it does for the app's own importlib.reload)."""
         global _active
         module = update.module
         snapshot = dict(module.__dict__)
@@ -2096,15 +2100,28 @@ class Engine:
         state = save() if callable(save) else None
         _active = run
         builtins.__build_class__ = _build_class
+        reloading = importlib._RELOADING  # Lib/importlib/__init__.py: reload's guard
         try:
-            if getattr(importlib, "_RELOADING", {}).get(update.name) is module:
+            if reloading.get(update.name) is module:
                 # The app's importlib.reload(module) is what started this batch: it has
                 # re-found the spec already, and a nested reload of the same module would
-                # return at once (Lib/importlib/__init__.py, _RELOADING).
+                # return at once.
                 if run.definitions is not None:
                     run.definitions.apply(run)
                 else:
                     exec(update.code, module.__dict__)
+            elif run.definitions is not None:
+                # A definition-level update runs the edited statements of the file the
+                # module was loaded from, whatever spec importlib would find now: the
+                # module keeps its spec, so re-finding it (tens of microseconds per
+                # module on every save) would change nothing. Under reload's guard, so
+                # that the module's code calling importlib.reload on itself returns at
+                # once, as it does inside importlib.reload.
+                reloading[update.name] = module
+                try:
+                    run.definitions.apply(run)
+                finally:
+                    reloading.pop(update.name, None)
             else:
                 importlib.reload(module)
         finally:

@@ -223,10 +223,14 @@ def bench_cost(runs, source, functions, mode, edit):
         with open(os.path.join(work, "pyhotd.conf"), "w") as f:
             f.write("[reload]\nmode = %s\n" % mode)
         # The watcher is kept out of this measurement: the module is edited and reloaded
-        # from inside the interpreter, so a long settle window keeps batches from racing.
+        # from inside the interpreter, so the watcher is paused (a long settle window no
+        # longer holds a batch back: the adaptive settle sends a closed file at once).
         proc, client = start_daemon(root, os.path.join(sockdir, "pyhotd.sock"), 60000,
                                     os.path.join(work, "pyhotd.conf"))
         try:
+            reply = client.request("pause")
+            if not reply["ok"]:
+                raise SystemExit("bench failed: pause: %s" % reply["error"])
             code = BENCH_A.format(runs=runs + 1, engine_mod="bench_engine", plain_mod="bench_plain",
                                   functions=functions, mode=mode, edit=edit)
             reply = client.request("exec", code=code)

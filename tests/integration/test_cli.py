@@ -1,5 +1,8 @@
 """pyhotd's command line: help, version, usage errors, --check-config."""
 
+import os
+
+import pytest
 
 from conftest import PYHOTD, run
 
@@ -89,6 +92,18 @@ def test_check_config(tmp_path):
     missing = tmp_path / "missing.conf"
     r = run([PYHOTD, "--config", str(missing), "--check-config"])
     assert r.returncode == 2 and str(missing) in r.stderr, r
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="[sandbox] user is used (and checked) only by a root daemon")
+def test_check_config_checks_the_sandbox_user(tmp_path):
+    conf = tmp_path / "user.conf"
+    for user, needle in (("no-such-user-pyhot", "no such user"), ("root", "is root")):
+        conf.write_text("[sandbox]\nuser = %s\n" % user)
+        r = run([PYHOTD, "--config", str(conf), "--check-config"])
+        assert r.returncode == 2 and "[sandbox] user" in r.stderr and needle in r.stderr, r
+    conf.write_text("[sandbox]\nuser = nobody\n")
+    r = run([PYHOTD, "--config", str(conf), "--check-config"])
+    assert r.returncode == 0, r
 
 
 def test_check_config_checks_roots(tmp_path):

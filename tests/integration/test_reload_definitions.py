@@ -220,6 +220,21 @@ def test_importlib_reload_is_the_entry_point(pyhotd):
     assert d.eval("(caught, m.f(), len(m.RUNS))") == ("nope", 2, 1)
 
 
+def test_definition_update_keeps_the_spec_and_a_self_reload_returns_at_once(pyhotd):
+    src = ("import importlib, sys\nV = {v}\nRUNS = []\n"
+           "SELF = importlib.reload(sys.modules[__name__]) if V > 1 else None\n"
+           "RUNS.append(V)\n")
+    d = pyhotd({"m.py": src.format(v=1)})
+    sub = d.subscriber()
+    d.exec("import m; spec = m.__spec__")
+    batch, reloads = edit(d, sub, "m.py", src.format(v=2))
+    assert batch["result"] == "ok", reloads
+    assert by_module(reloads)["m"]["mode"] == "definitions"
+    # The statement that reads V ran once: its importlib.reload of its own module returned
+    # the module at once, as it does inside importlib.reload, instead of updating again.
+    assert d.eval("(m.SELF is m, m.RUNS, m.__spec__ is spec)") == (True, [1, 2], True)
+
+
 def test_restore_without_save_and_conform(pyhotd):
     src = ("GOT = []\ndef __pyhot_restore__(state):\n    GOT.append(state)\n"
            "def f():\n    return {v}\nf.__conform__ = lambda new: HANDED.append(new)\nHANDED = []\n")

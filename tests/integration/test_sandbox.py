@@ -392,12 +392,19 @@ def test_sandbox_arguments(pyhotd, cage):
         r = c.request("run", path=os.path.join(cage["scripts"], "x.py"), sandbox=True, pids=0)
         assert r["error"]["code"] == "bad_argument", r
     if ROOT:
-        d = pyhotd(config="[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n"
-                          "[sandbox]\nuser = no_such_user_pyhot\n")
-        with d.client() as c:
-            r = c.request("run", path=os.path.join(cage["scripts"], "x.py"), sandbox=True)
-            assert r["error"]["code"] == "sandbox_failed", r
-            assert 'sandbox user "no_such_user_pyhot": no such user' in r["error"]["message"], r
+        # A user that does not resolve is a configuration error (test_cli.py for the start):
+        # a SIGHUP that brings one is refused and sandboxed runs keep the old user.
+        d = pyhotd(config="[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n")
+        sub = d.subscriber()
+        with open(os.path.join(d.base, "pyhotd.conf"), "a") as f:
+            f.write("[sandbox]\nuser = no_such_user_pyhot\n")
+        d.proc.send_signal(signal.SIGHUP)
+        event = sub.next_event(lambda e: e["event"] in ("config_error", "config_reloaded"))
+        assert event["event"] == "config_error", event
+        assert 'sandbox user "no_such_user_pyhot": no such user' in event["message"], event
+        who = script(cage, "who.py", "import os\nprint(os.getuid())\n")
+        r = run_sandboxed(d, cage, who)
+        assert r.returncode == 0 and r.stdout == "%d\n" % pwd.getpwnam("nobody").pw_uid, r
     r = subprocess.run([PYHOTCTL, "run", "--help"], capture_output=True, text=True, env=clean_env())
     assert "--sandbox" in r.stdout and max(len(line) for line in r.stdout.splitlines()) <= 80, r.stdout
 

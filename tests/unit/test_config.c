@@ -174,7 +174,7 @@ static void test_full_file(void **state) {
              "\n"
              "[sandbox]\n"
              "network = loopback\n"
-             "user = runner\n"
+             "user = daemon\n"
              "read = data\n"
              "read = /srv/models\n"
              "write = out\n"
@@ -219,7 +219,7 @@ static void test_full_file(void **state) {
     assert_int_equal(cfg->exec_timeout_ms, 1);
 
     assert_int_equal(cfg->sandbox_network, CONFIG_NETWORK_LOOPBACK);
-    assert_string_equal(cfg->sandbox_user, "runner");
+    assert_string_equal(cfg->sandbox_user, "daemon");
     assert_int_equal(cfg->n_sandbox_read, 2);
     assert_string_equal(cfg->sandbox_read[0], in_dir(fx, "data"));
     assert_string_equal(cfg->sandbox_read[1], "/srv/models");
