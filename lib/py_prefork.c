@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -175,12 +176,17 @@ static void ready_child_main(const int fds[4], pid_t daemon_pid, const struct sa
     sigset_t none;
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
+    /* Until the request: SCHED_BATCH (sched(7)), so that neither the preparation nor the
+     * wake-up by the request preempts the daemon's threads or a run under way. */
+    struct sched_param param = {0};
+    sched_setscheduler(0, SCHED_BATCH, &param);
 
     char why[PATH_MAX + 256] = "";
     int unshared = early ? sandbox_unshare(early, why, sizeof(why)) : 0;
     if (unshared == 0)
         py_run_child_prepare();
     json_t *input = read_request();
+    sched_setscheduler(0, SCHED_OTHER, &param);
     if (unshared < 0)
         py_run_child_refuse(why);
     if (!json_array_size(json_object_get(input, "get")))
