@@ -336,6 +336,7 @@ static void run_modules(struct py_job *job) {
 
 static void run_configure(struct py_job *job) {
     json_t *error = NULL;
+    py_prefork_configure(job->input);
     if (py_reload_configure(job->input, &error) < 0) {
         job_fail(job, error);
         return;

@@ -35,7 +35,8 @@ enum py_job_kind {
     PY_JOB_RELOAD,   /* input {"paths": [..], "targets": [..]} -> {"reloads","batch"} or error */
     PY_JOB_EXEC,     /* input {"code": str} -> {"stdout","stderr","value"} or error */
     PY_JOB_MODULES,  /* input {"pattern": str|null} -> {"modules": [...]} */
-    PY_JOB_CONFIGURE, /* input {"add_roots", "remove_roots", "import", "strategy"} ->
+    PY_JOB_CONFIGURE, /* input {"add_roots", "remove_roots", "import", "strategy", "mode",
+                         "prefork", "prefork_max_age_ms" (the last four optional)} ->
                          {"imported", "errors"}: a configuration reload's interpreter side */
     PY_JOB_RUN,      /* input: the run request (docs/run.md) + "run_id" -> started, or for
                         --isolate {"pid", "stdout_fd", "stderr_fd"} (run_channel.h) */

@@ -125,6 +125,11 @@ void py_run_rehearse(bool sandboxed);
  * with *error set (a new protocol error object). */
 json_t *py_prefork_start(json_t *input, const struct sandbox_spec *early, json_t **error);
 
+/* Sets the pool's size and maximum age from input's "prefork" (0..PY_PREFORK_MAX) and
+ * "prefork_max_age_ms" (ms, 0: none), each only when present; the pool follows when idle
+ * (a smaller size retires ready children). */
+void py_prefork_configure(json_t *input);
+
 /* Whether the pool has work now: a kind asked for with fewer ready children than its
  * size, or a stale child to retire, and neither a job that changed the interpreter's
  * state nor a hand-off whose run has not ended in the last PREFORK_QUIET_MS (py_prefork.c):

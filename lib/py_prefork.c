@@ -381,11 +381,20 @@ static bool take_ready(int kind, struct ready_child *c) {
     return true;
 }
 
+void py_prefork_configure(json_t *input) {
+    json_t *size = json_object_get(input, "prefork");
+    json_t *age = json_object_get(input, "prefork_max_age_ms");
+    if (json_is_integer(size)) {
+        json_int_t n = json_integer_value(size);
+        pool.size = n < 0 ? 0 : n > PY_PREFORK_MAX ? PY_PREFORK_MAX : (unsigned)n;
+    }
+    if (json_is_integer(age) && json_integer_value(age) >= 0)
+        pool.max_age_ms = (unsigned)json_integer_value(age);
+}
+
 json_t *py_prefork_start(json_t *input, const struct sandbox_spec *early, json_t **error) {
     int kind = early ? KIND_SANDBOXED : KIND_ISOLATED;
-    json_int_t size = json_integer_value(json_object_get(input, "prefork"));
-    pool.size = size < 0 ? 0 : size > PY_PREFORK_MAX ? PY_PREFORK_MAX : (unsigned)size;
-    pool.max_age_ms = (unsigned)json_integer_value(json_object_get(input, "prefork_max_age_ms"));
+    py_prefork_configure(input);
     reap_retired(false);
     if (early && (!pool.have_settings || !same_settings(&pool.settings, early))) {
         retire_kind(KIND_SANDBOXED, true);
@@ -422,7 +431,7 @@ bool py_prefork_due(void) {
     if (now < atomic_load(&quiet_until_ns) || now < atomic_load(&handoff_until_ns))
         return false;
     for (int k = 0; k < N_KINDS; k++) {
-        if (pool.wanted[k] && pool.n_ready[k] < pool.size)
+        if (pool.wanted[k] ? pool.n_ready[k] != pool.size : pool.n_ready[k] > 0)
             return true;
         for (size_t i = 0; i < pool.n_ready[k]; i++)
             if (!is_fresh(&pool.ready[k][i], now))
@@ -458,7 +467,7 @@ uint64_t py_prefork_wake_ns(void) {
 void py_prefork_step(void) {
     reap_retired(false);
     for (int k = 0; k < N_KINDS; k++) {
-        retire_kind(k, !pool.wanted[k]);
+        retire_kind(k, !pool.wanted[k] || pool.n_ready[k] > pool.size);
         if (!pool.wanted[k] || pool.n_ready[k] >= pool.size)
             continue;
         struct ready_child c;

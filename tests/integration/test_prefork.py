@@ -194,3 +194,23 @@ def test_no_ready_child_survives_a_killed_daemon(pyhotd, tmp_path):
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(TIMEOUT)
     wait_for(lambda: not any(running(p) for p in pids), what="the ready child dead with the daemon")
+
+
+def test_a_configuration_reload_resizes_the_pool(pyhotd, tmp_path):
+    """SIGHUP with [run] prefork = 0 retires the ready children at once (no run needed)."""
+    d = pyhotd(modules=APP, config="[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n")
+    pids = _start_pool(d, tmp_path)
+    cfg = os.path.join(d.base, "pyhotd.conf")
+    with open(cfg) as f:
+        text = f.read()
+    write(cfg, text + "\n[run]\nprefork = 0\n")
+    with d.subscriber() as sub:
+        d.proc.send_signal(signal.SIGHUP)
+        event = sub.next_event(lambda e: e["event"] == "config_reloaded")
+        assert "prefork" in event["changed"], event
+    wait_for(lambda: pool(d)["ready"]["isolated"] == 0, what="the pool emptied")
+    wait_for(lambda: not any(running(p) for p in pids), what="the ready children gone")
+    show = write(tmp_path / "show2.py", SHOW)
+    assert run_isolated(d, show)[0] == "first"
+    time.sleep(0.3)
+    assert pool(d)["ready"]["isolated"] == 0, pool(d)
