@@ -151,6 +151,10 @@ uint64_t py_prefork_wake_ns(void);
  * children forked before are stale, retired instead of used. Any thread. */
 void py_prefork_state_changed(void);
 
+/* The interpreter's state as py_prefork_state_changed counts it: equal values, no job
+ * between. Any thread. */
+uint64_t py_prefork_generation(void);
+
 /* The run of a hand-off ended (py_host_run_ended): the refill need not wait longer.
  * Any thread. */
 void py_prefork_run_ended(void);

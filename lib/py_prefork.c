@@ -87,6 +87,10 @@ void py_prefork_state_changed(void) {
     atomic_store(&quiet_until_ns, now_ns() + QUIET_MS * 1000000ULL);
 }
 
+uint64_t py_prefork_generation(void) {
+    return atomic_load(&generation);
+}
+
 void py_prefork_run_ended(void) {
     atomic_store(&handoff_until_ns, 0);
 }

@@ -41,6 +41,11 @@ static struct run_slot *slots;
 static PyObject *original_sleep;   /* time.sleep as it was before runs replaced it */
 static PyObject *run_module;       /* _pyhot_run: the C functions and lib/py_run.py */
 static json_t *last_input[2];      /* of the last isolated and sandboxed run: py_run_rehearse */
+static struct {                    /* found_paths' last answer */
+    uint64_t generation;
+    char *target;
+    json_t *paths;
+} found_cache;
 
 static struct run_slot *slot_find_ident(unsigned long ident) {
     for (struct run_slot *s = slots; s; s = s->next)
@@ -280,6 +285,9 @@ int py_run_init(void) {
 }
 
 void py_run_fini(void) {
+    free(found_cache.target);
+    json_decref(found_cache.paths);
+    memset(&found_cache, 0, sizeof(found_cache));
     json_decref(last_input[0]);
     json_decref(last_input[1]);
     last_input[0] = last_input[1] = NULL;
@@ -331,11 +339,36 @@ static int resolve_user_cached(const char *user, uid_t *uid, gid_t *gid, char *e
     return r;
 }
 
+/* The paths py_run.py's sandbox_read_paths lists for target (NULL: a module or a text),
+ * from the last call while the interpreter's state is the one it was asked in
+ * (py_prefork_generation) and the target the same: that Python call is most of a plan's
+ * time. A path gone since is skipped by the child (sandbox.h, found_paths). New reference,
+ * or NULL with *error set. */
+static json_t *found_paths(const char *target, json_t **error) {
+    uint64_t generation = py_prefork_generation();
+    if (found_cache.paths && found_cache.generation == generation &&
+        (target && found_cache.target ? strcmp(target, found_cache.target) == 0
+                                      : !target && !found_cache.target))
+        return json_incref(found_cache.paths);
+    json_t *args = json_pack("[s?]", target);
+    json_t *paths = py_module_call(run_module, "sandbox_read_paths", args, error);
+    json_decref(args);
+    char *copy = paths && target ? strdup(target) : NULL;
+    if (paths && (copy || !target)) {
+        free(found_cache.target);
+        json_decref(found_cache.paths);
+        found_cache.target = copy;
+        found_cache.paths = json_incref(paths);
+        found_cache.generation = generation;
+    }
+    return paths;
+}
+
 /* A sandboxed run's plan (docs/run.md "Sandbox"), built on the python thread so that the
  * user lookup (NSS) and the Python call for the import paths stay out of the child: into
  * early, the settings a child unshares with before its request (sandbox_unshare; no paths),
- * and into input what the child reads after it: "tmpdir", "sandbox_read" and
- * "sandbox_write" (the Landlock paths). input's "sandbox" holds the settings (cmd_runs.c
+ * and into input what the child reads after it: "tmpdir", "sandbox_found", "sandbox_read"
+ * and "sandbox_write" (the Landlock paths: sandbox_spec's found, read and write paths). input's "sandbox" holds the settings (cmd_runs.c
  * sandbox_settings). Returns 0, or -1 with *error set. */
 static int sandbox_plan_build(json_t *input, struct sandbox_spec *early, json_t **error) {
     json_t *settings = json_object_get(input, "sandbox");
@@ -356,18 +389,16 @@ static int sandbox_plan_build(json_t *input, struct sandbox_spec *early, json_t 
         *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_SANDBOX, "message", err);
         return -1;
     }
-    json_t *args = json_pack("[s?]", json_string_value(json_object_get(input, "path")));
-    json_t *read = py_module_call(run_module, "sandbox_read_paths", args, error);
-    json_decref(args);
-    if (!read)
+    json_t *found = found_paths(json_string_value(json_object_get(input, "path")), error);
+    if (!found)
         return -1;
-    json_array_extend(read, json_object_get(settings, "read"));
     json_t *write = json_deep_copy(json_object_get(settings, "write"));
     const char *cwd = json_string_value(json_object_get(input, "cwd"));
     if (write && cwd)
         json_array_append_new(write, json_string(cwd));
     early->tmpdir = sandbox_tmpdir();
-    json_object_set_new(input, "sandbox_read", read);
+    json_object_set_new(input, "sandbox_found", found);
+    json_object_set(input, "sandbox_read", json_object_get(settings, "read") ?: json_array());
     json_object_set_new(input, "sandbox_write", write ? write : json_array());
     json_object_set_new(input, "tmpdir", json_string(early->tmpdir));
     return 0;
@@ -464,6 +495,7 @@ void py_run_child_main(json_t *input, const struct sandbox_spec *early) {
         /* The rest of the cage before any of the script's code, or no script at all. */
         struct sandbox_spec spec = *early;
         spec.read_paths = child_paths(input, "sandbox_read", &spec.n_read);
+        spec.found_paths = child_paths(input, "sandbox_found", &spec.n_found);
         spec.write_paths = child_paths(input, "sandbox_write", &spec.n_write);
         spec.pids = (unsigned)json_integer_value(json_object_get(json_object_get(input, "sandbox"), "pids"));
         char why[PATH_MAX + 256];

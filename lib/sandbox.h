@@ -50,6 +50,9 @@ struct sandbox_spec {
     gid_t gid;
     const char *const *read_paths;   /* read (files and directories beneath); must exist */
     size_t n_read;
+    const char *const *found_paths;  /* read, as read_paths, where they exist (the import
+                                        paths: one gone since they were listed is skipped) */
+    size_t n_found;
     const char *const *write_paths;  /* read and write beneath; must exist */
     size_t n_write;
     const char *tmpdir;         /* sandbox_tmpdir(): the private TMPDIR is mounted on it */
@@ -80,7 +83,8 @@ void sandbox_release(void);
  * child may be forked before its request is known (lib/py_prefork.c). sandbox_unshare
  * applies what depends only on the [sandbox] settings (network, change_user, uid, gid,
  * tmpdir, tmp_size_mb): step 1, and of step 2 the mount namespace with its tmpfs.
- * sandbox_restrict applies the rest, in order: Landlock (read_paths, write_paths), then
+ * sandbox_restrict applies the rest, in order: Landlock (read_paths, found_paths,
+ * write_paths), then
  * steps 3, 4 (pids) and 5; only after sandbox_unshare succeeded, and with no untrusted code
  * run in between. Call them in a forked, single-threaded child, after sandbox_prepare() in
  * the parent; they allocate nothing and leave open no descriptor of their own. Each

@@ -542,3 +542,18 @@ def test_without_ready_children(pyhotd, cage):
         assert ok_json(run_sandboxed(d, cage, path)) == {"loopback_up": False}
     prefork = d.status()["prefork"]
     assert prefork["hits"] == 0 and prefork["misses"] == 2 and prefork["ready"]["sandboxed"] == 0, prefork
+
+
+def test_an_import_path_gone_since_it_was_listed_is_skipped(pyhotd, cage):
+    """The import paths a sandboxed run may read are listed once per interpreter state
+    and reused; one removed in between is left out of the cage, not an error."""
+    extra = os.path.join(cage["base"], "extra_path")
+    os.mkdir(extra)
+    os.chmod(extra, 0o755)
+    d = pyhotd(args=["--python-path", extra])
+    path = script(cage, "plain.py", "print('ran')\n")
+    r = run_sandboxed(d, cage, path)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ran"), (r.returncode, r.stdout, r.stderr)
+    os.rmdir(extra)
+    r = run_sandboxed(d, cage, path)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ran"), (r.returncode, r.stdout, r.stderr)
