@@ -203,7 +203,7 @@ def test_isolated_child_killed_when_client_leaves(pyhotd, tmp_path):
         try:
             with open("/proc/%d/stat" % pid) as f:
                 return f.read().split()[2] == "Z" and False
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone before the open, or the read
             return True
     wait_for(gone, what="the isolated child to be killed and reaped")
 
