@@ -470,8 +470,11 @@ static void start_memory_holder(void) {
     pid_t self = getpid();
     if (getppid() == 1)
         return;
-    /* A failure (RLIMIT_NPROC: --pids 1) only costs the run its teardown. */
-    clone(hold_memory, holder_stack + sizeof(holder_stack), CLONE_VM | SIGCHLD, (void *)(intptr_t)self);
+    /* No exit signal: a "clone" child, which wait(2) without __WALL or __WCLONE does not
+     * consider (wait(2), NOTES), so the script's os.wait() and waitpid(-1) see only its own
+     * children, and raise ChildProcessError when it has none. A failure (RLIMIT_NPROC:
+     * --pids 1) only costs the run its teardown. */
+    clone(hold_memory, holder_stack + sizeof(holder_stack), CLONE_VM, (void *)(intptr_t)self);
 }
 
 void py_run_child_main(json_t *input, const struct sandbox_spec *early) {

@@ -189,6 +189,23 @@ def test_isolated_exit_crash_and_memory(pyhotd, pyhotctl, tmp_path):
     assert d.alive() and d.module_value("m", "VALUE") == "edited"
 
 
+def test_isolated_script_waits_for_its_own_children_only(pyhotd, pyhotctl, tmp_path):
+    # The run's memory holder (lib/py_run.c) is a child the script must not see: wait()
+    # with no children of its own raises at once, and a reap-them-all loop ends.
+    d = pyhotd()
+    script = write(tmp_path / "reap.py",
+                   "import os\ntry:\n    os.wait()\nexcept ChildProcessError:\n    print('none')\n"
+                   "pids = []\nfor code in (3, 4):\n    pid = os.fork()\n    if pid == 0:\n"
+                   "        os._exit(code)\n    pids.append(pid)\nseen = {}\nwhile True:\n"
+                   "    try:\n        pid, status = os.waitpid(-1, 0)\n"
+                   "    except ChildProcessError:\n        break\n"
+                   "    seen[pid] = os.waitstatus_to_exitcode(status)\n"
+                   "print(sorted(seen.values()), sorted(seen) == sorted(pids))\n")
+    for _ in range(3):  # a ready child and one forked at the request
+        r = ctl_run(pyhotctl, d, "--isolate", "--timeout", "20", script)
+        assert (r.returncode, r.stdout) == (0, "none\n[3, 4] True\n"), (r.returncode, r.stderr)
+
+
 def test_isolated_child_killed_when_client_leaves(pyhotd, tmp_path):
     d = pyhotd()
     marker = tmp_path / "pid"
