@@ -510,7 +510,7 @@ void py_run_child_main(json_t *input, const struct sandbox_spec *early) {
 
     json_t *error = NULL;
     json_t *args = json_pack("[O]", input);
-    json_t *code = py_module_call(run_module, "run_isolated", args, &error);
+    json_t *code = py_module_call(run_module, "run_request", args, &error);
     int status = 1;
     if (code && json_is_integer(code))
         status = (int)(json_integer_value(code) & 0xff);

@@ -369,6 +369,15 @@ def _dry_run():
     sys.argv = [""]
 
 
+def run_request(spec):
+    """The request's run in the child (lib/py_run.c), after the cage: the daemon's objects
+    go back into the collector's view first, so that gc.get_objects() and gc.get_referrers()
+    in the script see them as they would in the daemon (a gen-2 collection during the run
+    then looks at them too, as in any process). Returns run_isolated's exit status."""
+    gc.unfreeze()
+    return run_isolated(spec)
+
+
 def run_isolated(spec):
     """In the forked child, after prepare_isolated and the request-dependent steps
     (lib/py_prefork.c). Runs spec as python3 would (runpy, sys.modules['__main__'] and

@@ -206,6 +206,16 @@ def test_isolated_script_waits_for_its_own_children_only(pyhotd, pyhotctl, tmp_p
         assert (r.returncode, r.stdout) == (0, "none\n[3, 4] True\n"), (r.returncode, r.stderr)
 
 
+def test_isolated_script_sees_the_daemons_objects_through_gc(pyhotd, pyhotctl, tmp_path):
+    d = pyhotd()
+    d.exec("class PyhotMarker:\n    pass\nheld = PyhotMarker()")
+    script = write(tmp_path / "find.py", "import gc\n"
+                   "print(sum(type(o).__name__ == 'PyhotMarker' for o in gc.get_objects()))\n")
+    for _ in range(3):  # a ready child and one forked at the request
+        r = ctl_run(pyhotctl, d, "--isolate", script)
+        assert (r.returncode, r.stdout) == (0, "1\n"), (r.returncode, r.stderr)
+
+
 def test_isolated_child_killed_when_client_leaves(pyhotd, tmp_path):
     d = pyhotd()
     marker = tmp_path / "pid"
