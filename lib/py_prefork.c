@@ -57,6 +57,8 @@ static struct {
     unsigned size;                   /* ready children to keep per kind ([run] prefork) */
     unsigned max_age_ms;             /* retired past this age ([run] prefork_max_age_ms) */
     bool wanted[N_KINDS];            /* a run of the kind was asked for: keep it ready */
+    uint64_t wanted_generation[N_KINDS]; /* the state the last run of the kind was asked in */
+    uint64_t last_request_ns[N_KINDS];   /* when (CLOCK_MONOTONIC) */
     bool have_settings;
     struct sandbox_spec settings;    /* what sandboxed children unshare with (no paths) */
     struct ready_child ready[N_KINDS][PY_PREFORK_MAX];
@@ -258,6 +260,16 @@ static void retire_kind(int kind, bool all) {
     publish_counts();
 }
 
+/* Whether kind is kept ready: a run of it was asked for since the interpreter's state last
+ * changed, and within the maximum age. A fork leaves the daemon's pages shared with the
+ * child, so the daemon's next writes (a reload's) each copy a page: children forked for
+ * runs that have stopped coming would slow every save down (docs/run.md). */
+static bool is_wanted(int kind, uint64_t now) {
+    return pool.wanted[kind] && pool.wanted_generation[kind] == atomic_load(&generation) &&
+           (pool.max_age_ms == 0 ||
+            now - pool.last_request_ns[kind] < (uint64_t)pool.max_age_ms * 1000000ULL);
+}
+
 static bool same_settings(const struct sandbox_spec *a, const struct sandbox_spec *b) {
     return a->network == b->network && a->change_user == b->change_user && a->uid == b->uid &&
            a->gid == b->gid && a->tmp_size_mb == b->tmp_size_mb &&
@@ -427,19 +439,30 @@ json_t *py_prefork_start(json_t *input, const struct sandbox_spec *early, json_t
             *error = errno_error("cannot start the isolated run: handing the request over: ", e);
     }
     pool.wanted[kind] = pool.size > 0;
+    pool.wanted_generation[kind] = atomic_load(&generation);
+    pool.last_request_ns[kind] = now_ns();
     return out;
+}
+
+/* Whether now is no time to fork: just after a state change or a hand-off. */
+static bool refill_held(uint64_t now) {
+    return now < atomic_load(&quiet_until_ns) || now < atomic_load(&handoff_until_ns);
 }
 
 bool py_prefork_due(void) {
     uint64_t now = now_ns();
-    if (now < atomic_load(&quiet_until_ns) || now < atomic_load(&handoff_until_ns))
-        return false;
+    bool held = refill_held(now);
     for (int k = 0; k < N_KINDS; k++) {
-        if (pool.wanted[k] ? pool.n_ready[k] != pool.size : pool.n_ready[k] > 0)
+        bool wanted = is_wanted(k, now);
+        /* Children to retire go at once, even while refills are held: each one still
+         * alive makes the daemon's next writes copy pages. */
+        if (!wanted && pool.n_ready[k] > 0)
             return true;
         for (size_t i = 0; i < pool.n_ready[k]; i++)
             if (!is_fresh(&pool.ready[k][i], now))
                 return true;
+        if (!held && wanted && pool.n_ready[k] != pool.size)
+            return true;
     }
     return false;
 }
@@ -451,7 +474,7 @@ uint64_t py_prefork_wake_ns(void) {
     uint64_t until = quiet > handoff ? quiet : handoff;
     bool work = false;
     for (int k = 0; k < N_KINDS; k++)
-        work |= pool.wanted[k] || pool.n_ready[k] > 0;
+        work |= is_wanted(k, now) || pool.n_ready[k] > 0;
     if (work && until > now)
         next = until;
     if (pool.n_retired > 0) {
@@ -470,9 +493,11 @@ uint64_t py_prefork_wake_ns(void) {
 
 void py_prefork_step(void) {
     reap_retired(false);
+    uint64_t now = now_ns();
     for (int k = 0; k < N_KINDS; k++) {
-        retire_kind(k, !pool.wanted[k] || pool.n_ready[k] > pool.size);
-        if (!pool.wanted[k] || pool.n_ready[k] >= pool.size)
+        bool wanted = is_wanted(k, now);
+        retire_kind(k, !wanted || pool.n_ready[k] > pool.size);
+        if (!wanted || pool.n_ready[k] >= pool.size || refill_held(now))
             continue;
         struct ready_child c;
         json_t *error = NULL;

@@ -154,21 +154,44 @@ def test_prefork_is_range_checked(pyhotd, tmp_path):
     assert r.returncode == 2 and "prefork" in r.stderr, (r.returncode, r.stderr)
 
 
-def test_a_ready_child_past_its_age_is_replaced(pyhotd, tmp_path):
+def test_a_ready_child_past_its_age_is_retired(pyhotd, tmp_path):
     d = pyhotd(modules=APP, config="[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n"
                                    "[run]\nprefork_max_age_ms = 300\n")
     show = write(tmp_path / "show.py", SHOW)
     run_isolated(d, show)
     first = ready(d)
     old = [p for p in children(d.proc.pid) if running(p)]
+    # No run came within the age: the children go, and none replaces them.
     wait_for(lambda: pool(d)["retired"] >= first["retired"] + PREFORK and
-             pool(d)["ready"]["isolated"] == PREFORK, what="the children replaced after 300 ms")
+             pool(d)["ready"]["isolated"] == 0, what="the children retired after 300 ms")
+    time.sleep(0.5)
+    assert pool(d)["ready"]["isolated"] == 0 and not any(running(p) for p in old)
     # The app's own threads change the interpreter between jobs: a child is at most that old.
     d.exec("import threading, app_state\n"
            "threading.Thread(target=lambda: setattr(app_state, 'VALUE', 'from a thread')).start()")
     time.sleep(0.5)
     assert run_isolated(d, show)[0] == "from a thread"
-    assert not any(running(p) for p in old)
+
+
+def test_no_refill_after_a_reload_until_a_run_asks(pyhotd, tmp_path):
+    # A ready child shares the daemon's pages: while one lives, each page a reload writes is
+    # copied. After a reload the pool stays empty until the next run of its kind.
+    d = pyhotd(modules=APP)
+    show = write(tmp_path / "show.py", SHOW)
+    run_isolated(d, show)
+    stale = [p for p in children(d.proc.pid) if running(p)] if ready(d) else []
+    with d.subscriber() as sub:
+        d.write("app_state.py", "VALUE = 'second'\n")
+        assert sub.next_event(lambda e: e["event"] == "batch")["result"] == "ok"
+    wait_for(lambda: pool(d)["ready"]["isolated"] == 0 and not any(running(p) for p in stale),
+             what="the stale children retired")
+    time.sleep(0.5)                          # past the refill's quiet period
+    assert pool(d)["ready"]["isolated"] == 0, pool(d)
+    assert [p for p in children(d.proc.pid) if running(p)] == []
+    misses = pool(d)["misses"]
+    assert run_isolated(d, show)[0] == "second"
+    assert pool(d)["misses"] == misses + 1
+    ready(d)                                 # the run asked: the pool fills again
 
 
 def _start_pool(d, tmp_path):
