@@ -218,6 +218,22 @@ int cmd_status(struct ctl *ctl, int argc, char **argv) {
         }
         printf("%s\n", json_is_object(ended) ? ")" : "");
     }
+    {
+        json_t *prefork = json_object_get(result, "prefork");
+        json_t *ready = json_object_get(prefork, "ready");
+
+        if (json_is_object(prefork)) {
+            status_key("ready children:");
+            printf("%" JSON_INTEGER_FORMAT " isolated, %" JSON_INTEGER_FORMAT " sandboxed (%"
+                   JSON_INTEGER_FORMAT " hits, %" JSON_INTEGER_FORMAT " misses, %" JSON_INTEGER_FORMAT
+                   " retired)\n",
+                   json_integer_value(json_object_get(ready, "isolated")),
+                   json_integer_value(json_object_get(ready, "sandboxed")),
+                   json_integer_value(json_object_get(prefork, "hits")),
+                   json_integer_value(json_object_get(prefork, "misses")),
+                   json_integer_value(json_object_get(prefork, "retired")));
+        }
+    }
     status_count(result, "subscribers", "subscribers:");
     json_decref(resp);
     return EXIT_OK;

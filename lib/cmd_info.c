@@ -140,6 +140,13 @@ static json_t *status_result(struct server *server) {
                                       "sandboxed", (json_int_t)n->runs_ended.sandboxed,
                                       "failed", (json_int_t)n->runs_ended.failed,
                                       "timed_out", (json_int_t)n->runs_ended.timed_out));
+        struct py_prefork_stats pool;
+        py_prefork_stats(&pool);
+        json_object_set_new(status, "prefork",
+                            json_pack("{s:{s:i, s:i}, s:I, s:I, s:I}", "ready", "isolated",
+                                      (int)pool.ready_isolated, "sandboxed", (int)pool.ready_sandboxed,
+                                      "hits", (json_int_t)pool.hits, "misses", (json_int_t)pool.misses,
+                                      "retired", (json_int_t)pool.retired));
         json_object_set(status, "entry", server->entry ? server->entry : json_null());
     }
     return status;

@@ -57,6 +57,10 @@ void cmd_metrics(struct server *server, uint64_t client, const struct protocol_r
         .resident_memory_bytes = resident_bytes(),
         .start_time_seconds = start_time_seconds(server),
     };
+    struct py_prefork_stats pool;
+    py_prefork_stats(&pool);
+    s.prefork = (struct metrics_prefork){pool.hits, pool.misses, pool.retired, pool.ready_isolated,
+                                         pool.ready_sandboxed};
     if (server->plugins)
         plugins_get_counts(server->plugins, &s.plugins);
     if (server->watch) {

@@ -169,6 +169,10 @@ static void on_run_message(uint64_t run_id, json_t *msg, void *data) {
         else
             send_output(server, entry, msg);
     }
+    /* The run is over and its reply out: the ready children's refill may fork now without
+     * holding up its output (or, after an in-process run, once the interpreter is quiet). */
+    if (end && server->host)
+        py_host_run_ended(server->host);
     if (end)
         run_entry_free(entry);
     json_decref(msg);
@@ -242,6 +246,11 @@ static void start_run(struct server *server, json_t *input, uint64_t client, jso
     if (entry->sandbox)
         json_object_set_new(input, "sandbox", sandbox_settings(server->config, json_object_get(input, "pids")));
     entry->get = json_incref(json_object_get(input, "get"));
+    if (entry->isolate) {
+        json_object_set_new(input, "prefork", json_integer(server->config->run_prefork));
+        json_object_set_new(input, "prefork_max_age_ms",
+                            json_integer(server->config->run_prefork_max_age_ms));
+    }
     json_object_set_new(input, "run_id", json_integer((json_int_t)entry->run_id));
     entry->next = state->runs;
     state->runs = entry;

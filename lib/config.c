@@ -192,6 +192,8 @@ static const struct config_key config_keys[] = {
     {"reload", "strategy", KEY_STRATEGY, FIELD(strategy), 0, 0, 0},
     {"reload", "mode", KEY_MODE, FIELD(mode), 0, 0, 0},
     {"run", "timeout_ms", KEY_UINT, FIELD(exec_timeout_ms), 0, 1, TIMEOUT_MS_MAX},
+    {"run", "prefork", KEY_UINT, FIELD(run_prefork), 0, 0, CONFIG_PREFORK_MAX},
+    {"run", "prefork_max_age_ms", KEY_UINT, FIELD(run_prefork_max_age_ms), 0, 0, TIMEOUT_MS_MAX},
     {"sandbox", "network", KEY_NETWORK, FIELD(sandbox_network), 0, 0, 0},
     {"sandbox", "user", KEY_STRING, FIELD(sandbox_user), 0, 0, 0},
     {"sandbox", "read", KEY_PATHS, LIST(sandbox_read), 0, 0},
@@ -806,6 +808,8 @@ void config_init(struct config *cfg) {
     cfg->reload_timeout_ms = 10000;
     cfg->strategy = CONFIG_STRATEGY_DEPENDENTS;
     cfg->exec_timeout_ms = 30000;
+    cfg->run_prefork = 2;
+    cfg->run_prefork_max_age_ms = 10000;
     cfg->max_clients = 64;
     cfg->max_output_bytes = 4194304;
     cfg->history_bytes = 8388608;

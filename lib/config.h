@@ -105,6 +105,10 @@ struct config {
 
     /* [run] */
     unsigned exec_timeout_ms;   /* deadline of exec and run jobs; default 30000 */
+    unsigned run_prefork;       /* ready children per kind of isolated run (docs/run.md
+                                   "Ready children"); default 2; 0..CONFIG_PREFORK_MAX */
+    unsigned run_prefork_max_age_ms; /* a ready child older than this is replaced; default
+                                        10000; 0: never */
 
     /* [sandbox]: run --sandbox (docs/run.md "Sandbox") */
     enum config_network sandbox_network; /* default none */
@@ -122,6 +126,9 @@ struct config {
     bool show_help;             /* --help */
     bool show_version;          /* --version */
 };
+
+/* Most ready children per kind ([run] prefork); PY_PREFORK_MAX in py_host.h. */
+#define CONFIG_PREFORK_MAX 16
 
 /* Fills cfg with the defaults; nothing is allocated. */
 void config_init(struct config *cfg);

@@ -98,6 +98,10 @@ void config_reload(struct server *server, int argc, char **argv_in) {
         json_array_append_new(changed, json_string("import"));
     if (fresh.mode != old->mode)
         json_array_append_new(changed, json_string("mode"));
+    if (fresh.run_prefork != old->run_prefork)
+        json_array_append_new(changed, json_string("prefork"));
+    if (fresh.run_prefork_max_age_ms != old->run_prefork_max_age_ms)
+        json_array_append_new(changed, json_string("prefork_max_age_ms"));
 
     /* Roots: added ones are watched, put on sys.path and (import = all) imported; removed
      * ones stop being watched and their modules stop being reloadable. */
@@ -149,12 +153,14 @@ void config_reload(struct server *server, int argc, char **argv_in) {
         log_warn("configuration reload: %s changed; it takes effect at the next restart",
                  json_string_value(root));
 
-    /* The interpreter's side: roots, strategy, mode. Runs in order after any queued job. */
+    /* The interpreter's side: roots, strategy, mode, the ready children's size and age. Runs
+     * in order after any queued job. */
     json_t *input = json_pack(
-        "{s:O, s:O, s:b, s:s, s:s}", "add_roots", added, "remove_roots", removed, "import",
+        "{s:O, s:O, s:b, s:s, s:s, s:I, s:I}", "add_roots", added, "remove_roots", removed, "import",
         fresh.import == CONFIG_IMPORT_ALL, "strategy",
         fresh.strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents", "mode",
-        fresh.mode == CONFIG_MODE_MODULE ? "module" : "definitions");
+        fresh.mode == CONFIG_MODE_MODULE ? "module" : "definitions", "prefork",
+        (json_int_t)fresh.run_prefork, "prefork_max_age_ms", (json_int_t)fresh.run_prefork_max_age_ms);
     if (server_submit(server, PY_JOB_CONFIGURE, input, fresh.exec_timeout_ms, on_configure_done,
                       server) < 0)
         log_warn("could not apply the new roots to the interpreter");

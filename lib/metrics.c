@@ -96,6 +96,14 @@ int metrics_render(const struct metrics_snapshot *s, char **out, size_t *len) {
     labelled(f, "pyhot_plugin_loads_total", "reloaded", s->plugins.reloaded);
     labelled(f, "pyhot_plugin_loads_total", "error", s->plugins.error);
     labelled(f, "pyhot_plugin_loads_total", "removed", s->plugins.removed);
+    family(f, "pyhot_prefork_runs_total", "counter",
+           "Isolated and sandboxed runs: hit (handed to a ready child), miss (forked at the "
+           "request).");
+    labelled(f, "pyhot_prefork_runs_total", "hit", s->prefork.hits);
+    labelled(f, "pyhot_prefork_runs_total", "miss", s->prefork.misses);
+    family(f, "pyhot_prefork_retired_total", "counter",
+           "Ready children killed unused: stale after a job, too old, or their settings changed.");
+    fprintf(f, "pyhot_prefork_retired_total %" PRIu64 "\n", s->prefork.retired);
     family(f, "pyhot_rescans_total", "counter",
            "Rescans of the watch roots after the kernel's event queue overflowed.");
     fprintf(f, "pyhot_rescans_total %" PRIu64 "\n", s->rescans);
@@ -114,6 +122,9 @@ int metrics_render(const struct metrics_snapshot *s, char **out, size_t *len) {
     gauge(f, "pyhot_clients", "Control socket connections open.", s->clients);
     gauge(f, "pyhot_subscribers", "Clients subscribed to events.", s->subscribers);
     gauge(f, "pyhot_pending_files", "Changed files waiting for the next batch.", s->pending_files);
+    family(f, "pyhot_prefork_ready", "gauge", "Ready children waiting for a run, by kind.");
+    fprintf(f, "pyhot_prefork_ready{kind=\"isolated\"} %" PRIu64 "\n", s->prefork.ready_isolated);
+    fprintf(f, "pyhot_prefork_ready{kind=\"sandboxed\"} %" PRIu64 "\n", s->prefork.ready_sandboxed);
     gauge(f, "pyhot_resident_memory_bytes", "Resident memory of the daemon, in bytes.",
           s->resident_memory_bytes);
     char start[32];

@@ -35,12 +35,21 @@ struct metrics_plugin_results {
     uint64_t loaded, reloaded, error, removed;
 };
 
+/* Ready children of isolated and sandboxed runs (docs/run.md "Ready children"). */
+struct metrics_prefork {
+    uint64_t hits, misses;        /* pyhot_prefork_runs_total{result="hit"|"miss"} */
+    uint64_t retired;             /* pyhot_prefork_retired_total */
+    uint64_t ready_isolated;      /* pyhot_prefork_ready{kind="isolated"} */
+    uint64_t ready_sandboxed;     /* pyhot_prefork_ready{kind="sandboxed"} */
+};
+
 struct metrics_snapshot {
     struct metrics_reload_results reloads;   /* pyhot_reloads_total{result} */
     struct metrics_reload_results batches;   /* pyhot_batches_total{result} */
     struct metrics_run_results runs;         /* pyhot_runs_total{result} */
     struct metrics_plugin_results plugins;   /* pyhot_plugin_loads_total{result} */
     uint64_t rescans;                        /* pyhot_rescans_total */
+    struct metrics_prefork prefork;
 
     /* Borrowed for the call; NULL renders an empty histogram. Values in ms (histogram.h),
      * rendered in seconds. */

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "protocol.h"
@@ -335,6 +336,7 @@ static void run_modules(struct py_job *job) {
 
 static void run_configure(struct py_job *job) {
     json_t *error = NULL;
+    py_prefork_configure(job->input);
     if (py_reload_configure(job->input, &error) < 0) {
         job_fail(job, error);
         return;
@@ -408,6 +410,10 @@ static void run_job(struct py_host *host, struct py_job *job) {
     }
     if (PyErr_Occurred())
         PyErr_Clear();
+    /* Every job but the start of an isolated run may have changed the interpreter's state:
+     * ready children forked before it are stale (py_prefork.c). */
+    if (job->kind != PY_JOB_RUN || !json_is_true(json_object_get(job->input, "isolate")))
+        py_prefork_state_changed();
     atomic_store(&host->modules_loaded, (size_t)PyDict_Size(PyImport_GetModuleDict()));
     if (host->init_status == 0)
         publish_loaded(host);
@@ -456,6 +462,29 @@ static void publish_loaded(struct py_host *host) {
     free(old);
 }
 
+/* Waits on host->cond (mutex held) until signalled or, when wake_ns is not 0, until then
+ * (CLOCK_MONOTONIC ns; the condition variable's clock is CLOCK_REALTIME). */
+static void wait_for_work(struct py_host *host, uint64_t wake_ns) {
+    if (wake_ns == 0) {
+        pthread_cond_wait(&host->cond, &host->mutex);
+        return;
+    }
+    struct timespec mono, deadline;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    uint64_t now = (uint64_t)mono.tv_sec * 1000000000ULL + (uint64_t)mono.tv_nsec;
+    if (wake_ns <= now)
+        return;
+    uint64_t wait = wake_ns - now;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += (time_t)(wait / 1000000000ULL);
+    deadline.tv_nsec += (long)(wait % 1000000000ULL);
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&host->cond, &host->mutex, &deadline);
+}
+
 static void *python_thread_main(void *arg) {
     struct py_host *host = arg;
     sigset_t set;
@@ -477,8 +506,19 @@ static void *python_thread_main(void *arg) {
 
     for (;;) {
         pthread_mutex_lock(&host->mutex);
-        while (!host->queue_head && !host->stopping)
-            pthread_cond_wait(&host->cond, &host->mutex);
+        while (!host->queue_head && !host->stopping) {
+            if (py_prefork_due()) {
+                /* Idle: the ready children's refill, one fork at a time, so that a job
+                 * queued meanwhile waits for one fork at most (as behind a run's). */
+                pthread_mutex_unlock(&host->mutex);
+                PyEval_RestoreThread(state);
+                py_prefork_step();
+                state = PyEval_SaveThread();
+                pthread_mutex_lock(&host->mutex);
+                continue;
+            }
+            wait_for_work(host, py_prefork_wake_ns());
+        }
         if (host->stopping) {
             pthread_mutex_unlock(&host->mutex);
             break;
@@ -517,6 +557,7 @@ static void *python_thread_main(void *arg) {
         uv_async_send(&host->async);
     }
 
+    py_prefork_fini();
     PyEval_RestoreThread(state);
     py_run_fini();
     py_plugins_fini();
@@ -876,6 +917,13 @@ uint64_t py_host_running(struct py_host *host, const char **kind, uint64_t *age_
     }
     pthread_mutex_unlock(&host->mutex);
     return id;
+}
+
+void py_host_run_ended(struct py_host *host) {
+    py_prefork_run_ended();
+    pthread_mutex_lock(&host->mutex);
+    pthread_cond_signal(&host->cond);
+    pthread_mutex_unlock(&host->mutex);
 }
 
 size_t py_host_queued(struct py_host *host) {

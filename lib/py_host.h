@@ -35,7 +35,8 @@ enum py_job_kind {
     PY_JOB_RELOAD,   /* input {"paths": [..], "targets": [..]} -> {"reloads","batch"} or error */
     PY_JOB_EXEC,     /* input {"code": str} -> {"stdout","stderr","value"} or error */
     PY_JOB_MODULES,  /* input {"pattern": str|null} -> {"modules": [...]} */
-    PY_JOB_CONFIGURE, /* input {"add_roots", "remove_roots", "import", "strategy"} ->
+    PY_JOB_CONFIGURE, /* input {"add_roots", "remove_roots", "import", "strategy", "mode",
+                         "prefork", "prefork_max_age_ms" (the last four optional)} ->
                          {"imported", "errors"}: a configuration reload's interpreter side */
     PY_JOB_RUN,      /* input: the run request (docs/run.md) + "run_id" -> started, or for
                         --isolate {"pid", "stdout_fd", "stderr_fd"} (run_channel.h) */
@@ -147,6 +148,28 @@ const char *py_host_python_version(void);
 /* Name of a job kind ("startup", "reload", "exec", "modules", "configure", "run",
  * "preload", "repl", "plugin"). */
 const char *py_job_kind_name(enum py_job_kind kind);
+
+/* Ready children (docs/run.md "Ready children"): isolated and sandboxed runs' children
+ * forked before their requests. At most PY_PREFORK_MAX per kind ([run] prefork). */
+#define PY_PREFORK_MAX 16
+
+struct py_prefork_stats {
+    unsigned ready_isolated;   /* ready now, per kind */
+    unsigned ready_sandboxed;
+    uint64_t hits;             /* runs handed to a ready child */
+    uint64_t misses;           /* runs that forked their own child */
+    uint64_t retired;          /* ready children killed unused (stale, settings changed) */
+};
+
+/* The pool's counters, from any thread (lib/py_prefork.c). */
+void py_prefork_stats(struct py_prefork_stats *out);
+
+/* A run ended (its reply is out): the python thread, when idle, may refill the ready
+ * children now rather than a while after the hand-off (a fork stalls the page faults of
+ * the daemon's other threads while it copies the page tables, so it waits until the run's
+ * output has gone), or after an in-process run once the interpreter has been quiet for a
+ * while (lib/py_prefork.c). Loop thread. */
+void py_host_run_ended(struct py_host *host);
 
 /* Stops the host: queued jobs are finished with ok=false, code "shutting_down"; the
  * running job gets grace_ms to end, then is interrupted; the interpreter is finalised

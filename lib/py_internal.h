@@ -9,6 +9,10 @@
 #include <Python.h>
 
 #include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct sandbox_spec;
 
 /* ---- py_json.c ---- */
 
@@ -86,6 +90,77 @@ void py_run_fini(void);
  * "stderr_fd", "isolated": true}; the loop thread owns the fds from then on). Returns at
  * once; NULL with *error set (a new protocol error object) when the run cannot start. */
 json_t *py_run_start(json_t *input, json_t **error);
+
+/* In a child forked for an isolated run (py_prefork.c), before its request: the run's
+ * Python set-up that no request decides (py_run.py prepare_isolated). Exits (status 2)
+ * when it fails. */
+void py_run_child_prepare(void);
+
+/* In that child, once input (its request, as py_run_start got it) has come: the run's
+ * working directory and rlimits, then for a sandboxed run (early: the settings it was
+ * unshared with, NULL for a run only isolated) the rest of the sandbox (sandbox_restrict,
+ * its read and write paths from input), then the script. Never returns: the process exits
+ * with the script's status, 2 when the run could not start, 125 when a sandbox step failed. */
+__attribute__((noreturn)) void py_run_child_main(json_t *input, const struct sandbox_spec *early);
+
+/* In that child: a sandbox step before the request failed (why); exits 125 with the message
+ * every failed sandbox step gives. */
+__attribute__((noreturn)) void py_run_child_refuse(const char *why);
+
+/* In the daemon, right after it forked a ready child (isolated, or sandboxed): goes once
+ * through what the hand-off of the last run of that kind did on this thread (the sandbox's
+ * plan, the request's JSON), discarding the results. The fork left every page shared with
+ * the child; the first write to each copies it (a page fault, about 2 us here), and this
+ * takes those copies now, while idle, rather than in the next request's path. */
+void py_run_rehearse(bool sandboxed);
+
+/* ---- py_prefork.c: ready children (docs/run.md "Ready children") ---- */
+
+/* Starts the isolated run of input (early NULL) or the sandboxed one (early: the settings
+ * sandbox_unshare needs, built by py_run.c; the request-dependent ones are in input) in a
+ * ready child of its kind whose interpreter state is current, or, when there is none, in
+ * a child forked now. input's "prefork" (0..PY_PREFORK_MAX) and "prefork_max_age_ms" set
+ * the pool's size and the age past which a child is retired. Returns the job's output
+ * {"pid", "stdout_fd", "stderr_fd", "globals_fd", "isolated": true} (run_channel.h), or NULL
+ * with *error set (a new protocol error object). */
+json_t *py_prefork_start(json_t *input, const struct sandbox_spec *early, json_t **error);
+
+/* Sets the pool's size and maximum age from input's "prefork" (0..PY_PREFORK_MAX) and
+ * "prefork_max_age_ms" (ms, 0: none), each only when present; the pool follows when idle
+ * (a smaller size retires ready children). */
+void py_prefork_configure(json_t *input);
+
+/* Whether the pool has work now: a kind asked for with fewer ready children than its
+ * size, or a stale child to retire, and neither a job that changed the interpreter's
+ * state nor a hand-off whose run has not ended in the last PREFORK_QUIET_MS (py_prefork.c):
+ * a fork then would hold up what the loop thread does for them. Python thread; the GIL
+ * need not be held. */
+bool py_prefork_due(void);
+
+/* One piece of that work (at most one fork), for the python thread when no job waits. */
+void py_prefork_step(void);
+
+/* When the idle python thread should look at the pool again although no job came
+ * (CLOCK_MONOTONIC ns; 0: not before a job): the end of a quiet period py_prefork_due
+ * waits for, the oldest ready child's maximum age, or soon when retired children wait to
+ * be reaped (those that are gone are reaped here). Python thread; the GIL need not be
+ * held. */
+uint64_t py_prefork_wake_ns(void);
+
+/* The interpreter's state may have changed (a job ran, an in-process run ended): ready
+ * children forked before are stale, retired instead of used. Any thread. */
+void py_prefork_state_changed(void);
+
+/* The interpreter's state as py_prefork_state_changed counts it: equal values, no job
+ * between. Any thread. */
+uint64_t py_prefork_generation(void);
+
+/* The run of a hand-off ended (py_host_run_ended): the refill need not wait longer.
+ * Any thread. */
+void py_prefork_run_ended(void);
+
+/* Kills and reaps every ready and retired child (the daemon's stop). Python thread. */
+void py_prefork_fini(void);
 
 /* Compiles lib/py_plugins.py (built in) and runs it as module _pyhot_plugins, after
  * _pyhot. Returns 0, or -1 with a Python exception set. py_plugins_fini drops the

@@ -7,11 +7,13 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -38,6 +40,12 @@ static pthread_cond_t slots_cond;  /* CLOCK_MONOTONIC; initialised in py_run_ini
 static struct run_slot *slots;
 static PyObject *original_sleep;   /* time.sleep as it was before runs replaced it */
 static PyObject *run_module;       /* _pyhot_run: the C functions and lib/py_run.py */
+static json_t *last_input[2];      /* of the last isolated and sandboxed run: py_run_rehearse */
+static struct {                    /* found_paths' last answer */
+    uint64_t generation;
+    char *target;
+    json_t *paths;
+} found_cache;
 
 static struct run_slot *slot_find_ident(unsigned long ident) {
     for (struct run_slot *s = slots; s; s = s->next)
@@ -85,6 +93,8 @@ static PyObject *run_finish(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KO!", &run_id, &PyDict_Type, &result))
         return NULL;
     run_channel_post(run_id, json_pack("{s:b, s:o}", "end", 1, "result", py_to_json(result)));
+    /* What the run did to the interpreter is what ready children must not miss. */
+    py_prefork_state_changed();
     Py_RETURN_NONE;
 }
 
@@ -275,11 +285,17 @@ int py_run_init(void) {
 }
 
 void py_run_fini(void) {
+    free(found_cache.target);
+    json_decref(found_cache.paths);
+    memset(&found_cache, 0, sizeof(found_cache));
+    json_decref(last_input[0]);
+    json_decref(last_input[1]);
+    last_input[0] = last_input[1] = NULL;
     Py_CLEAR(run_module);
     Py_CLEAR(original_sleep);
 }
 
-/* ---- isolated runs: the fork (python thread, GIL held) ---------------------------------- */
+/* ---- isolated runs: the sandbox's plan (python thread) and the child's side ------------- */
 
 /* The address space now, in bytes (/proc/self/statm's first field), or 0. */
 static unsigned long long address_space_now(void) {
@@ -299,23 +315,6 @@ static void child_fail(const char *what) {
     if (n > 0 && write(2, buf, (size_t)n) < 0)
         _exit(2);
     _exit(2);
-}
-
-/* A sandboxed run's plan (docs/run.md "Sandbox"), built on the python thread before the
- * fork, so that the user lookup (NSS), the Python call for the import paths and the
- * allocations stay out of the child; the child reads its copy. */
-struct sandbox_plan {
-    struct sandbox_spec spec;
-    json_t *read;             /* owned: the read paths; spec's strings point into it */
-    json_t *write;            /* owned: the write paths */
-    const char **paths;       /* spec.read_paths then spec.write_paths, malloc'd */
-};
-
-static void sandbox_plan_free(struct sandbox_plan *plan) {
-    json_decref(plan->read);
-    json_decref(plan->write);
-    free(plan->paths);
-    memset(plan, 0, sizeof(*plan));
 }
 
 /* The last [sandbox] user resolved: NSS is asked again only when the name changes. */
@@ -340,76 +339,145 @@ static int resolve_user_cached(const char *user, uid_t *uid, gid_t *gid, char *e
     return r;
 }
 
-/* Builds plan from input's "sandbox" settings (cmd_runs.c sandbox_settings). Returns 0, or -1
- * with *error set (the plan freed). */
-static int sandbox_plan_build(json_t *input, struct sandbox_plan *plan, json_t **error) {
+/* The paths py_run.py's sandbox_read_paths lists for target (NULL: a module or a text),
+ * from the last call while the interpreter's state is the one it was asked in
+ * (py_prefork_generation) and the target the same: that Python call is most of a plan's
+ * time. A path gone since is skipped by the child (sandbox.h, found_paths). New reference,
+ * or NULL with *error set. */
+static json_t *found_paths(const char *target, json_t **error) {
+    uint64_t generation = py_prefork_generation();
+    if (found_cache.paths && found_cache.generation == generation &&
+        (target && found_cache.target ? strcmp(target, found_cache.target) == 0
+                                      : !target && !found_cache.target))
+        return json_incref(found_cache.paths);
+    json_t *args = json_pack("[s?]", target);
+    json_t *paths = py_module_call(run_module, "sandbox_read_paths", args, error);
+    json_decref(args);
+    char *copy = paths && target ? strdup(target) : NULL;
+    if (paths && (copy || !target)) {
+        free(found_cache.target);
+        json_decref(found_cache.paths);
+        found_cache.target = copy;
+        found_cache.paths = json_incref(paths);
+        found_cache.generation = generation;
+    }
+    return paths;
+}
+
+/* A sandboxed run's plan (docs/run.md "Sandbox"), built on the python thread so that the
+ * user lookup (NSS) and the Python call for the import paths stay out of the child: into
+ * early, the settings a child unshares with before its request (sandbox_unshare; no paths),
+ * and into input what the child reads after it: "tmpdir", "sandbox_found", "sandbox_read"
+ * and "sandbox_write" (the Landlock paths: sandbox_spec's found, read and write paths). input's "sandbox" holds the settings (cmd_runs.c
+ * sandbox_settings). Returns 0, or -1 with *error set. */
+static int sandbox_plan_build(json_t *input, struct sandbox_spec *early, json_t **error) {
     json_t *settings = json_object_get(input, "sandbox");
     char err[PATH_MAX + 128] = "";
-    memset(plan, 0, sizeof(*plan));
+    memset(early, 0, sizeof(*early));
     const char *network = json_string_value(json_object_get(settings, "network"));
-    plan->spec.network = network && strcmp(network, "loopback") == 0 ? SANDBOX_NETWORK_LOOPBACK
-                                                                     : SANDBOX_NETWORK_NONE;
-    plan->spec.pids = (unsigned)json_integer_value(json_object_get(settings, "pids"));
-    plan->spec.tmp_size_mb = (unsigned)json_integer_value(json_object_get(settings, "tmp_size_mb"));
+    early->network = network && strcmp(network, "loopback") == 0 ? SANDBOX_NETWORK_LOOPBACK
+                                                                  : SANDBOX_NETWORK_NONE;
+    early->tmp_size_mb = (unsigned)json_integer_value(json_object_get(settings, "tmp_size_mb"));
     const char *base = getenv("TMPDIR");
     int r = sandbox_prepare(base && base[0] == '/' ? base : "/tmp", err, sizeof(err));
     if (r == 0 && geteuid() == 0) {
         const char *user = json_string_value(json_object_get(settings, "user"));
-        plan->spec.change_user = true;
-        r = resolve_user_cached(user ? user : "nobody", &plan->spec.uid, &plan->spec.gid, err, sizeof(err));
+        early->change_user = true;
+        r = resolve_user_cached(user ? user : "nobody", &early->uid, &early->gid, err, sizeof(err));
     }
-    json_t *args = json_pack("[O]", input);
-    plan->read = r == 0 ? py_module_call(run_module, "sandbox_read_paths", args, error) : NULL;
-    json_decref(args);
-    if (r == 0 && !plan->read)
-        return -1;
-    plan->write = json_deep_copy(json_object_get(settings, "write"));
-    if (plan->read && plan->write) {
-        json_array_extend(plan->read, json_object_get(settings, "read"));
-        const char *cwd = json_string_value(json_object_get(input, "cwd"));
-        if (cwd)
-            json_array_append_new(plan->write, json_string(cwd));
-    }
-    size_t n_read = json_array_size(plan->read), n_write = json_array_size(plan->write);
-    plan->paths = r == 0 ? calloc(n_read + n_write + 1, sizeof(*plan->paths)) : NULL;
-    if (!plan->paths) {
-        *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_SANDBOX, "message",
-                           err[0] ? err : "out of memory");
-        sandbox_plan_free(plan);
+    if (r < 0) {
+        *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_SANDBOX, "message", err);
         return -1;
     }
-    for (size_t i = 0; i < n_read; i++)
-        plan->paths[i] = json_string_value(json_array_get(plan->read, i));
-    for (size_t i = 0; i < n_write; i++)
-        plan->paths[n_read + i] = json_string_value(json_array_get(plan->write, i));
-    plan->spec.read_paths = plan->paths;
-    plan->spec.n_read = n_read;
-    plan->spec.write_paths = plan->paths + n_read;
-    plan->spec.n_write = n_write;
-    plan->spec.tmpdir = sandbox_tmpdir();
-    json_object_set_new(input, "tmpdir", json_string(plan->spec.tmpdir));
+    json_t *found = found_paths(json_string_value(json_object_get(input, "path")), error);
+    if (!found)
+        return -1;
+    json_t *write = json_deep_copy(json_object_get(settings, "write"));
+    const char *cwd = json_string_value(json_object_get(input, "cwd"));
+    if (write && cwd)
+        json_array_append_new(write, json_string(cwd));
+    early->tmpdir = sandbox_tmpdir();
+    json_object_set_new(input, "sandbox_found", found);
+    json_object_set(input, "sandbox_read", json_object_get(settings, "read") ?: json_array());
+    json_object_set_new(input, "sandbox_write", write ? write : json_array());
+    json_object_set_new(input, "tmpdir", json_string(early->tmpdir));
     return 0;
 }
 
-/* The child: never returns. sandbox is NULL for a run that is only isolated. */
-static void child_main(json_t *input, int out_w, int err_w, int globals_w,
-                       const struct sandbox_spec *sandbox) {
-    if (dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
+void py_run_child_prepare(void) {
+    json_t *error = NULL;
+    json_t *done = py_module_call(run_module, "prepare_isolated", NULL, &error);
+    if (!done) {
+        const char *tb = json_string_value(json_object_get(error, "traceback"));
+        if (tb && write(2, tb, strlen(tb)) < 0)
+            _exit(2);
         _exit(2);
-    /* run --get: py_run.py's run_isolated writes the values to fd 3 before the end. */
-    if (globals_w >= 0 && globals_w != 3 && dup2(globals_w, 3) < 0)
-        _exit(2);
-    int null = open("/dev/null", O_RDONLY);
-    if (null >= 0 && null != 0) {
-        dup2(null, 0);
-        close(null);
     }
-    /* Nothing of the daemon's: its socket, inotify, epoll, eventfds. */
-    syscall(SYS_close_range, globals_w >= 0 ? 4U : 3U, ~0U, 0U);
-    sigset_t none;
-    sigemptyset(&none);
-    pthread_sigmask(SIG_SETMASK, &none, NULL);
+    json_decref(done);
+}
 
+void py_run_child_refuse(const char *why) {
+    /* Exit status 125, as env(1) and timeout(1) use for their own failures. */
+    char line[PATH_MAX + 512];
+    int n = snprintf(line, sizeof(line), "pyhot: sandbox: %s; the script did not run\n", why);
+    if (n > 0 && write(2, line, (size_t)n) < 0)
+        _exit(125);
+    _exit(125);
+}
+
+/* The paths of input's "sandbox_read" or "sandbox_write" as an array of its strings
+ * (malloc'd; the child ends with _exit, which frees it). */
+static const char *const *child_paths(json_t *input, const char *key, size_t *n) {
+    json_t *list = json_object_get(input, key);
+    *n = json_array_size(list);
+    const char **paths = calloc(*n + 1, sizeof(*paths));
+    if (!paths)
+        child_fail("the sandbox's paths");
+    for (size_t i = 0; i < *n; i++)
+        paths[i] = json_string_value(json_array_get(list, i));
+    return paths;
+}
+
+/* The run's memory holder: a process that shares the run's address space (clone(2) with
+ * CLONE_VM, not CLONE_FILES) and only waits to be killed. The kernel tears an address
+ * space down when the last process using it is gone (mmput, kernel/fork.c): without a
+ * holder that is the run's own exit, about a millisecond for the daemon's image here,
+ * between the script's end and the moment the daemon sees the run end. With one, the run's
+ * process exits at once and the holder, killed then (its parent-death signal, and the
+ * process group of a sandboxed run), tears the memory down off the run's path. It is
+ * started after the whole sandbox (it is as caged as the script, and counts against
+ * --pids), and not when the daemon is PID 1: orphans go to PID 1 to be reaped, and the
+ * daemon reaps only its own children. */
+#define HOLDER_STACK_BYTES (64 * 1024)
+static char holder_stack[HOLDER_STACK_BYTES] __attribute__((aligned(64)));
+
+static int hold_memory(void *arg) {
+    /* Raw system calls that do not fail here: the holder shares the run's memory, its
+     * thread-local errno included, and must write nothing the run could see. Its own
+     * copies of the run's descriptors go first, so that the run's pipes end with the run. */
+    uint64_t all = ~0ULL;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, sizeof(all));
+    syscall(SYS_close_range, 0U, ~0U, 0U);
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0L, 0L, 0L);
+    if (syscall(SYS_getppid) != (long)(intptr_t)arg)
+        syscall(SYS_exit, 0);
+    for (;;)
+        syscall(SYS_ppoll, NULL, 0L, NULL, NULL, 0L);
+    return 0;
+}
+
+static void start_memory_holder(void) {
+    pid_t self = getpid();
+    if (getppid() == 1)
+        return;
+    /* No exit signal: a "clone" child, which wait(2) without __WALL or __WCLONE does not
+     * consider (wait(2), NOTES), so the script's os.wait() and waitpid(-1) see only its own
+     * children, and raise ChildProcessError when it has none. A failure (RLIMIT_NPROC:
+     * --pids 1) only costs the run its teardown. */
+    clone(hold_memory, holder_stack + sizeof(holder_stack), CLONE_VM, (void *)(intptr_t)self);
+}
+
+void py_run_child_main(json_t *input, const struct sandbox_spec *early) {
     json_int_t memory_mb = json_integer_value(json_object_get(input, "memory_mb"));
     json_int_t cpu_s = json_integer_value(json_object_get(input, "cpu_s"));
     if (memory_mb > 0) {
@@ -426,22 +494,23 @@ static void child_main(json_t *input, int out_w, int err_w, int globals_w,
     const char *cwd = json_string_value(json_object_get(input, "cwd"));
     if (cwd && chdir(cwd) < 0)
         child_fail(cwd);
-    if (sandbox) {
-        /* Every layer before any of the script's code, or the script does not run at all
-         * (exit status 125, as env(1) and timeout(1) use for their own failures). */
+    if (early) {
+        /* The rest of the cage before any of the script's code, or no script at all. */
+        struct sandbox_spec spec = *early;
+        spec.read_paths = child_paths(input, "sandbox_read", &spec.n_read);
+        spec.found_paths = child_paths(input, "sandbox_found", &spec.n_found);
+        spec.write_paths = child_paths(input, "sandbox_write", &spec.n_write);
+        spec.pids = (unsigned)json_integer_value(json_object_get(json_object_get(input, "sandbox"), "pids"));
         char why[PATH_MAX + 256];
-        if (sandbox_enter(sandbox, why, sizeof(why)) < 0) {
-            char line[sizeof(why) + 64];
-            int n = snprintf(line, sizeof(line), "pyhot: sandbox: %s; the script did not run\n", why);
-            if (n > 0 && write(2, line, (size_t)n) < 0)
-                _exit(125);
-            _exit(125);
-        }
+        if (sandbox_restrict(&spec, why, sizeof(why)) < 0)
+            py_run_child_refuse(why);
     }
+
+    start_memory_holder();
 
     json_t *error = NULL;
     json_t *args = json_pack("[O]", input);
-    json_t *code = py_module_call(run_module, "run_isolated", args, &error);
+    json_t *code = py_module_call(run_module, "run_request", args, &error);
     int status = 1;
     if (code && json_is_integer(code))
         status = (int)(json_integer_value(code) & 0xff);
@@ -453,61 +522,31 @@ static void child_main(json_t *input, int out_w, int err_w, int globals_w,
     _exit(status);
 }
 
-static void close_pipes(int (*pipes)[2], int n) {
-    for (int i = 0; i < n; i++) {
-        close(pipes[i][0]);
-        close(pipes[i][1]);
-    }
-}
-
-/* Forks the isolated run of input. The child's fd 1 and 2 are pipes whose read ends the
- * result carries ("stdout_fd", "stderr_fd"), and with "get" its fd 3 one more
- * ("globals_fd"), for the values it sends back before its end. */
-static json_t *start_isolated(json_t *input, json_t **error) {
-    int pipes[3][2];
-    int n = json_array_size(json_object_get(input, "get")) > 0 ? 3 : 2;
-    struct sandbox_plan plan;
-    bool sandboxed = json_is_object(json_object_get(input, "sandbox"));
-    if (sandboxed && sandbox_plan_build(input, &plan, error) < 0)
-        return NULL;
-    for (int i = 0; i < n; i++) {
-        if (pipe2(pipes[i], O_CLOEXEC) < 0) {
-            *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(errno));
-            close_pipes(pipes, i);
-            if (sandboxed)
-                sandbox_plan_free(&plan);
-            return NULL;
-        }
-    }
-    PyOS_BeforeFork();
-    pid_t pid = fork();
-    if (pid == 0) {
-        PyOS_AfterFork_Child();
-        child_main(input, pipes[0][1], pipes[1][1], n == 3 ? pipes[2][1] : -1,
-                   sandboxed ? &plan.spec : NULL);
-        _exit(2);
-    }
-    int e = errno;
-    PyOS_AfterFork_Parent();
-    for (int i = 0; i < n; i++)
-        close(pipes[i][1]);
+void py_run_rehearse(bool sandboxed) {
+    /* Shallow copies here and in py_run_start: the plan only adds keys to the top level. */
+    json_t *input = json_copy(last_input[sandboxed]);
+    if (!input)
+        return;
+    json_t *error = NULL;
+    struct sandbox_spec early;
     if (sandboxed)
-        sandbox_plan_free(&plan);
-    if (pid < 0) {
-        for (int i = 0; i < n; i++)
-            close(pipes[i][0]);
-        *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_INTERNAL, "message", strerror(e));
-        return NULL;
-    }
-    return json_pack("{s:i, s:i, s:i, s:i, s:b}", "pid", (int)pid, "stdout_fd", pipes[0][0],
-                     "stderr_fd", pipes[1][0], "globals_fd", n == 3 ? pipes[2][0] : -1,
-                     "isolated", 1);
+        sandbox_plan_build(input, &early, &error);
+    free(json_dumps(input, JSON_COMPACT));
+    json_decref(error);
+    json_decref(input);
 }
 
 json_t *py_run_start(json_t *input, json_t **error) {
     *error = NULL;
-    if (json_is_true(json_object_get(input, "isolate")))
-        return start_isolated(input, error);
+    if (json_is_true(json_object_get(input, "isolate"))) {
+        struct sandbox_spec early;
+        bool sandboxed = json_is_object(json_object_get(input, "sandbox"));
+        json_decref(last_input[sandboxed]);
+        last_input[sandboxed] = json_copy(input);
+        if (sandboxed && sandbox_plan_build(input, &early, error) < 0)
+            return NULL;
+        return py_prefork_start(input, sandboxed ? &early : NULL, error);
+    }
     json_t *args = json_pack("[O]", input);
     json_t *result = py_module_call(run_module, "start_run", args, error);
     json_decref(args);

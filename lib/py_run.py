@@ -11,9 +11,13 @@ It is compiled into the daemon (lib/py_run.py -> generated C string), so it is t
 file a reader sees here.
 """
 
+import gc
 import io
 import os
-import runpy  # here, not in run_isolated: a forked child would import it afresh each run
+# runpy, and pkgutil that its run_path imports on its first call, here and not in
+# run_isolated: a forked child would import them afresh each run (pkgutil takes typing).
+import pkgutil
+import runpy
 import sys
 import threading
 import traceback
@@ -165,7 +169,6 @@ def _argv0(spec):
 def _execute(spec, argv, namespace):
     """Runs spec's script as __main__ in namespace, a fresh dict (runpy._run_code
     semantics); namespace keeps what the script bound even when it raised."""
-    import pkgutil
     init_globals = spec.get("globals") or None
     source = spec.get("source")
     if source is not None:
@@ -299,8 +302,9 @@ _SANDBOX_SYSTEM_READ = ("/usr/lib", "/usr/local/lib", "/etc/ld.so.cache", "/proc
 _sandbox_stdlib_paths = []
 
 
-def sandbox_read_paths(spec):
-    """The paths a sandboxed run of spec may read (py_run.c hands them to sandbox.c's
+def sandbox_read_paths(target):
+    """The paths a sandboxed run of target (its "path": a script, directory or zip; None
+    for a module or a script given as text) may read (py_run.c hands them to sandbox.c's
     Landlock step): the interpreter's and the daemon's import paths (sys.path, the standard
     library), the script's directory, and _SANDBOX_SYSTEM_READ; only those that exist,
     each once, in that order."""
@@ -309,7 +313,6 @@ def sandbox_read_paths(spec):
         _sandbox_stdlib_paths.extend(sysconfig.get_path(key) for key in
                                      ("stdlib", "platstdlib", "purelib", "platlib"))
     candidates = list(sys.path) + _sandbox_stdlib_paths
-    target = spec.get("path")
     if target:
         candidates.append(target if os.path.isdir(target) else os.path.dirname(target))
     candidates.extend(_SANDBOX_SYSTEM_READ)
@@ -323,16 +326,62 @@ def sandbox_read_paths(spec):
     return paths
 
 
-def run_isolated(spec):
-    """In the forked child (py_run.c): fd 1 and 2 are the daemon's pipes. Runs spec as
-    python3 would (runpy, sys.modules['__main__'] and sys.argv are the child's own) and
-    returns the exit status."""
+def prepare_isolated():
+    """In a child forked for isolated runs (lib/py_prefork.c), before its request: what
+    does not depend on the request. fd 0 is /dev/null, fd 1 and 2 the daemon's pipes."""
     _captures.clear()
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    # The objects the daemon made stay out of this process's collections: a collection
+    # writes to every object it looks at, and each write copies a page the daemon shares.
+    gc.freeze()
+    _dry_run()
+
+
+# A script for the dry run: one line of output, as most scripts write.
+_DRY_RUN_SCRIPT = b"print('pyhot')\n"
+
+
+def _dry_run():
+    """What every run does, on a script of one print() given as a path (a memfd) with its
+    output to /dev/null: the pages this writes are copied now, before the request, and not
+    after it (docs/run.md "Ready children"). Best effort: a failure costs speed only."""
+    saved = sys.stdout, sys.stderr
+    fd = -1
+    try:
+        fd = os.memfd_create("pyhot-dry-run")
+        os.write(fd, _DRY_RUN_SCRIPT)
+        sys.stdout = sys.stderr = io.TextIOWrapper(
+            io.FileIO(os.devnull, "w"), encoding="utf-8", errors="backslashreplace",
+            line_buffering=True)
+        run_isolated({"path": "/proc/self/fd/%d" % fd})
+    except Exception:
+        pass
+    finally:
+        if sys.stdout is not saved[0]:
+            sys.stdout.close()
+        sys.stdout, sys.stderr = saved
+        if fd >= 0:
+            os.close(fd)
+    sys.argv = [""]
+
+
+def run_request(spec):
+    """The request's run in the child (lib/py_run.c), after the cage: the daemon's objects
+    go back into the collector's view first, so that gc.get_objects() and gc.get_referrers()
+    in the script see them as they would in the daemon (a gen-2 collection during the run
+    then looks at them too, as in any process). Returns run_isolated's exit status."""
+    gc.unfreeze()
+    return run_isolated(spec)
+
+
+def run_isolated(spec):
+    """In the forked child, after prepare_isolated and the request-dependent steps
+    (lib/py_prefork.c). Runs spec as python3 would (runpy, sys.modules['__main__'] and
+    sys.argv are the child's own) and returns the exit status."""
     code = 1
     if spec.get("tmpdir"):
         # The sandbox's private TMPDIR; tempfile caches its choice once imported, so it is

@@ -17,15 +17,16 @@
  *   __main__ namespace); what it writes to sys.stdout/sys.stderr and its end are posted,
  *   from that thread, to a mutex-protected queue that a uv_async_t drains on the loop
  *   thread into the message callback;
- * - isolated: the python thread forks (PyOS_BeforeFork/AfterFork), the child runs the
- *   script with its fd 1 and 2 on pipes and never returns into the daemon; the job's output
- *   is {"pid", "stdout_fd", "stderr_fd"} and the loop thread hands those to
- *   run_channel_watch_child, which streams the pipes, reaps the child through a pidfd and
- *   enforces the wall timeout with SIGKILL;
+ * - isolated: the job hands the request to a child the python thread forked from the
+ *   interpreter (PyOS_BeforeFork/AfterFork), before the request when one was ready
+ *   (py_prefork.c), else now; the child runs the script with its fd 1 and 2 on pipes and
+ *   never returns into the daemon; the job's output is {"pid", "stdout_fd", "stderr_fd"}
+ *   and the loop thread hands those to run_channel_watch_child, which streams the pipes,
+ *   reaps the child through a pidfd and enforces the wall timeout with SIGKILL;
  * - sandboxed (input "sandbox": the settings cmd_runs.c adds): isolated, and the child
- *   applies sandbox.c's layers (sandbox_enter) before the script, from a plan built on the
- *   python thread before the fork; a failing layer ends it with status 125 and a line on
- *   stderr. Its process group is killed with it (when it exits, times out or is killed).
+ *   applies sandbox.c's layers (sandbox_unshare, sandbox_restrict) before the script, from
+ *   a plan built on the python thread; a failing layer ends it with status 125 and a line
+ *   on stderr. Its process group is killed with it (when it exits, times out or is killed).
  *
  * Messages (json, stolen by the callback): {"stream": "stdout"|"stderr", "data": str} while
  * the run writes, then exactly one {"end": true, "result": {"exit_code", "timed_out",

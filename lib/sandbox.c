@@ -14,6 +14,7 @@
 #include <seccomp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -215,9 +216,13 @@ static int mount_private_tmp(const struct sandbox_spec *spec, char *err, size_t 
     return 0;
 }
 
+/* A Landlock rule for path; a path that does not exist is an error, or skipped when
+ * optional. */
 static int add_path_rule(int ruleset, const char *path, uint64_t rights, uint64_t handled,
-                         char *err, size_t errlen) {
+                         bool optional, char *err, size_t errlen) {
     int fd = open(path, O_PATH | O_CLOEXEC);
+    if (fd < 0 && optional && errno == ENOENT)
+        return 0;
     if (fd < 0)
         return step_fail(err, errlen, "filesystem", -errno, "%s", path);
     struct stat st;
@@ -255,14 +260,17 @@ static int landlock_apply(const struct sandbox_spec *spec, char *err, size_t err
     if (ruleset < 0)
         return step_fail(err, errlen, "filesystem", -errno, "landlock_create_ruleset (ABI %d)", abi);
     int r = 0;
+    uint64_t handled = attr.handled_access_fs;
     for (size_t i = 0; r == 0 && i < spec->n_read; i++)
-        r = add_path_rule(ruleset, spec->read_paths[i], FS_READ, attr.handled_access_fs, err, errlen);
+        r = add_path_rule(ruleset, spec->read_paths[i], FS_READ, handled, false, err, errlen);
+    for (size_t i = 0; r == 0 && i < spec->n_found; i++)
+        r = add_path_rule(ruleset, spec->found_paths[i], FS_READ, handled, true, err, errlen);
     for (size_t i = 0; r == 0 && i < spec->n_write; i++)
-        r = add_path_rule(ruleset, spec->write_paths[i], FS_WRITE, attr.handled_access_fs, err, errlen);
+        r = add_path_rule(ruleset, spec->write_paths[i], FS_WRITE, handled, false, err, errlen);
     if (r == 0)
-        r = add_path_rule(ruleset, spec->tmpdir, FS_WRITE, attr.handled_access_fs, err, errlen);
+        r = add_path_rule(ruleset, spec->tmpdir, FS_WRITE, handled, false, err, errlen);
     if (r == 0)
-        r = add_path_rule(ruleset, "/dev/null", FS_WRITE, attr.handled_access_fs, err, errlen);
+        r = add_path_rule(ruleset, "/dev/null", FS_WRITE, handled, false, err, errlen);
     if (r == 0) {
         /* landlock_restrict_self(2) needs no_new_privs or CAP_SYS_ADMIN; we are going to set
          * no_new_privs anyway (step 3), so set it now rather than depend on the capability. */
@@ -272,11 +280,6 @@ static int landlock_apply(const struct sandbox_spec *spec, char *err, size_t err
     }
     close(ruleset);
     return r;
-}
-
-static int step_filesystem(const struct sandbox_spec *spec, char *err, size_t errlen) {
-    int r = mount_private_tmp(spec, err, errlen);
-    return r < 0 ? r : landlock_apply(spec, err, errlen);
 }
 
 /* ---- 3. privileges --------------------------------------------------------------------- */
@@ -472,10 +475,13 @@ static int step_seccomp(char *err, size_t errlen) {
 
 /* ---- all of it ------------------------------------------------------------------------- */
 
-int sandbox_enter(const struct sandbox_spec *spec, char *err, size_t errlen) {
+int sandbox_unshare(const struct sandbox_spec *spec, char *err, size_t errlen) {
     int r = step_network(spec, err, errlen);
-    if (r == 0)
-        r = step_filesystem(spec, err, errlen);
+    return r < 0 ? r : mount_private_tmp(spec, err, errlen);
+}
+
+int sandbox_restrict(const struct sandbox_spec *spec, char *err, size_t errlen) {
+    int r = landlock_apply(spec, err, errlen);
     if (r == 0)
         r = step_privileges(spec, err, errlen);
     if (r == 0)
@@ -484,3 +490,4 @@ int sandbox_enter(const struct sandbox_spec *spec, char *err, size_t errlen) {
         r = step_seccomp(err, errlen);
     return r;
 }
+

@@ -11,7 +11,7 @@
  * libuv, no jansson; the child is single-threaded (it was just forked) and its caller ends it
  * with _exit() when a step fails, so nothing ever runs half-sandboxed.
  *
- * The layers, in the order sandbox_enter() applies them, each checked:
+ * The layers, in the order sandbox_unshare() and sandbox_restrict() apply them, each checked:
  *
  *  1. network     a new network namespace (network_namespaces(7)) with only a loopback
  *                 device, left down (SANDBOX_NETWORK_NONE) or brought up (LOOPBACK). A daemon
@@ -50,6 +50,9 @@ struct sandbox_spec {
     gid_t gid;
     const char *const *read_paths;   /* read (files and directories beneath); must exist */
     size_t n_read;
+    const char *const *found_paths;  /* read, as read_paths, where they exist (the import
+                                        paths: one gone since they were listed is skipped) */
+    size_t n_found;
     const char *const *write_paths;  /* read and write beneath; must exist */
     size_t n_write;
     const char *tmpdir;         /* sandbox_tmpdir(): the private TMPDIR is mounted on it */
@@ -65,7 +68,7 @@ int sandbox_resolve_user(const char *user, uid_t *uid, gid_t *gid, char *err, si
 /* Makes what every sandboxed run shares, once (later calls return at once): the seccomp
  * filter of step 5, compiled, and the mount point of the private TMPDIRs, an empty 0700
  * directory made under tmp_base (e.g. "/tmp"; mkdtemp(3)). Call it before forking, on the
- * thread that forks (it allocates; sandbox_enter only uses the results). Returns 0, or a
+ * thread that forks (it allocates; the child only uses the results). Returns 0, or a
  * negative errno with err filled ("seccomp: ..." or "filesystem: ..."). */
 int sandbox_prepare(const char *tmp_base, char *err, size_t errlen);
 
@@ -76,12 +79,20 @@ const char *sandbox_tmpdir(void);
  * filter. For the daemon's stop, when no run can start any more. Idempotent. */
 void sandbox_release(void);
 
-/* Applies every layer of spec to the calling process, in the order above. Call it in a
- * forked, single-threaded child, before any untrusted code, after sandbox_prepare() in the
- * parent; it allocates nothing and leaves open no descriptor of its own. Returns 0, or a negative errno with err filled as
- * "STEP: what failed: why" (STEP one of network, filesystem, privileges, processes,
- * seccomp): the caller must then end the process without running the script. */
-int sandbox_enter(const struct sandbox_spec *spec, char *err, size_t errlen);
+/* Apply the layers of spec to the calling process, in the order above, in two halves: a
+ * child may be forked before its request is known (lib/py_prefork.c). sandbox_unshare
+ * applies what depends only on the [sandbox] settings (network, change_user, uid, gid,
+ * tmpdir, tmp_size_mb): step 1, and of step 2 the mount namespace with its tmpfs.
+ * sandbox_restrict applies the rest, in order: Landlock (read_paths, found_paths,
+ * write_paths), then
+ * steps 3, 4 (pids) and 5; only after sandbox_unshare succeeded, and with no untrusted code
+ * run in between. Call them in a forked, single-threaded child, after sandbox_prepare() in
+ * the parent; they allocate nothing and leave open no descriptor of their own. Each
+ * returns 0, or a negative errno with err filled as "STEP: what failed: why" (STEP one of
+ * network, filesystem, privileges, processes, seccomp): the caller must then end the
+ * process without running the script. */
+int sandbox_unshare(const struct sandbox_spec *spec, char *err, size_t errlen);
+int sandbox_restrict(const struct sandbox_spec *spec, char *err, size_t errlen);
 
 /* The highest Landlock ABI of the running kernel (landlock_create_ruleset(2) with
  * LANDLOCK_CREATE_RULESET_VERSION): >= 1, or a negative errno (-ENOSYS: not built in,

@@ -20,6 +20,8 @@ FAMILIES = {
     "pyhot_watched_directories": "gauge", "pyhot_loaded_modules": "gauge",
     "pyhot_clients": "gauge", "pyhot_subscribers": "gauge", "pyhot_pending_files": "gauge",
     "pyhot_resident_memory_bytes": "gauge", "pyhot_start_time_seconds": "gauge",
+    "pyhot_prefork_runs_total": "counter", "pyhot_prefork_retired_total": "counter",
+    "pyhot_prefork_ready": "gauge",
 }
 
 

@@ -189,6 +189,33 @@ def test_isolated_exit_crash_and_memory(pyhotd, pyhotctl, tmp_path):
     assert d.alive() and d.module_value("m", "VALUE") == "edited"
 
 
+def test_isolated_script_waits_for_its_own_children_only(pyhotd, pyhotctl, tmp_path):
+    # The run's memory holder (lib/py_run.c) is a child the script must not see: wait()
+    # with no children of its own raises at once, and a reap-them-all loop ends.
+    d = pyhotd()
+    script = write(tmp_path / "reap.py",
+                   "import os\ntry:\n    os.wait()\nexcept ChildProcessError:\n    print('none')\n"
+                   "pids = []\nfor code in (3, 4):\n    pid = os.fork()\n    if pid == 0:\n"
+                   "        os._exit(code)\n    pids.append(pid)\nseen = {}\nwhile True:\n"
+                   "    try:\n        pid, status = os.waitpid(-1, 0)\n"
+                   "    except ChildProcessError:\n        break\n"
+                   "    seen[pid] = os.waitstatus_to_exitcode(status)\n"
+                   "print(sorted(seen.values()), sorted(seen) == sorted(pids))\n")
+    for _ in range(3):  # a ready child and one forked at the request
+        r = ctl_run(pyhotctl, d, "--isolate", "--timeout", "20", script)
+        assert (r.returncode, r.stdout) == (0, "none\n[3, 4] True\n"), (r.returncode, r.stderr)
+
+
+def test_isolated_script_sees_the_daemons_objects_through_gc(pyhotd, pyhotctl, tmp_path):
+    d = pyhotd()
+    d.exec("class PyhotMarker:\n    pass\nheld = PyhotMarker()")
+    script = write(tmp_path / "find.py", "import gc\n"
+                   "print(sum(type(o).__name__ == 'PyhotMarker' for o in gc.get_objects()))\n")
+    for _ in range(3):  # a ready child and one forked at the request
+        r = ctl_run(pyhotctl, d, "--isolate", script)
+        assert (r.returncode, r.stdout) == (0, "1\n"), (r.returncode, r.stderr)
+
+
 def test_isolated_child_killed_when_client_leaves(pyhotd, tmp_path):
     d = pyhotd()
     marker = tmp_path / "pid"
@@ -203,7 +230,7 @@ def test_isolated_child_killed_when_client_leaves(pyhotd, tmp_path):
         try:
             with open("/proc/%d/stat" % pid) as f:
                 return f.read().split()[2] == "Z" and False
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone before the open, or the read
             return True
     wait_for(gone, what="the isolated child to be killed and reaped")
 

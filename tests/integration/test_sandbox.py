@@ -494,3 +494,66 @@ print(json.dumps(out))
             daemon.send_signal(signal.SIGKILL)
             daemon.wait()
         log.close()
+
+
+LOOPBACK_UP = r'''
+import json, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+try:
+    s.bind(("127.0.0.1", 0))
+    s.sendto(b"x", s.getsockname())
+    up = s.recv(1) == b"x"
+except OSError:
+    up = False
+print(json.dumps({"loopback_up": up}))
+'''
+
+
+def test_a_sandbox_settings_change_reaches_the_next_run(pyhotd, cage):
+    """A ready sandboxed child was unshared with the [sandbox] settings of its time: after
+    a configuration reload (SIGHUP) that changes them, the next run has the new ones."""
+    config = ("[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n[sandbox]\nnetwork = %s\n")
+    d = pyhotd(config=config % "none")
+    path = script(cage, "lo_up.py", LOOPBACK_UP)
+    assert ok_json(run_sandboxed(d, cage, path)) == {"loopback_up": False}
+    wait_for(lambda: d.status()["prefork"]["ready"]["sandboxed"] >= 1, what="a ready sandboxed child")
+    assert ok_json(run_sandboxed(d, cage, path)) == {"loopback_up": False}
+    hits = d.status()["prefork"]["hits"]
+    assert hits >= 1, d.status()["prefork"]
+    wait_for(lambda: d.status()["prefork"]["ready"]["sandboxed"] >= 1, what="a ready sandboxed child")
+    cfg = os.path.join(d.base, "pyhotd.conf")
+    with open(cfg) as f:
+        text = f.read()
+    write(cfg, text.replace("network = none", "network = loopback"))
+    with d.subscriber() as sub:
+        d.proc.send_signal(signal.SIGHUP)
+        sub.next_event(lambda e: e["event"] == "config_reloaded")
+    assert ok_json(run_sandboxed(d, cage, path)) == {"loopback_up": True}
+    assert d.status()["prefork"]["hits"] == hits, d.status()["prefork"]
+
+
+def test_without_ready_children(pyhotd, cage):
+    """[run] prefork = 0: every sandboxed run forks its own child at the request, caged
+    the same."""
+    d = pyhotd(config="[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n[run]\nprefork = 0\n")
+    path = script(cage, "lo_up.py", LOOPBACK_UP)
+    for _ in range(2):
+        assert ok_json(run_sandboxed(d, cage, path)) == {"loopback_up": False}
+    prefork = d.status()["prefork"]
+    assert prefork["hits"] == 0 and prefork["misses"] == 2 and prefork["ready"]["sandboxed"] == 0, prefork
+
+
+def test_an_import_path_gone_since_it_was_listed_is_skipped(pyhotd, cage):
+    """The import paths a sandboxed run may read are listed once per interpreter state
+    and reused; one removed in between is left out of the cage, not an error."""
+    extra = os.path.join(cage["base"], "extra_path")
+    os.mkdir(extra)
+    os.chmod(extra, 0o755)
+    d = pyhotd(args=["--python-path", extra])
+    path = script(cage, "plain.py", "print('ran')\n")
+    r = run_sandboxed(d, cage, path)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ran"), (r.returncode, r.stdout, r.stderr)
+    os.rmdir(extra)
+    r = run_sandboxed(d, cage, path)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ran"), (r.returncode, r.stdout, r.stderr)
