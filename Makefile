@@ -127,10 +127,10 @@ $(FUZZ_BUILD)/fuzz_protocol: tests/fuzz/fuzz_protocol.c lib/protocol.c lib/proto
 	    -ljansson -lm -o $@
 
 $(FUZZ_BUILD)/fuzz_config: tests/fuzz/fuzz_config.c lib/config.c lib/config.h lib/log.c lib/log.h \
-                           lib/protocol.c lib/protocol.h
+                           lib/protocol.c lib/protocol.h lib/sandbox.c lib/sandbox.h
 	@mkdir -p $(FUZZ_BUILD)
 	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_config.c lib/config.c lib/log.c lib/protocol.c \
-	    -linih -ljansson -o $@
+	    lib/sandbox.c -linih -ljansson -lseccomp -o $@
 
 deps-fuzz: deps
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(FUZZ_PACKAGES)"

@@ -388,7 +388,7 @@ static int build_filter(scmp_filter_ctx ctx, char *err, size_t errlen) {
         step_fail(err, errlen, "seccomp", r, "rule for clone3");
     /* No Unix socket of the host (the daemon's control socket among them); socketpair stays. */
     if (r == 0 && (r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(socket), 1,
-                                        SCMP_A0(SCMP_CMP_EQ, AF_UNIX))) < 0)
+                                        SCMP_A0(SCMP_CMP_EQ, AF_UNIX, 0))) < 0)
         step_fail(err, errlen, "seccomp", r, "rule for socket(AF_UNIX)");
     /* Typing into a terminal that is not ours (TIOCSTI) or its console (TIOCLINUX). */
     if (r == 0 && (r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(ioctl), 1,
