@@ -61,7 +61,6 @@ def main():
                 "--log-level", "warn"], work)
     try:
         d.connect()
-        t = time.monotonic()
         st = d.wait_ready()
         print("pyhotd: %d modules loaded, %d directories watched, ready %.1f s after spawn"
               % (st["modules_loaded"], st["watched_dirs"], time.monotonic() - d.started))

@@ -42,6 +42,24 @@ TIMEOUT = 10.0 * SCALE   # the longest we wait for anything that must happen
 QUIET = 0.4 * SCALE      # how long we watch for something that must NOT happen
 
 
+def inotify_watch_fields(pid):
+    """One dict per inotify watch the process holds, the kernel's fields as hex strings
+    (wd, ino, sdev, mask, ...: /proc/PID/fdinfo, proc(5))."""
+    watches = []
+    fd_dir = "/proc/%d/fd" % pid
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:inotify":
+                continue
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                for line in f:
+                    if line.startswith("inotify wd:"):
+                        watches.append(dict(kv.split(":", 1) for kv in line.split()[1:]))
+        except OSError:
+            continue
+    return watches
+
+
 def wait_for(predicate, timeout=TIMEOUT, interval=0.02, what="condition"):
     """Polls predicate until it returns a true value (returned) or timeout passes."""
     deadline = time.monotonic() + timeout

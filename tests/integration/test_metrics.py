@@ -1,7 +1,6 @@
 """Metrics (docs/protocol.md, "metrics"): the Prometheus text exposition of the real
 daemon, through the control socket and pyhotctl, checked by promtool."""
 
-import os
 import re
 import shutil
 import subprocess

@@ -6,7 +6,7 @@ command, `plugin` events and `pyhotctl plugins`."""
 import json
 import os
 
-from conftest import TIMEOUT, write
+from conftest import write
 
 HOST = """\
 API = {"greeting": "hello", "loaded": []}

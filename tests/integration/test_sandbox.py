@@ -15,7 +15,6 @@ import signal
 import pwd
 import shutil
 import socket
-import stat
 import subprocess
 import tempfile
 import threading

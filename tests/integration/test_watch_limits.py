@@ -10,11 +10,10 @@ limited too.
 import contextlib
 import os
 import signal
-import time
 
 import pytest
 
-from conftest import TIMEOUT, wait_for, write
+from conftest import wait_for, write
 
 # These tests count how often a module's top level runs (a reload each): whole-module
 # reloads. test_reload_definitions.py covers the default, definition-level mode.

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import wait_for, write
+from conftest import inotify_watch_fields, wait_for, write
 
 BINDFS = shutil.which("bindfs")
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
@@ -87,22 +87,12 @@ def bindfs(tmp_path):
 
 
 def inotify_watch_devices(pid):
-    """The devices (os.stat's st_dev) of the inodes of every inotify watch pid holds
-    (/proc/PID/fdinfo: sdev is the kernel's encoding, major << 20 | minor)."""
+    """The devices (os.stat's st_dev) of the inodes of every inotify watch pid holds (sdev
+    is the kernel's encoding, major << 20 | minor)."""
     devices = set()
-    fd_dir = "/proc/%d/fd" % pid
-    for fd in os.listdir(fd_dir):
-        try:
-            if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:inotify":
-                continue
-            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
-                for line in f:
-                    if line.startswith("inotify wd:"):
-                        fields = dict(kv.split(":", 1) for kv in line.split()[1:])
-                        sdev = int(fields["sdev"], 16)
-                        devices.add(os.makedev(sdev >> 20, sdev & 0xfffff))
-        except OSError:
-            continue
+    for fields in inotify_watch_fields(pid):
+        sdev = int(fields["sdev"], 16)
+        devices.add(os.makedev(sdev >> 20, sdev & 0xfffff))
     return devices
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import QUIET, wait_for, write
+from conftest import inotify_watch_fields, wait_for, write
 
 # These tests count how often a module's top level runs (a reload each): whole-module
 # reloads. test_reload_definitions.py covers the default, definition-level mode.
@@ -33,21 +33,8 @@ def git(root, *args):
 
 
 def inotify_watches(pid):
-    """{wd: inode} of every inotify watch the process holds (from /proc/PID/fdinfo)."""
-    watches = {}
-    fd_dir = "/proc/%d/fd" % pid
-    for fd in os.listdir(fd_dir):
-        try:
-            if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:inotify":
-                continue
-            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
-                for line in f:
-                    if line.startswith("inotify wd:"):
-                        fields = dict(kv.split(":", 1) for kv in line.split()[1:])
-                        watches[int(fields["wd"])] = int(fields["ino"], 16)
-        except OSError:
-            continue
-    return watches
+    """{wd: inode} of every inotify watch the process holds."""
+    return {int(f["wd"]): int(f["ino"], 16) for f in inotify_watch_fields(pid)}
 
 
 def config(extra=""):
