@@ -253,11 +253,6 @@ static void start_run(struct server *server, json_t *input, uint64_t client, jso
     if (entry->sandbox)
         json_object_set_new(input, "sandbox", sandbox_settings(server->config, json_object_get(input, "pids")));
     entry->get = json_incref(json_object_get(input, "get"));
-    if (entry->isolate) {
-        json_object_set_new(input, "prefork", json_integer(server->config->run_prefork));
-        json_object_set_new(input, "prefork_max_age_ms",
-                            json_integer(server->config->run_prefork_max_age_ms));
-    }
     json_object_set_new(input, "run_id", json_integer((json_int_t)entry->run_id));
     entry->next = state->runs;
     state->runs = entry;

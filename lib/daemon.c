@@ -449,10 +449,11 @@ static int start_jobs(struct server *server) {
             log_warn("could not queue the preload");
     }
     json_t *input = json_pack(
-        "{s:b, s:o, s:s, s:s}", "import", cfg->import == CONFIG_IMPORT_ALL, "entry",
+        "{s:b, s:o, s:s, s:s, s:I, s:I}", "import", cfg->import == CONFIG_IMPORT_ALL, "entry",
         cfg->entry ? json_string(cfg->entry) : json_null(), "strategy",
         cfg->strategy == CONFIG_STRATEGY_MODULE ? "module" : "dependents", "mode",
-        cfg->mode == CONFIG_MODE_MODULE ? "module" : "definitions");
+        cfg->mode == CONFIG_MODE_MODULE ? "module" : "definitions", "prefork",
+        (json_int_t)cfg->run_prefork, "prefork_max_age_ms", (json_int_t)cfg->run_prefork_max_age_ms);
     log_info("modules load %s; reloads run %s",
              cfg->import == CONFIG_IMPORT_ALL
                  ? "at start (import = all: every module of the roots is imported)"

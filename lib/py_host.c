@@ -269,6 +269,7 @@ static void job_set(struct py_job *job, json_t *result, json_t *error) {
 static void run_startup(struct py_job *job) {
     json_t *result = json_object();
     json_t *error = NULL;
+    py_prefork_configure(job->input);
     if (py_reload_configure(job->input, &error) < 0) {
         job_fail(job, error);
         json_decref(result);

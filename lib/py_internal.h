@@ -119,15 +119,15 @@ void py_run_rehearse(bool sandboxed);
 /* Starts the isolated run of input (early NULL) or the sandboxed one (early: the settings
  * sandbox_unshare needs, built by py_run.c; the request-dependent ones are in input) in a
  * ready child of its kind whose interpreter state is current, or, when there is none, in
- * a child forked now. input's "prefork" (0..PY_PREFORK_MAX) and "prefork_max_age_ms" set
- * the pool's size and the age past which a child is retired. Returns the job's output
- * {"pid", "stdout_fd", "stderr_fd", "globals_fd", "isolated": true} (run_channel.h), or NULL
- * with *error set (a new protocol error object). */
+ * a child forked now (the pool's size and maximum age: py_prefork_configure). Returns the
+ * job's output {"pid", "stdout_fd", "stderr_fd", "globals_fd", "isolated": true}
+ * (run_channel.h), or NULL with *error set (a new protocol error object). */
 json_t *py_prefork_start(json_t *input, const struct sandbox_spec *early, json_t **error);
 
 /* Sets the pool's size and maximum age from input's "prefork" (0..PY_PREFORK_MAX) and
- * "prefork_max_age_ms" (ms, 0: none), each only when present; the pool follows when idle
- * (a smaller size retires ready children). */
+ * "prefork_max_age_ms" (ms, 0: none), each only when present: the startup and configure
+ * jobs' input ([run] prefork, prefork_max_age_ms). The pool follows when idle (a smaller
+ * size retires ready children). */
 void py_prefork_configure(json_t *input);
 
 /* Whether the pool has work now: a kind asked for with fewer ready children than its
