@@ -56,8 +56,8 @@ struct ready_child {
 static struct {
     unsigned size;                   /* ready children to keep per kind ([run] prefork) */
     unsigned max_age_ms;             /* retired past this age ([run] prefork_max_age_ms) */
-    bool wanted[N_KINDS];            /* a run of the kind was asked for: keep it ready */
-    uint64_t wanted_generation[N_KINDS]; /* the state the last run of the kind was asked in */
+    uint64_t wanted_generation[N_KINDS]; /* the state the last run of the kind was asked in
+                                            (0: none asked, or given up: generations start at 1) */
     uint64_t last_request_ns[N_KINDS];   /* when (CLOCK_MONOTONIC) */
     bool have_settings;
     struct sandbox_spec settings;    /* what sandboxed children unshare with (no paths) */
@@ -265,7 +265,7 @@ static void retire_kind(int kind, bool all) {
  * child, so the daemon's next writes (a reload's) each copy a page: children forked for
  * runs that have stopped coming would slow every save down (docs/run.md). */
 static bool is_wanted(int kind, uint64_t now) {
-    return pool.wanted[kind] && pool.wanted_generation[kind] == atomic_load(&generation) &&
+    return pool.size > 0 && pool.wanted_generation[kind] == atomic_load(&generation) &&
            (pool.max_age_ms == 0 ||
             now - pool.last_request_ns[kind] < (uint64_t)pool.max_age_ms * 1000000ULL);
 }
@@ -410,7 +410,6 @@ void py_prefork_configure(json_t *input) {
 
 json_t *py_prefork_start(json_t *input, const struct sandbox_spec *early, json_t **error) {
     int kind = early ? KIND_SANDBOXED : KIND_ISOLATED;
-    py_prefork_configure(input);
     reap_retired(false);
     if (early && (!pool.have_settings || !same_settings(&pool.settings, early))) {
         retire_kind(KIND_SANDBOXED, true);
@@ -438,7 +437,6 @@ json_t *py_prefork_start(json_t *input, const struct sandbox_spec *early, json_t
         if (!out)
             *error = errno_error("cannot start the isolated run: handing the request over: ", e);
     }
-    pool.wanted[kind] = pool.size > 0;
     pool.wanted_generation[kind] = atomic_load(&generation);
     pool.last_request_ns[kind] = now_ns();
     return out;
@@ -503,7 +501,7 @@ void py_prefork_step(void) {
         json_t *error = NULL;
         if (fork_ready(k, k == KIND_SANDBOXED ? &pool.settings : NULL, &c, &error) < 0) {
             /* Not now: the next run forks its own, and says why if it cannot. */
-            pool.wanted[k] = false;
+            pool.wanted_generation[k] = 0;
             json_decref(error);
             return;
         }
@@ -516,7 +514,7 @@ void py_prefork_step(void) {
 
 void py_prefork_fini(void) {
     for (int k = 0; k < N_KINDS; k++) {
-        pool.wanted[k] = false;
+        pool.wanted_generation[k] = 0;
         retire_kind(k, true);
     }
     reap_retired(true);
