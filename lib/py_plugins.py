@@ -155,11 +155,7 @@ def _is_machinery(filename):
 def _describe(exc, path):
     """The error object of a failed run, frames of runpy and pyhot left out."""
     import _pyhot
-    error = _pyhot.describe_exception(exc, prefer_file=path)
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_machinery(f.filename)]
-    lines = ["Traceback (most recent call last):\n"] + traceback.format_list(frames) if frames else []
-    lines.extend(traceback.format_exception_only(type(exc), exc))
-    error["traceback"] = "".join(lines)
+    error = _pyhot.describe_exception(exc, prefer_file=path, hidden=_is_machinery)
     if isinstance(exc, SystemExit):
         error["message"] = "the plugin called sys.exit(%s)" % ("" if exc.code is None else repr(exc.code))
     return error

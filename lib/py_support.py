@@ -125,11 +125,11 @@ def _is_machinery(filename):
             or filename.endswith(os.sep + os.path.join("importlib", "__init__.py")))
 
 
-def format_traceback(exc):
-    """The traceback of exc as the user's code sees it: frames of this module and of
-    importlib's machinery (reload goes through it) are left out, as CPython leaves out
-    importlib's frames from import errors."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_machinery(f.filename)]
+def format_traceback(exc, hidden=_is_machinery):
+    """The traceback of exc as the user's code sees it: frames whose file name hidden()
+    accepts are left out; by default this module's and importlib's machinery (reload goes
+    through it), as CPython leaves out importlib's frames from import errors."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not hidden(f.filename)]
     lines = []
     if frames:
         lines.append("Traceback (most recent call last):\n")
@@ -172,19 +172,20 @@ def _cap_error(error):
     return error
 
 
-def describe_exception(exc, prefer_file=None):
+def describe_exception(exc, prefer_file=None, hidden=_is_machinery):
     """The error object of the protocol for exc: {"type", "message", "file", "line",
     "traceback"} ("column" for a SyntaxError), the message and traceback capped at
     MESSAGE_MAX and TRACEBACK_MAX characters ("truncated": true when either was cut).
 
     file and line point at the SyntaxError's location, else at the innermost frame of
     prefer_file when the traceback passes through it (the module being reloaded), else
-    at the innermost frame.
+    at the innermost frame. Frames whose file name hidden() accepts are left out of both
+    (format_traceback).
     """
-    return _cap_error(_describe(exc, prefer_file))
+    return _cap_error(_describe(exc, prefer_file, hidden))
 
 
-def _describe(exc, prefer_file):
+def _describe(exc, prefer_file, hidden):
     kind = type(exc)
     name = kind.__qualname__
     if kind.__module__ not in ("builtins", "__main__"):
@@ -194,7 +195,7 @@ def _describe(exc, prefer_file):
         "message": str(exc),
         "file": None,
         "line": None,
-        "traceback": format_traceback(exc),
+        "traceback": format_traceback(exc, hidden),
     }
     if isinstance(exc, SyntaxError):
         error["message"] = exc.msg if exc.msg else str(exc)
@@ -202,7 +203,7 @@ def _describe(exc, prefer_file):
         error["line"] = exc.lineno
         error["column"] = exc.offset
         return error
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_machinery(f.filename)]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not hidden(f.filename)]
     chosen = None
     for frame in frames:
         if prefer_file is not None and frame.filename == prefer_file:
