@@ -206,18 +206,25 @@ static void on_run_job_done(struct py_job *job, void *data) {
 }
 
 /* What a sandboxed run's child applies ([sandbox] of the configuration; docs/run.md): the
- * input's "sandbox" object, read by py_run.c. pids is the request's, or NULL. */
+ * input's "sandbox" object, read by py_run.c; "uid" and "gid" (resolved by config_finish)
+ * only when the daemon is root. pids is the request's, or NULL. */
 static json_t *sandbox_settings(const struct config *cfg, json_t *pids) {
     json_t *read = json_array(), *write = json_array();
     for (size_t i = 0; i < cfg->n_sandbox_read; i++)
         json_array_append_new(read, json_string(cfg->sandbox_read[i]));
     for (size_t i = 0; i < cfg->n_sandbox_write; i++)
         json_array_append_new(write, json_string(cfg->sandbox_write[i]));
-    return json_pack("{s:s, s:s, s:o, s:o, s:I, s:I}",
-                     "network", cfg->sandbox_network == CONFIG_NETWORK_LOOPBACK ? "loopback" : "none",
-                     "user", cfg->sandbox_user ? cfg->sandbox_user : "nobody", "read", read, "write", write,
-                     "pids", json_is_integer(pids) ? json_integer_value(pids) : (json_int_t)cfg->sandbox_pids,
-                     "tmp_size_mb", (json_int_t)cfg->sandbox_tmp_mb);
+    json_t *settings = json_pack(
+        "{s:s, s:o, s:o, s:I, s:I}",
+        "network", cfg->sandbox_network == CONFIG_NETWORK_LOOPBACK ? "loopback" : "none",
+        "read", read, "write", write,
+        "pids", json_is_integer(pids) ? json_integer_value(pids) : (json_int_t)cfg->sandbox_pids,
+        "tmp_size_mb", (json_int_t)cfg->sandbox_tmp_mb);
+    if (settings && cfg->sandbox_change_user) {
+        json_object_set_new(settings, "uid", json_integer((json_int_t)cfg->sandbox_uid));
+        json_object_set_new(settings, "gid", json_integer((json_int_t)cfg->sandbox_gid));
+    }
+    return settings;
 }
 
 /* Starts the run of input (stolen; the validated request) for client. */

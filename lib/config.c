@@ -1027,14 +1027,14 @@ int config_finish(struct config *cfg, char *err, size_t errlen) {
     r = finish_venv(cfg, err, errlen);
     if (r < 0)
         return r;
-    /* A root daemon's sandboxed runs become this user: a name that does not resolve (or
-     * root) is a config error now, not a failure of every sandboxed run later. */
-    if (geteuid() == 0) {
-        uid_t uid;
-        gid_t gid;
+    /* A root daemon's sandboxed runs become this user, resolved here once (NSS), so that a
+     * name that does not resolve (or root) is a config error now, not a failure of every
+     * sandboxed run later; a SIGHUP resolves it again. */
+    cfg->sandbox_change_user = geteuid() == 0;
+    if (cfg->sandbox_change_user) {
         char why[512];
-        r = sandbox_resolve_user(cfg->sandbox_user ? cfg->sandbox_user : "nobody", &uid, &gid,
-                                 why, sizeof(why));
+        r = sandbox_resolve_user(cfg->sandbox_user ? cfg->sandbox_user : "nobody",
+                                 &cfg->sandbox_uid, &cfg->sandbox_gid, why, sizeof(why));
         if (r < 0) {
             snprintf(err, errlen, "[sandbox] user: %s", why);
             return r;

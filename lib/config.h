@@ -113,6 +113,9 @@ struct config {
     /* [sandbox]: run --sandbox (docs/run.md "Sandbox") */
     enum config_network sandbox_network; /* default none */
     char *sandbox_user;         /* the user a root daemon's sandboxed runs become; NULL = nobody */
+    bool sandbox_change_user;   /* set by config_finish: the daemon is root, runs become */
+    uid_t sandbox_uid;          /* sandbox_user's uid */
+    gid_t sandbox_gid;          /* and its primary group */
     char **sandbox_read;        /* paths sandboxed runs may also read */
     size_t n_sandbox_read;
     char **sandbox_write;       /* paths sandboxed runs may also read and write */

@@ -2101,27 +2101,25 @@ class Engine:
         _active = run
         builtins.__build_class__ = _build_class
         reloading = importlib._RELOADING  # Lib/importlib/__init__.py: reload's guard
+        inside_reload = reloading.get(update.name) is module
         try:
-            if reloading.get(update.name) is module:
-                # The app's importlib.reload(module) is what started this batch: it has
-                # re-found the spec already, and a nested reload of the same module would
-                # return at once.
-                if run.definitions is not None:
-                    run.definitions.apply(run)
-                else:
-                    exec(update.code, module.__dict__)
-            elif run.definitions is not None:
-                # A definition-level update runs the edited statements of the file the
-                # module was loaded from, whatever spec importlib would find now: the
-                # module keeps its spec, so re-finding it (tens of microseconds per
-                # module on every save) would change nothing. Under reload's guard, so
-                # that the module's code calling importlib.reload on itself returns at
-                # once, as it does inside importlib.reload.
+            if run.definitions is not None:
+                # The edited statements of the file the module was loaded from run in its
+                # namespace, whatever spec importlib would find now: the module keeps its
+                # spec, so re-finding it (tens of microseconds per module on every save)
+                # would change nothing. Under reload's guard, so that the module's code
+                # calling importlib.reload on itself returns at once, as it does inside
+                # importlib.reload (which may be what started this batch: the app's own).
                 reloading[update.name] = module
                 try:
                     run.definitions.apply(run)
                 finally:
-                    reloading.pop(update.name, None)
+                    if not inside_reload:
+                        reloading.pop(update.name, None)
+            elif inside_reload:
+                # The app's importlib.reload(module) started this batch and has re-found
+                # the spec: a nested reload of the same module would return at once.
+                exec(update.code, module.__dict__)
             else:
                 importlib.reload(module)
         finally:

@@ -317,28 +317,6 @@ static void child_fail(const char *what) {
     _exit(2);
 }
 
-/* The last [sandbox] user resolved: NSS is asked again only when the name changes. */
-static struct {
-    char name[256];
-    uid_t uid;
-    gid_t gid;
-} user_cache;
-
-static int resolve_user_cached(const char *user, uid_t *uid, gid_t *gid, char *err, size_t errlen) {
-    if (user_cache.name[0] && strcmp(user_cache.name, user) == 0) {
-        *uid = user_cache.uid;
-        *gid = user_cache.gid;
-        return 0;
-    }
-    int r = sandbox_resolve_user(user, uid, gid, err, errlen);
-    if (r == 0 && strlen(user) < sizeof(user_cache.name)) {
-        snprintf(user_cache.name, sizeof(user_cache.name), "%s", user);
-        user_cache.uid = *uid;
-        user_cache.gid = *gid;
-    }
-    return r;
-}
-
 /* The paths py_run.py's sandbox_read_paths lists for target (NULL: a module or a text),
  * from the last call while the interpreter's state is the one it was asked in
  * (py_prefork_generation) and the target the same: that Python call is most of a plan's
@@ -365,11 +343,12 @@ static json_t *found_paths(const char *target, json_t **error) {
 }
 
 /* A sandboxed run's plan (docs/run.md "Sandbox"), built on the python thread so that the
- * user lookup (NSS) and the Python call for the import paths stay out of the child: into
- * early, the settings a child unshares with before its request (sandbox_unshare; no paths),
- * and into input what the child reads after it: "tmpdir", "sandbox_found", "sandbox_read"
- * and "sandbox_write" (the Landlock paths: sandbox_spec's found, read and write paths). input's "sandbox" holds the settings (cmd_runs.c
- * sandbox_settings). Returns 0, or -1 with *error set. */
+ * Python call for the import paths stays out of the child: into early, the settings a
+ * child unshares with before its request (sandbox_unshare; no paths), and into input what
+ * the child reads after it: "tmpdir", "sandbox_found", "sandbox_read" and "sandbox_write"
+ * (the Landlock paths: sandbox_spec's found, read and write paths). input's "sandbox"
+ * holds the settings (cmd_runs.c sandbox_settings; the user already resolved). Returns 0,
+ * or -1 with *error set. */
 static int sandbox_plan_build(json_t *input, struct sandbox_spec *early, json_t **error) {
     json_t *settings = json_object_get(input, "sandbox");
     char err[PATH_MAX + 128] = "";
@@ -380,10 +359,11 @@ static int sandbox_plan_build(json_t *input, struct sandbox_spec *early, json_t 
     early->tmp_size_mb = (unsigned)json_integer_value(json_object_get(settings, "tmp_size_mb"));
     const char *base = getenv("TMPDIR");
     int r = sandbox_prepare(base && base[0] == '/' ? base : "/tmp", err, sizeof(err));
-    if (r == 0 && geteuid() == 0) {
-        const char *user = json_string_value(json_object_get(settings, "user"));
+    json_t *uid = json_object_get(settings, "uid");
+    if (json_is_integer(uid)) {
         early->change_user = true;
-        r = resolve_user_cached(user ? user : "nobody", &early->uid, &early->gid, err, sizeof(err));
+        early->uid = (uid_t)json_integer_value(uid);
+        early->gid = (gid_t)json_integer_value(json_object_get(settings, "gid"));
     }
     if (r < 0) {
         *error = json_pack("{s:s, s:s}", "code", PROTOCOL_E_SANDBOX, "message", err);

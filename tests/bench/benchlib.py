@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: what every bench prints about the machine, and percentiles.
+"""Shared by the benchmarks: what every bench prints about the machine, percentiles,
+hyperfine, and waiting for the daemon.
 
 Standard library only; the benches import it from their own directory.
 """
@@ -34,6 +35,34 @@ def cpu_model(default="?"):
     except OSError:
         pass
     return default
+
+
+def hyperfine(commands, runs, tmp):
+    """(mean, median, stddev) in seconds of each command (a string, split at spaces), timed
+    by `hyperfine --warmup 3 -N --runs RUNS`, one command after the other; its own output
+    goes to stderr and its JSON export to tmp/hf.json."""
+    import json
+    import os
+    import subprocess
+    import sys
+    out = os.path.join(tmp, "hf.json")
+    subprocess.run(["hyperfine", "--warmup", "3", "-N", "--runs", str(runs), "--export-json", out,
+                    "--style", "basic"] + commands, check=True, stdout=sys.stderr)
+    with open(out) as f:
+        return [(r["mean"], r["median"], r["stddev"]) for r in json.load(f)["results"]]
+
+
+def wait_serving(argv, timeout=10.0):
+    """Runs argv (a pyhotctl request) every 50 ms until it succeeds: True, or False after
+    timeout seconds (pyhotd did not start)."""
+    import subprocess
+    import time
+    deadline = time.monotonic() + timeout
+    while subprocess.run(argv, capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def percentile(values, p):

@@ -18,7 +18,6 @@ machine and the commands. It never fails on time; it exits 1 only when something
 """
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -28,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_model
+from benchlib import cpu_model, hyperfine, wait_serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
@@ -59,15 +58,6 @@ def own_timer(commands, runs):
     return means
 
 
-def hyperfine(commands, runs, tmp):
-    out = os.path.join(tmp, "hf.json")
-    subprocess.run(["hyperfine", "--warmup", "3", "-N", "--runs", str(runs), "--export-json", out,
-                    "--style", "basic"] + commands, check=True, stdout=sys.stderr)
-    with open(out) as f:
-        results = json.load(f)["results"]
-    return [(r["mean"], r["median"], r["stddev"]) for r in results]
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
@@ -92,13 +82,9 @@ def main():
                               stderr=open(os.path.join(tmp, "pyhotd.log"), "w"))
     ctl = os.path.join(BIN, "pyhotctl")
     try:
-        deadline = time.monotonic() + 10
-        while subprocess.run([ctl, "--socket", sock, "exec", "import decimal, unittest"],
-                             capture_output=True).returncode != 0:
-            if time.monotonic() > deadline:
-                print("pyhotd did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.05)
+        if not wait_serving([ctl, "--socket", sock, "exec", "import decimal, unittest"]):
+            print("pyhotd did not start", file=sys.stderr)
+            return 1
         rows = []
         for name, script in (("hello", hello), ("heavy", heavy)):
             commands = ["%s %s" % (PYTHON, script), "%s --socket %s run %s" % (ctl, sock, script),

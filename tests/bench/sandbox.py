@@ -22,7 +22,6 @@ and the exact commands. It never fails on time; it exits 1 only when something b
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -31,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_model
+from benchlib import cpu_model, hyperfine, wait_serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
@@ -69,14 +68,6 @@ def report(title, results, key):
         what, over, GOAL_OVER_MS, "met" if over <= GOAL_OVER_MS else "MISSED"))
 
 
-def hyperfine(commands, runs, tmp):
-    out = os.path.join(tmp, "hf.json")
-    subprocess.run(["hyperfine", "--warmup", "3", "-N", "--runs", str(runs), "--export-json", out,
-                    "--style", "basic"] + commands, check=True, stdout=sys.stderr)
-    with open(out) as f:
-        return [(r["mean"], r["median"], r["stddev"]) for r in json.load(f)["results"]]
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=100)
@@ -103,12 +94,9 @@ def main():
                               stderr=open(os.path.join(tmp, "pyhotd.log"), "w"))
     ctl = os.path.join(BIN, "pyhotctl")
     try:
-        deadline = time.monotonic() + 10
-        while subprocess.run([ctl, "--socket", sock, "ping"], capture_output=True).returncode != 0:
-            if time.monotonic() > deadline:
-                print("pyhotd did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.05)
+        if not wait_serving([ctl, "--socket", sock, "ping"]):
+            print("pyhotd did not start", file=sys.stderr)
+            return 1
         check = subprocess.run([ctl, "--socket", sock, "run", "--sandbox", "--cwd", tmp, hello],
                                capture_output=True, text=True)
         if check.returncode != 0 or check.stdout != "hello\n":
