@@ -38,6 +38,7 @@
 
 #include "filter.h"
 #include "log.h"
+#include "ptrmap.h"
 #include "watch_backend.h"
 
 /* IN_CLOSE_WRITE and IN_MOVED_TO mark a finished write; IN_DELETE and IN_MOVED_FROM a file
@@ -52,6 +53,9 @@
 #define DIR_MASK (EVENT_MASK | IN_ONLYDIR | IN_DONT_FOLLOW)
 #define LINK_MASK (EVENT_MASK | IN_ONLYDIR)
 
+/* The first slot array of the node map (8 KiB); it doubles past 3/4 full. */
+#define MAP_MIN_SLOTS 1024
+
 /* How far before the last complete drain a rescan looks for changed files (file times
  * come from a coarse clock), ns. */
 #define RESCAN_MARGIN_NS (100 * 1000000LL)
@@ -65,14 +69,6 @@ struct node {
     char *name;             /* base name; a root's top: the root's path */
     bool name_heap;         /* name was malloc'd (after a rename) rather than inline */
     char inline_name[];
-};
-
-/* wd -> node, open addressing with linear probing (wds grow without bound over time:
- * the kernel hands them out cyclically, so an array indexed by wd would too). */
-struct node_map {
-    struct node **slots;
-    size_t n_slots;         /* power of two, or 0 */
-    size_t len;
 };
 
 struct vcs_dir {
@@ -95,7 +91,9 @@ struct watch_backend {
     struct watch *watch;
     int fd;
     uv_poll_t poll;
-    struct node_map nodes;
+    struct ptrmap nodes;    /* wd -> node: a hash index, since wds grow without bound
+                             * over time (the kernel hands them out cyclically), and so
+                             * would an array indexed by wd */
     struct vcs_dir *vcs;
     size_t n_vcs;
     struct root_info *roots;
@@ -111,71 +109,21 @@ struct watch_backend {
 
 /* ---- the node map ----------------------------------------------------------------- */
 
-static size_t wd_hash(int wd, size_t mask) {
-    return ((size_t)(uint32_t)wd * 2654435761u) & mask;
+/* Knuth's multiplicative hash (TAOCP vol. 3, 6.4): consecutive wds spread over the slots. */
+static uint64_t wd_hash(int wd) {
+    return (uint64_t)(uint32_t)wd * 2654435761u;
 }
 
-static struct node *map_get(const struct node_map *m, int wd) {
-    if (m->n_slots == 0)
-        return NULL;
-    size_t mask = m->n_slots - 1;
-    for (size_t i = wd_hash(wd, mask);; i = (i + 1) & mask) {
-        if (!m->slots[i])
-            return NULL;
-        if (m->slots[i]->wd == wd)
-            return m->slots[i];
-    }
+static uint64_t node_hash(const void *item) {
+    return wd_hash(((const struct node *)item)->wd);
 }
 
-static int map_put(struct node_map *m, struct node *n) {
-    if ((m->len + 1) * 4 > m->n_slots * 3) {
-        size_t size = m->n_slots ? m->n_slots * 2 : 1024;
-        struct node **slots = calloc(size, sizeof(*slots));
-        if (!slots)
-            return -ENOMEM;
-        for (size_t k = 0; k < m->n_slots; k++) {
-            if (!m->slots[k])
-                continue;
-            size_t i = wd_hash(m->slots[k]->wd, size - 1);
-            while (slots[i])
-                i = (i + 1) & (size - 1);
-            slots[i] = m->slots[k];
-        }
-        free(m->slots);
-        m->slots = slots;
-        m->n_slots = size;
-    }
-    size_t mask = m->n_slots - 1;
-    size_t i = wd_hash(n->wd, mask);
-    while (m->slots[i])
-        i = (i + 1) & mask;
-    m->slots[i] = n;
-    m->len++;
-    return 0;
+static bool node_matches(const void *item, const void *key) {
+    return ((const struct node *)item)->wd == *(const int *)key;
 }
 
-/* Removes wd's entry, shifting the entries of its probe run back (no tombstones). */
-static void map_del(struct node_map *m, int wd) {
-    if (m->n_slots == 0)
-        return;
-    size_t mask = m->n_slots - 1;
-    size_t i = wd_hash(wd, mask);
-    while (m->slots[i] && m->slots[i]->wd != wd)
-        i = (i + 1) & mask;
-    if (!m->slots[i])
-        return;
-    m->slots[i] = NULL;
-    m->len--;
-    for (size_t j = (i + 1) & mask; m->slots[j]; j = (j + 1) & mask) {
-        size_t home = wd_hash(m->slots[j]->wd, mask);
-        /* Move slots[j] into the hole at i unless its home lies cyclically in (i, j]. */
-        bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
-        if (!stays) {
-            m->slots[i] = m->slots[j];
-            m->slots[j] = NULL;
-            i = j;
-        }
-    }
+static struct node *map_get(const struct ptrmap *m, int wd) {
+    return ptrmap_find(m, wd_hash(wd), node_matches, &wd);
 }
 
 /* ---- nodes ------------------------------------------------------------------------ */
@@ -254,9 +202,9 @@ static void forget_subtree(struct watch_backend *b, struct node *n, bool rm) {
     if (n->n_children > 0) {
         struct node **below = NULL;
         size_t n_below = 0, cap = 0;
-        for (size_t i = 0; i < b->nodes.n_slots; i++) {
-            struct node *c = b->nodes.slots[i];
-            if (!c || !is_descendant(c, n))
+        size_t pos = 0;
+        for (struct node *c; (c = ptrmap_next(&b->nodes, &pos));) {
+            if (!is_descendant(c, n))
                 continue;
             if (n_below == cap) {
                 cap = cap ? cap * 2 : 64;
@@ -270,7 +218,7 @@ static void forget_subtree(struct watch_backend *b, struct node *n, bool rm) {
         /* Out of the map first (a slot scan above would otherwise shift under us), then
          * freed, once no node below points to a parent that is gone. */
         for (size_t k = 0; k < n_below; k++) {
-            map_del(&b->nodes, below[k]->wd);
+            ptrmap_remove(&b->nodes, below[k]);
             if (rm)
                 drop_wd(b, below[k]->wd);
         }
@@ -279,7 +227,7 @@ static void forget_subtree(struct watch_backend *b, struct node *n, bool rm) {
         free(below);
         n->n_children = 0;
     }
-    map_del(&b->nodes, n->wd);
+    ptrmap_remove(&b->nodes, n);
     if (rm)
         drop_wd(b, n->wd);
     if (n->parent)
@@ -311,11 +259,10 @@ static int node_rename(struct node *n, struct node *parent, const char *name) {
 static void set_subtree_root(struct watch_backend *b, struct node *n, size_t root) {
     if (n->root == root)
         return;
-    for (size_t i = 0; i < b->nodes.n_slots; i++) {
-        struct node *c = b->nodes.slots[i];
-        if (c && is_descendant(c, n))
+    size_t pos = 0;
+    for (struct node *c; (c = ptrmap_next(&b->nodes, &pos));)
+        if (is_descendant(c, n))
             c->root = root;
-    }
     n->root = root;
 }
 
@@ -324,11 +271,10 @@ static struct node *find_child(const struct watch_backend *b, const struct node 
                                const char *name) {
     if (parent->n_children == 0)
         return NULL;
-    for (size_t i = 0; i < b->nodes.n_slots; i++) {
-        struct node *c = b->nodes.slots[i];
-        if (c && c->parent == parent && strcmp(c->name, name) == 0)
+    size_t pos = 0;
+    for (struct node *c; (c = ptrmap_next(&b->nodes, &pos));)
+        if (c->parent == parent && strcmp(c->name, name) == 0)
             return c;
-    }
     return NULL;
 }
 
@@ -427,7 +373,7 @@ static struct node *watch_dir(struct walk *w, const char *path, struct node *par
         return NULL;
     }
     n = node_new(wd, parent, parent ? name : path, w->root);
-    if (!n || map_put(&b->nodes, n) < 0) {
+    if (!n || ptrmap_insert(&b->nodes, n) < 0) {
         if (n) {
             if (parent)
                 parent->n_children--;
@@ -623,9 +569,9 @@ static void sentinel_install(struct watch_backend *b, size_t root) {
                 watch_note_root_state(b->watch, root, WATCH_ROOT_FAILED, err);
                 return;
             }
-            size_t n_dirs = 0;
-            for (size_t i = 0; i < b->nodes.n_slots; i++)
-                if (b->nodes.slots[i] && b->nodes.slots[i]->root == root)
+            size_t n_dirs = 0, pos = 0;
+            for (struct node *n; (n = ptrmap_next(&b->nodes, &pos));)
+                if (n->root == root)
                     n_dirs++;
             watch_note_root_restored(b->watch, root, n_dirs);
             return;
@@ -718,9 +664,9 @@ static void rescan(struct watch_backend *b) {
     /* Nodes the walks did not reach: their directory is gone or left the tree. */
     struct node **stale = NULL;
     size_t n_stale = 0, cap = 0;
-    for (size_t i = 0; i < b->nodes.n_slots; i++) {
-        struct node *n = b->nodes.slots[i];
-        if (!n || n->gen == b->gen)
+    size_t pos = 0;
+    for (struct node *n; (n = ptrmap_next(&b->nodes, &pos));) {
+        if (n->gen == b->gen)
             continue;
         if (n_stale == cap) {
             cap = cap ? cap * 2 : 64;
@@ -732,7 +678,7 @@ static void rescan(struct watch_backend *b) {
         stale[n_stale++] = n;
     }
     for (size_t k = 0; k < n_stale; k++)
-        map_del(&b->nodes, stale[k]->wd);
+        ptrmap_remove(&b->nodes, stale[k]);
     for (size_t k = 0; k < n_stale; k++) {
         drop_wd(b, stale[k]->wd);
         if (stale[k]->parent)
@@ -976,6 +922,7 @@ static int inotify_create(struct watch *watch, uv_loop_t *loop, struct watch_bac
         return -ENOMEM;
     }
     b->watch = watch;
+    ptrmap_init(&b->nodes, MAP_MIN_SLOTS, node_hash);
     b->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (b->fd < 0) {
         int e = errno;
@@ -1053,10 +1000,10 @@ static void on_poll_closed(uv_handle_t *handle) {
     struct watch_backend *b = handle->data;
     void (*cb)(void *) = b->close_cb;
     void *data = b->close_data;
-    for (size_t i = 0; i < b->nodes.n_slots; i++)
-        if (b->nodes.slots[i])
-            node_free(b->nodes.slots[i]);
-    free(b->nodes.slots);
+    size_t pos = 0;
+    for (struct node *n; (n = ptrmap_next(&b->nodes, &pos));)
+        node_free(n);
+    ptrmap_clear(&b->nodes);
     for (size_t i = 0; i < b->n_vcs; i++)
         free(b->vcs[i].gitdir);
     free(b->vcs);
@@ -1079,11 +1026,11 @@ static void inotify_close(struct watch_backend *b, void (*close_cb)(void *data),
 static void inotify_remove_root(struct watch_backend *b, size_t root) {
     if (root < b->n_roots)
         sentinel_clear(b, root);
-    for (size_t i = 0; i < b->nodes.n_slots; i++) {
-        struct node *n = b->nodes.slots[i];
-        if (n && n->root == root && n->parent == NULL) {
+    size_t pos = 0;
+    for (struct node *n; (n = ptrmap_next(&b->nodes, &pos));) {
+        if (n->root == root && n->parent == NULL) {
             forget_subtree(b, n, true);
-            i = (size_t)-1; /* the map changed under the scan: start again */
+            pos = 0; /* the map changed under the scan: start again */
         }
     }
 }

@@ -43,6 +43,7 @@
 
 #include "filter.h"
 #include "log.h"
+#include "ptrmap.h"
 #include "strset.h"
 #include "watch_backend.h"
 
@@ -54,6 +55,9 @@
 /* The most files and directories all polled trees hold together (about 200 bytes each):
  * beyond it, what a walk finds is not polled, and the log says so once. */
 #define MAX_ENTRIES 2000000
+
+/* The first slot array of the entry and orphan maps (2 KiB); it doubles past 3/4 full. */
+#define MAP_MIN_SLOTS 256
 
 /* Files larger than this are compared by stat alone, bytes. */
 #define MAX_HASH_BYTES (16u << 20)
@@ -99,12 +103,6 @@ struct tree {
     size_t root_len;             /* of its root's path: relative paths for the filter */
 };
 
-struct entry_map {
-    struct entry **slots;
-    size_t n_slots;              /* power of two, or 0 */
-    size_t len;
-};
-
 struct vcs_lock {
     char *lock;                  /* gitdir/index.lock */
     bool present;
@@ -116,8 +114,8 @@ struct watch_poll {
     unsigned interval_ms;
     struct tree **trees;
     size_t n_trees;
-    struct entry_map entries;
-    struct entry_map orphans;    /* sent in a batch before the poll knew their directory
+    struct ptrmap entries;       /* path -> entry */
+    struct ptrmap orphans;       /* sent in a batch before the poll knew their directory
                                   * (a new one): path and sent_hash only; cleared after
                                   * every directory cycle */
     struct strset loaded_paths;
@@ -190,65 +188,25 @@ static uint64_t path_key(const char *path) {
     return hash_bytes(14695981039346656037ULL, (const unsigned char *)path, strlen(path));
 }
 
-static struct entry *map_get(const struct entry_map *m, const char *path) {
-    if (m->n_slots == 0)
-        return NULL;
-    uint64_t key = path_key(path);
-    size_t mask = m->n_slots - 1;
-    for (size_t i = (size_t)key & mask; m->slots[i]; i = (i + 1) & mask)
-        if (m->slots[i]->key == key && strcmp(m->slots[i]->path, path) == 0)
-            return m->slots[i];
-    return NULL;
+/* An entry's hash, cached in it: the map asks for it on every insert, growth and delete. */
+static uint64_t entry_hash(const void *item) {
+    return ((const struct entry *)item)->key;
 }
 
-static int map_put(struct entry_map *m, struct entry *e) {
-    if ((m->len + 1) * 4 > m->n_slots * 3) {
-        size_t size = m->n_slots ? m->n_slots * 2 : 256;
-        struct entry **slots = calloc(size, sizeof(*slots));
-        if (!slots)
-            return -ENOMEM;
-        for (size_t k = 0; k < m->n_slots; k++) {
-            if (!m->slots[k])
-                continue;
-            size_t i = (size_t)m->slots[k]->key & (size - 1);
-            while (slots[i])
-                i = (i + 1) & (size - 1);
-            slots[i] = m->slots[k];
-        }
-        free(m->slots);
-        m->slots = slots;
-        m->n_slots = size;
-    }
-    size_t mask = m->n_slots - 1;
-    size_t i = (size_t)e->key & mask;
-    while (m->slots[i])
-        i = (i + 1) & mask;
-    m->slots[i] = e;
-    m->len++;
-    return 0;
+struct entry_key {
+    uint64_t key;
+    const char *path;
+};
+
+static bool entry_matches(const void *item, const void *key) {
+    const struct entry *e = item;
+    const struct entry_key *k = key;
+    return e->key == k->key && strcmp(e->path, k->path) == 0;
 }
 
-/* Removes e, shifting the entries of its probe run back (no tombstones). */
-static void map_del(struct entry_map *m, const struct entry *e) {
-    if (m->n_slots == 0)
-        return;
-    size_t mask = m->n_slots - 1;
-    size_t i = (size_t)e->key & mask;
-    while (m->slots[i] && m->slots[i] != e)
-        i = (i + 1) & mask;
-    if (!m->slots[i])
-        return;
-    m->slots[i] = NULL;
-    m->len--;
-    for (size_t j = (i + 1) & mask; m->slots[j]; j = (j + 1) & mask) {
-        size_t home = (size_t)m->slots[j]->key & mask;
-        bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
-        if (!stays) {
-            m->slots[i] = m->slots[j];
-            m->slots[j] = NULL;
-            i = j;
-        }
-    }
+static struct entry *map_get(const struct ptrmap *m, const char *path) {
+    struct entry_key k = {path_key(path), path};
+    return ptrmap_find(m, k.key, entry_matches, &k);
 }
 
 /* ---- stamps and content ------------------------------------------------------------ */
@@ -353,7 +311,7 @@ static struct entry *entry_new(struct watch_poll *p, struct tree *tree, struct e
     e->is_dir = is_dir;
     e->stamp = stamp_of(st);
     e->racy = stamp_racy(&e->stamp, read_ns);
-    if (map_put(&p->entries, e) < 0) {
+    if (ptrmap_insert(&p->entries, e) < 0) {
         free(e);
         return NULL;
     }
@@ -393,7 +351,7 @@ static void entry_remove(struct watch_poll *p, struct entry *e, bool report) {
         p->n_dirs--;
     else
         p->n_files--;
-    map_del(&p->entries, e);
+    ptrmap_remove(&p->entries, e);
     free(e);
 }
 
@@ -654,30 +612,29 @@ static bool tree_check(struct watch_poll *p, struct tree *tree) {
     free(tree->problem);
     tree->problem = NULL;
     size_t n_dirs = 0;
-    for (size_t i = 0; i < p->entries.n_slots; i++) {
-        struct entry *e = p->entries.slots[i];
-        if (e && e->is_dir && e->tree == tree)
+    size_t pos = 0;
+    for (struct entry *e; (e = ptrmap_next(&p->entries, &pos));)
+        if (e->is_dir && e->tree == tree)
             n_dirs++;
-    }
     watch_note_poll_restored(p->watch, tree->root, tree->top, n_dirs);
     return true;
 }
 
 static void rebuild_loaded(struct watch_poll *p) {
     p->loaded_dirty = false;
-    size_t n = 0;
-    for (size_t i = 0; i < p->entries.n_slots; i++)
-        if (p->entries.slots[i] && p->entries.slots[i]->loaded)
+    size_t n = 0, pos = 0;
+    for (struct entry *e; (e = ptrmap_next(&p->entries, &pos));)
+        if (e->loaded)
             n++;
     struct entry **loaded = n ? malloc(n * sizeof(*loaded)) : NULL;
     if (n && !loaded) {
         p->loaded_dirty = true;
         return;
     }
-    n = 0;
-    for (size_t i = 0; i < p->entries.n_slots; i++)
-        if (p->entries.slots[i] && p->entries.slots[i]->loaded)
-            loaded[n++] = p->entries.slots[i];
+    n = 0, pos = 0;
+    for (struct entry *e; (e = ptrmap_next(&p->entries, &pos));)
+        if (e->loaded)
+            loaded[n++] = e;
     free(p->loaded);
     p->loaded = loaded;
     p->n_loaded = n;
@@ -780,6 +737,8 @@ int watch_poll_new(struct watch *watch, uv_loop_t *loop, unsigned interval_ms,
         return -ENOMEM;
     p->watch = watch;
     p->interval_ms = interval_ms ? interval_ms : WATCH_POLL_INTERVAL_MS;
+    ptrmap_init(&p->entries, MAP_MIN_SLOTS, entry_hash);
+    ptrmap_init(&p->orphans, MAP_MIN_SLOTS, entry_hash);
     strset_init(&p->loaded_paths);
     uv_timer_init(loop, &p->timer);
     p->timer.data = p;
@@ -893,9 +852,9 @@ int watch_poll_add_vcs(struct watch_poll *p, const char *gitdir) {
 }
 
 void watch_poll_set_loaded(struct watch_poll *p, const char *const *paths, size_t n) {
-    for (size_t i = 0; i < p->entries.n_slots; i++)
-        if (p->entries.slots[i])
-            p->entries.slots[i]->loaded = false;
+    size_t pos = 0;
+    for (struct entry *e; (e = ptrmap_next(&p->entries, &pos));)
+        e->loaded = false;
     strset_clear(&p->loaded_paths);
     for (size_t i = 0; i < n; i++) {
         if (strset_add(&p->loaded_paths, paths[i]) < 0)
@@ -924,7 +883,7 @@ static void remember_orphan(struct watch_poll *p, const char *path, uint64_t h) 
             return;
         memcpy(o->path, path, len + 1);
         o->key = path_key(path);
-        if (map_put(&p->orphans, o) < 0) {
+        if (ptrmap_insert(&p->orphans, o) < 0) {
             free(o);
             return;
         }
@@ -933,10 +892,10 @@ static void remember_orphan(struct watch_poll *p, const char *path, uint64_t h) 
 }
 
 static void forget_orphans(struct watch_poll *p) {
-    for (size_t i = 0; i < p->orphans.n_slots; i++)
-        free(p->orphans.slots[i]);
-    free(p->orphans.slots);
-    memset(&p->orphans, 0, sizeof(p->orphans));
+    size_t pos = 0;
+    for (struct entry *o; (o = ptrmap_next(&p->orphans, &pos));)
+        free(o);
+    ptrmap_clear(&p->orphans);
 }
 
 bool watch_poll_is_repeat(struct watch_poll *p, const char *path) {
@@ -1019,9 +978,10 @@ static void on_timer_closed(uv_handle_t *handle) {
     struct watch_poll *p = handle->data;
     void (*cb)(void *) = p->close_cb;
     void *data = p->close_data;
-    for (size_t i = 0; i < p->entries.n_slots; i++)
-        free(p->entries.slots[i]);
-    free(p->entries.slots);
+    size_t pos = 0;
+    for (struct entry *e; (e = ptrmap_next(&p->entries, &pos));)
+        free(e);
+    ptrmap_clear(&p->entries);
     forget_orphans(p);
     for (size_t i = 0; i < p->n_trees; i++)
         tree_free(p->trees[i]);
