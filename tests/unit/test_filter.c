@@ -1,4 +1,4 @@
-/* Unit tests of lib/filter.c (and lib/strset.c, which has no test target of its own). */
+/* Unit tests of lib/filter.c. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "filter.h"
-#include "strset.h"
 
 static struct filter *make(const char *const *include, size_t n_include,
                            const char *const *exclude, size_t n_exclude) {
@@ -150,68 +149,6 @@ static void test_bad_globs(void **state) {
     filter_free(NULL);
 }
 
-static void test_strset_basics(void **state) {
-    struct strset set;
-    strset_init(&set);
-    assert_false(strset_contains(&set, "a"));
-    assert_int_equal(strset_add(&set, "b.py"), 1);
-    assert_int_equal(strset_add(&set, "a.py"), 1);
-    assert_int_equal(strset_add(&set, "b.py"), 0);
-    assert_int_equal(strset_add(&set, ""), 1);
-    assert_true(strset_contains(&set, "a.py"));
-    assert_true(strset_contains(&set, ""));
-    assert_false(strset_contains(&set, "c.py"));
-    assert_int_equal(set.len, 3);
-    assert_string_equal(set.items[0], "b.py");
-    assert_string_equal(set.items[1], "a.py");
-    assert_string_equal(set.items[2], "");
-
-    size_t len = 0;
-    char **items = strset_steal(&set, &len);
-    assert_int_equal(len, 3);
-    assert_string_equal(items[0], "b.py");
-    for (size_t i = 0; i < len; i++)
-        free(items[i]);
-    free(items);
-    assert_int_equal(set.len, 0);
-    assert_false(strset_contains(&set, "a.py"));
-
-    /* Reusable after steal; an empty steal gives NULL. */
-    assert_int_equal(strset_add(&set, "x"), 1);
-    strset_clear(&set);
-    assert_false(strset_contains(&set, "x"));
-    len = 99;
-    assert_null(strset_steal(&set, &len));
-    assert_int_equal(len, 0);
-    strset_clear(&set);
-}
-
-static void test_strset_grow(void **state) {
-    struct strset set;
-    strset_init(&set);
-    char buf[32];
-    for (int i = 0; i < 5000; i++) {
-        snprintf(buf, sizeof(buf), "pkg/mod%d.py", i);
-        assert_int_equal(strset_add(&set, buf), 1);
-    }
-    for (int i = 0; i < 5000; i += 7) {
-        snprintf(buf, sizeof(buf), "pkg/mod%d.py", i);
-        assert_int_equal(strset_add(&set, buf), 0);
-        assert_true(strset_contains(&set, buf));
-    }
-    assert_false(strset_contains(&set, "pkg/mod5000.py"));
-    assert_int_equal(set.len, 5000);
-    assert_true(set.n_slots >= 2 * set.len);
-    assert_int_equal(set.n_slots & (set.n_slots - 1), 0);
-    for (int i = 0; i < 5000; i += 499) {
-        snprintf(buf, sizeof(buf), "pkg/mod%d.py", i);
-        assert_string_equal(set.items[i], buf);
-    }
-    strset_clear(&set);
-    assert_int_equal(set.len, 0);
-    assert_null(set.items);
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_default_include),
@@ -221,8 +158,6 @@ int main(void) {
         cmocka_unit_test(test_exclude_globs),
         cmocka_unit_test(test_exclude_beats_include),
         cmocka_unit_test(test_bad_globs),
-        cmocka_unit_test(test_strset_basics),
-        cmocka_unit_test(test_strset_grow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

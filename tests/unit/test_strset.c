@@ -40,6 +40,44 @@ static void test_each_once_in_order(void **state) {
     strset_clear(&set);
 }
 
+/* Steal hands the items over in order and leaves the set reusable; an empty steal is NULL. */
+static void test_steal_and_reuse(void **state) {
+    (void)state;
+    struct strset set;
+    strset_init(&set);
+    assert_false(strset_contains(&set, "a"));
+    assert_int_equal(strset_add(&set, "b.py"), 1);
+    assert_int_equal(strset_add(&set, "a.py"), 1);
+    assert_int_equal(strset_add(&set, "b.py"), 0);
+    assert_int_equal(strset_add(&set, ""), 1);
+    assert_true(strset_contains(&set, "a.py"));
+    assert_true(strset_contains(&set, ""));
+    assert_false(strset_contains(&set, "c.py"));
+    assert_int_equal(set.len, 3);
+    assert_string_equal(set.items[0], "b.py");
+    assert_string_equal(set.items[1], "a.py");
+    assert_string_equal(set.items[2], "");
+
+    size_t len = 0;
+    char **items = strset_steal(&set, &len);
+    assert_int_equal(len, 3);
+    assert_string_equal(items[0], "b.py");
+    for (size_t i = 0; i < len; i++)
+        free(items[i]);
+    free(items);
+    assert_int_equal(set.len, 0);
+    assert_false(strset_contains(&set, "a.py"));
+
+    /* Reusable after steal; an empty steal gives NULL. */
+    assert_int_equal(strset_add(&set, "x"), 1);
+    strset_clear(&set);
+    assert_false(strset_contains(&set, "x"));
+    len = 99;
+    assert_null(strset_steal(&set, &len));
+    assert_int_equal(len, 0);
+    strset_clear(&set);
+}
+
 /* Thousands of paths: the index grows many times and order and membership hold. */
 static void test_growth_and_steal(void **state) {
     (void)state;
@@ -74,10 +112,40 @@ static void test_growth_and_steal(void **state) {
     strset_clear(&set);
 }
 
+/* The index stays a power of two at most half full as it grows. */
+static void test_index_load(void **state) {
+    (void)state;
+    struct strset set;
+    strset_init(&set);
+    char buf[32];
+    for (int i = 0; i < 5000; i++) {
+        snprintf(buf, sizeof(buf), "pkg/mod%d.py", i);
+        assert_int_equal(strset_add(&set, buf), 1);
+    }
+    for (int i = 0; i < 5000; i += 7) {
+        snprintf(buf, sizeof(buf), "pkg/mod%d.py", i);
+        assert_int_equal(strset_add(&set, buf), 0);
+        assert_true(strset_contains(&set, buf));
+    }
+    assert_false(strset_contains(&set, "pkg/mod5000.py"));
+    assert_int_equal(set.len, 5000);
+    assert_true(set.n_slots >= 2 * set.len);
+    assert_int_equal(set.n_slots & (set.n_slots - 1), 0);
+    for (int i = 0; i < 5000; i += 499) {
+        snprintf(buf, sizeof(buf), "pkg/mod%d.py", i);
+        assert_string_equal(set.items[i], buf);
+    }
+    strset_clear(&set);
+    assert_int_equal(set.len, 0);
+    assert_null(set.items);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_each_once_in_order),
+        cmocka_unit_test(test_steal_and_reuse),
         cmocka_unit_test(test_growth_and_steal),
+        cmocka_unit_test(test_index_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
