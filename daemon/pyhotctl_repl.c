@@ -26,7 +26,10 @@ static char *history_path(void) {
 /*
  * libedit, loaded by repl only (dlopen): linking it costs every pyhotctl invocation ~0.4 ms
  * of dynamic linking (measured with hyperfine), which `run` cannot afford
- * (docs/benchmarks.md). Without it, repl reads plain lines.
+ * (docs/benchmarks.md). Without it, repl reads plain lines. A static pyhotctl (the default
+ * build) loads libedit with a libc of its own: a line readline() returns is libedit's
+ * libc's malloc, so it goes back through that libc's free (dlsym finds it among libedit's
+ * dependencies; in a dynamic pyhotctl it is the one free there is).
  */
 #ifndef PYHOT_LIBEDIT_SONAME
 
@@ -39,6 +42,7 @@ struct editline {
     int (*read_history)(const char *path);
     int (*write_history)(const char *path);
     void (*using_history)(void);
+    void (*free)(void *ptr);       /* for readline()'s lines */
 };
 
 static bool editline_load(struct editline *el) {
@@ -51,19 +55,26 @@ static bool editline_load(struct editline *el) {
     *(void **)&el->read_history = dlsym(h, "read_history");
     *(void **)&el->write_history = dlsym(h, "write_history");
     *(void **)&el->using_history = dlsym(h, "using_history");
+    *(void **)&el->free = dlsym(h, "free");
     return el->readline != NULL && el->add_history != NULL && el->read_history != NULL &&
-           el->write_history != NULL && el->using_history != NULL;
+           el->write_history != NULL && el->using_history != NULL && el->free != NULL;
 }
 
-/* A line without its newline (malloc'd), or NULL at end of input: libedit's, or a plain
- * read when libedit is missing. */
+/* A line without its newline, or NULL at end of input: libedit's, or a plain read when
+ * libedit is missing; always a copy from our own malloc (see struct editline). */
 static char *repl_read(const struct editline *el, const char *prompt) {
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
 
-    if (el != NULL)
-        return el->readline(prompt);
+    if (el != NULL) {
+        char *edited = el->readline(prompt);
+        if (edited == NULL)
+            return NULL;
+        line = strdup(edited);
+        el->free(edited);
+        return line;
+    }
     fputs(prompt, stdout);
     fflush(stdout);
     n = getline(&line, &cap, stdin);

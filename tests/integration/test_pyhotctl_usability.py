@@ -186,3 +186,29 @@ def test_ctrl_c_in_the_repl_interrupts_the_statement(pyhotd, tmp_path):
         reap(pid)
         os.close(fd)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_the_repl_edits_lines_and_keeps_history_with_libedit(pyhotd, tmp_path):
+    """pyhotctl is linked statically (CMakeLists.txt) and still loads libedit for repl: the
+    up arrow brings the previous line back, and ~/.pyhot_history keeps what was typed."""
+    d = pyhotd({"m.py": "X = 1\n"})
+    pid, fd = _spawn_on_a_pty([PYHOTCTL, "--socket", d.socket, "repl"],
+                              clean_env(HOME=str(tmp_path)))
+    screen = _Screen(fd)
+    try:
+        screen.read_until(b">>> ")
+        screen.out = b""
+        os.write(fd, b"n = 20\n")
+        screen.read_until(b">>> ")
+        os.write(fd, b"n + 1\n")
+        screen.read_until(b"21\r\n>>> ")
+        screen.out = b""
+        os.write(fd, b"\x1b[A\n")                        # up arrow: "n + 1" again
+        screen.read_until(b"21\r\n>>> ")
+        status = leave_console(pid, fd)
+    finally:
+        reap(pid)
+        os.close(fd)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    history = (tmp_path / ".pyhot_history").read_text()
+    assert "n\\040=\\04020" in history and "n\\040+\\0401" in history, history
