@@ -174,6 +174,9 @@ static void child_descriptors(const int fds[4]) {
  * set-up), then waits for its request and runs it. early: the sandboxed kind's settings,
  * or NULL. */
 static void ready_child_main(const int fds[4], pid_t daemon_pid, const struct sandbox_spec *early) {
+    char why[PATH_MAX + 256] = "";
+    /* Before child_descriptors, which closes the shared network namespace's descriptor. */
+    int unshared = early ? sandbox_unshare(early, why, sizeof(why)) : 0;
     child_descriptors(fds);
     /* Gone with the daemon's python thread, also when it dies without a word (SIGKILL);
      * checked after the prctl, in case it died before (prctl(2)). */
@@ -187,8 +190,6 @@ static void ready_child_main(const int fds[4], pid_t daemon_pid, const struct sa
     struct sched_param param = {0};
     sched_setscheduler(0, SCHED_BATCH, &param);
 
-    char why[PATH_MAX + 256] = "";
-    int unshared = early ? sandbox_unshare(early, why, sizeof(why)) : 0;
     if (unshared == 0)
         py_run_child_prepare();
     json_t *input = read_request();

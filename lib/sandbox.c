@@ -9,6 +9,7 @@
 #include <linux/landlock.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -185,7 +186,57 @@ static int loopback_up(char *err, size_t errlen) {
     return r < 0 ? step_fail(err, errlen, "network", r, "bringing the loopback up") : 0;
 }
 
+/* The loopback's IFF_UP flag: 1 up, 0 down, or a negative errno. */
+static int loopback_is_up(void) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+    int r = ioctl(fd, SIOCGIFFLAGS, &ifr) < 0 ? -errno : (ifr.ifr_flags & IFF_UP) != 0;
+    close(fd);
+    return r;
+}
+
+/* The network namespace that every network = none run of a root daemon enters (setns(2)),
+ * made once by sandbox_prepare; -1 when there is none (not root, or it could not be made:
+ * each run then makes its own). Making a namespace and the kernel's tear-down of it after
+ * the run (cleanup_net) cost about a millisecond of CPU per run (docs/benchmarks.md); one
+ * that holds only a loopback that is down carries nothing from one run to another. */
+static int shared_netns = -1;
+static bool shared_netns_tried;
+
+/* A thread of its own, because unshare(CLONE_NEWNET) moves only the calling thread
+ * (unshare(2)); the descriptor it opens outlives it and keeps the namespace. */
+static void *make_shared_netns(void *result) {
+    int *fd = result;
+    if (unshare(CLONE_NEWNET) == 0 && loopback_is_up() == 0)
+        *fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    return NULL;
+}
+
+static void shared_netns_prepare(void) {
+    pthread_t thread;
+    if (shared_netns_tried || geteuid() != 0)
+        return;
+    shared_netns_tried = true;
+    if (pthread_create(&thread, NULL, make_shared_netns, &shared_netns) == 0)
+        pthread_join(thread, NULL);
+}
+
 static int step_network(const struct sandbox_spec *spec, char *err, size_t errlen) {
+    if (spec->network == SANDBOX_NETWORK_NONE && shared_netns >= 0) {
+        if (setns(shared_netns, CLONE_NEWNET) < 0)
+            return step_fail(err, errlen, "network", -errno, "setns to the sandbox's namespace");
+        /* Only root on the host could have brought it up; the run would then have a
+         * loopback it shares with every other: refuse. */
+        int up = loopback_is_up();
+        if (up != 0)
+            return step_fail(err, errlen, "network", up < 0 ? up : -EEXIST,
+                             "the shared namespace's loopback is not down");
+        return 0;
+    }
     if (geteuid() != 0) {
         int r = enter_user_namespace(err, errlen);
         if (r < 0)
@@ -410,6 +461,10 @@ void sandbox_release(void) {
     if (tmpdir_path[0])
         rmdir(tmpdir_path);
     tmpdir_path[0] = '\0';
+    if (shared_netns >= 0)
+        close(shared_netns);
+    shared_netns = -1;
+    shared_netns_tried = false;
     free(filter_program.filter);
     filter_program.filter = NULL;
     filter_program.len = 0;
@@ -433,6 +488,7 @@ int sandbox_prepare(const char *tmp_base, char *err, size_t errlen) {
         if (r < 0)
             return r;
     }
+    shared_netns_prepare();
     if (filter_program.filter)
         return 0;
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);

@@ -13,10 +13,13 @@
  *
  * The layers, in the order sandbox_unshare() and sandbox_restrict() apply them, each checked:
  *
- *  1. network     a new network namespace (network_namespaces(7)) with only a loopback
- *                 device, left down (SANDBOX_NETWORK_NONE) or brought up (LOOPBACK). A daemon
- *                 that is not root first enters a new user namespace (user_namespaces(7))
- *                 mapping its own uid and gid, which gives it the capabilities to do so.
+ *  1. network     a network namespace (network_namespaces(7)) with only a loopback
+ *                 device, left down (SANDBOX_NETWORK_NONE) or brought up (LOOPBACK). A root
+ *                 daemon's NONE runs enter (setns(2)) one namespace that sandbox_prepare
+ *                 made, and check that its loopback is still down; LOOPBACK runs, and every
+ *                 run of a daemon that is not root, make their own (unshare(2)), the latter
+ *                 after a new user namespace (user_namespaces(7)) mapping its own uid and
+ *                 gid, which gives it the capabilities to do so.
  *  2. filesystem  a private mount namespace (mount_namespaces(7)) whose TMPDIR is a tmpfs of
  *                 its own, mounted on sandbox_tmpdir() (every run mounts its own there, in
  *                 its own namespace; the host sees an empty directory) and gone with the
@@ -66,17 +69,22 @@ struct sandbox_spec {
 int sandbox_resolve_user(const char *user, uid_t *uid, gid_t *gid, char *err, size_t errlen);
 
 /* Makes what every sandboxed run shares, once (later calls return at once): the seccomp
- * filter of step 5, compiled, and the mount point of the private TMPDIRs, an empty 0700
- * directory made under tmp_base (e.g. "/tmp"; mkdtemp(3)). Call it before forking, on the
- * thread that forks (it allocates; the child only uses the results). Returns 0, or a
- * negative errno with err filled ("seccomp: ..." or "filesystem: ..."). */
+ * filter of step 5, compiled; the mount point of the private TMPDIRs, an empty 0700
+ * directory made under tmp_base (e.g. "/tmp"; mkdtemp(3)); and, when the caller is root,
+ * the network namespace of step 1 for SANDBOX_NETWORK_NONE, made on a short-lived thread
+ * and held by a descriptor (O_CLOEXEC; a child's sandbox_unshare must run before it closes
+ * descriptors it does not know). A namespace that cannot be made is not an error: runs then
+ * make their own. Call it before forking, on the thread that forks (it allocates; the child
+ * only uses the results). Returns 0, or a negative errno with err filled ("seccomp: ..." or
+ * "filesystem: ..."). */
 int sandbox_prepare(const char *tmp_base, char *err, size_t errlen);
 
 /* The TMPDIR mount point made by sandbox_prepare, or NULL before it. */
 const char *sandbox_tmpdir(void);
 
-/* Removes the mount point (rmdir(2): the host's side of it is always empty) and frees the
- * filter. For the daemon's stop, when no run can start any more. Idempotent. */
+/* Removes the mount point (rmdir(2): the host's side of it is always empty), frees the
+ * filter and closes the shared network namespace's descriptor. For the daemon's stop, when
+ * no run can start any more. Idempotent. */
 void sandbox_release(void);
 
 /* Apply the layers of spec to the calling process, in the order above, in two halves: a

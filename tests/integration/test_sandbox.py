@@ -556,3 +556,34 @@ def test_an_import_path_gone_since_it_was_listed_is_skipped(pyhotd, cage):
     os.rmdir(extra)
     r = run_sandboxed(d, cage, path)
     assert r.returncode == 0 and r.stdout.strip().endswith("ran"), (r.returncode, r.stdout, r.stderr)
+
+
+NETNS_AND_LOOPBACK = r'''
+import fcntl, json, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flags = struct.unpack("16sh", fcntl.ioctl(s, 0x8913, struct.pack("16sh", b"lo", 0)))[1]  # SIOCGIFFLAGS
+try:                                          # SIOCSIFFLAGS: IFF_UP
+    fcntl.ioctl(s, 0x8914, struct.pack("16sh", b"lo", flags | 1))
+    raised = "up"
+except OSError as exc:
+    raised = exc.__class__.__name__
+print(json.dumps({"netns": os.readlink("/proc/self/ns/net"), "up": bool(flags & 1), "raise": raised}))
+'''
+
+
+@pytest.mark.skipif(not ROOT, reason="a daemon that is not root makes a namespace per run")
+def test_network_none_runs_share_one_namespace_whose_loopback_stays_down(pyhotd, cage):
+    """A root daemon's network = none runs enter one namespace made once (docs/run.md
+    "Sandbox"): none of them can bring its loopback up, so none can reach another. Runs
+    with a loopback of their own each get their own namespace."""
+    d = pyhotd()
+    path = script(cage, "netns.py", NETNS_AND_LOOPBACK)
+    first, second = (ok_json(run_sandboxed(d, cage, path)) for _ in range(2))
+    assert first["netns"] == second["netns"] != HOST_NETNS, (first, second)
+    for r in (first, second):
+        assert not r["up"] and r["raise"] == "PermissionError", r
+    d = pyhotd(config="[daemon]\nsocket = {socket}\n[watch]\nroot = {root}\n"
+                      "[sandbox]\nnetwork = loopback\n")
+    first, second = (ok_json(run_sandboxed(d, cage, path)) for _ in range(2))
+    assert first["netns"] != second["netns"], (first, second)
+    assert first["up"] and second["up"], (first, second)
