@@ -99,7 +99,8 @@ void py_run_child_prepare(void);
 /* In that child, once input (its request, as py_run_start got it) has come: the run's
  * working directory and rlimits, then for a sandboxed run (early: the settings it was
  * unshared with, NULL for a run only isolated) the rest of the sandbox (sandbox_restrict,
- * its read and write paths from input), then the script. Never returns: the process exits
+ * its read and write paths from input), the memory holder, the process limit
+ * (sandbox_limit_processes), then the script. Never returns: the process exits
  * with the script's status, 2 when the run could not start, 125 when a sandbox step failed. */
 __attribute__((noreturn)) void py_run_child_main(json_t *input, const struct sandbox_spec *early);
 

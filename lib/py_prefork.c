@@ -18,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -169,14 +171,46 @@ static void child_descriptors(const int fds[4]) {
     syscall(SYS_close_range, 5U, ~0U, 0U);
 }
 
+/* The policy a ready child waits for its request in (sched(7)). SCHED_IDLE: the
+ * preparation, a few milliseconds of CPU, takes only CPU time nothing else wants, and a
+ * wake-up of the daemon's threads, a client or a run preempts it at once and may be placed
+ * on its CPU. SCHED_BATCH still let it keep a CPU for a slice while the daemon's threads,
+ * woken by the next request, waited on that CPU (sched_switch traces: ~1 ms a run, back to
+ * back; docs/benchmarks.md). Leaving SCHED_IDLE at the request takes CAP_SYS_NICE or an
+ * RLIMIT_NICE of 20 (sched_setscheduler(2); can_nice() in the kernel): a process without
+ * either waits as SCHED_BATCH, which it may always leave. Read in the daemon before the
+ * fork, since a sandboxed child may be in a user namespace of its own by then, whose
+ * capabilities say nothing of this. */
+static int waiting_policy(void) {
+    static int policy = -1;
+    if (policy < 0) {
+        struct rlimit nice;
+        struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3};
+        struct __user_cap_data_struct caps[_LINUX_CAPABILITY_U32S_3];
+        bool can = getrlimit(RLIMIT_NICE, &nice) == 0 && nice.rlim_cur >= 20;
+        if (!can && syscall(SYS_capget, &header, caps) == 0)
+            can = (caps[CAP_TO_INDEX(CAP_SYS_NICE)].effective & CAP_TO_MASK(CAP_SYS_NICE)) != 0;
+        policy = can ? SCHED_IDLE : SCHED_BATCH;
+    }
+    return policy;
+}
+
 /* A ready child, right after the fork: never returns. It does what no request decides
  * (descriptors, death with the daemon, a sandboxed kind's namespaces, the run's Python
  * set-up), then waits for its request and runs it. early: the sandboxed kind's settings,
  * or NULL. */
-static void ready_child_main(const int fds[4], pid_t daemon_pid, const struct sandbox_spec *early) {
+static void ready_child_main(const int fds[4], pid_t daemon_pid, const struct sandbox_spec *early,
+                             int waiting) {
     char why[PATH_MAX + 256] = "";
     /* Before child_descriptors, which closes the shared network namespace's descriptor. */
     int unshared = early ? sandbox_unshare(early, why, sizeof(why)) : 0;
+    /* Until the request, the waiting policy; after the namespaces, whose system calls take
+     * locks every process's mounts share (namespace_sem), which no process should hold while
+     * it waits for idle CPU time. A change of policy alone does not give the CPU away:
+     * sched_yield lets a thread of the daemon that woke meanwhile run first. */
+    struct sched_param param = {0};
+    sched_setscheduler(0, waiting, &param);
+    sched_yield();
     child_descriptors(fds);
     /* Gone with the daemon's python thread, also when it dies without a word (SIGKILL);
      * checked after the prctl, in case it died before (prctl(2)). */
@@ -185,10 +219,6 @@ static void ready_child_main(const int fds[4], pid_t daemon_pid, const struct sa
     sigset_t none;
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
-    /* Until the request: SCHED_BATCH (sched(7)), so that neither the preparation nor the
-     * wake-up by the request preempts the daemon's threads or a run under way. */
-    struct sched_param param = {0};
-    sched_setscheduler(0, SCHED_BATCH, &param);
 
     if (unshared == 0)
         py_run_child_prepare();
@@ -299,11 +329,12 @@ static int fork_ready(int kind, const struct sandbox_spec *early, struct ready_c
     }
     int child_fds[4] = {pipes[0][1], pipes[1][1], pipes[2][1], pipes[3][0]};
     pid_t daemon_pid = getpid();
+    int waiting = waiting_policy();
     PyOS_BeforeFork();
     pid_t pid = fork();
     if (pid == 0) {
         PyOS_AfterFork_Child();
-        ready_child_main(child_fds, daemon_pid, kind == KIND_SANDBOXED ? early : NULL);
+        ready_child_main(child_fds, daemon_pid, kind == KIND_SANDBOXED ? early : NULL, waiting);
         _exit(2);
     }
     int e = errno;
@@ -366,6 +397,11 @@ static json_t *hand_off(struct ready_child *c, json_t *input, int *errno_out) {
         r = -errno;
     uint32_t header = (uint32_t)len;
     uint64_t deadline = now_ns() + (uint64_t)HANDOFF_TIMEOUT_MS * 1000000ULL;
+    /* Out of its waiting policy now, should it still be preparing (waiting_policy): the
+     * run must not wait for CPU time nothing else wants. Best effort: the child makes the
+     * same change itself once it has read the request. */
+    struct sched_param param = {0};
+    sched_setscheduler(c->pid, SCHED_OTHER, &param);
     if (r == 0)
         r = write_all(c->request, (const char *)&header, sizeof(header), deadline);
     if (r == 0)

@@ -425,9 +425,10 @@ static const char *const *child_paths(json_t *input, const char *key, size_t *n)
  * between the script's end and the moment the daemon sees the run end. With one, the run's
  * process exits at once and the holder, killed then (its parent-death signal, and the
  * process group of a sandboxed run), tears the memory down off the run's path. It is
- * started after the whole sandbox (it is as caged as the script, and counts against
- * --pids), and not when the daemon is PID 1: orphans go to PID 1 to be reaped, and the
- * daemon reaps only its own children. */
+ * started after the whole sandbox but the process limit (it is as caged as the script and
+ * counts against --pids; sandbox_limit_processes says why the limit comes after it), and
+ * not when the daemon is PID 1: orphans go to PID 1 to be reaped, and the daemon reaps
+ * only its own children. */
 #define HOLDER_STACK_BYTES (64 * 1024)
 static char holder_stack[HOLDER_STACK_BYTES] __attribute__((aligned(64)));
 
@@ -484,9 +485,12 @@ void py_run_child_main(json_t *input, const struct sandbox_spec *early) {
         char why[PATH_MAX + 256];
         if (sandbox_restrict(&spec, why, sizeof(why)) < 0)
             py_run_child_refuse(why);
+        start_memory_holder();
+        if (sandbox_limit_processes(&spec, why, sizeof(why)) < 0)
+            py_run_child_refuse(why);
+    } else {
+        start_memory_holder();
     }
-
-    start_memory_holder();
 
     json_t *error = NULL;
     json_t *args = json_pack("[O]", input);

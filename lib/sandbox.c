@@ -372,11 +372,15 @@ static int step_privileges(const struct sandbox_spec *spec, char *err, size_t er
 
 /* ---- 4. processes ---------------------------------------------------------------------- */
 
-static int step_processes(const struct sandbox_spec *spec, char *err, size_t errlen) {
+static int step_process_group(char *err, size_t errlen) {
     if (setpgid(0, 0) < 0)
         return step_fail(err, errlen, "processes", -errno, "setpgid");
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
         return step_fail(err, errlen, "processes", -errno, "PR_SET_PDEATHSIG");
+    return 0;
+}
+
+static int step_process_limit(const struct sandbox_spec *spec, char *err, size_t errlen) {
     struct rlimit limit = {spec->pids, spec->pids};
     if (setrlimit(RLIMIT_NPROC, &limit) < 0)
         return step_fail(err, errlen, "processes", -errno, "setrlimit(RLIMIT_NPROC, %u)", spec->pids);
@@ -549,9 +553,13 @@ int sandbox_restrict(const struct sandbox_spec *spec, char *err, size_t errlen) 
     if (r == 0)
         r = step_privileges(spec, err, errlen);
     if (r == 0)
-        r = step_processes(spec, err, errlen);
+        r = step_process_group(err, errlen);
     if (r == 0)
         r = step_seccomp(err, errlen);
     return r;
+}
+
+int sandbox_limit_processes(const struct sandbox_spec *spec, char *err, size_t errlen) {
+    return step_process_limit(spec, err, errlen);
 }
 

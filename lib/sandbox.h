@@ -87,20 +87,25 @@ const char *sandbox_tmpdir(void);
  * no run can start any more. Idempotent. */
 void sandbox_release(void);
 
-/* Apply the layers of spec to the calling process, in the order above, in two halves: a
- * child may be forked before its request is known (lib/py_prefork.c). sandbox_unshare
- * applies what depends only on the [sandbox] settings (network, change_user, uid, gid,
- * tmpdir, tmp_size_mb): step 1, and of step 2 the mount namespace with its tmpfs.
- * sandbox_restrict applies the rest, in order: Landlock (read_paths, found_paths,
- * write_paths), then
- * steps 3, 4 (pids) and 5; only after sandbox_unshare succeeded, and with no untrusted code
- * run in between. Call them in a forked, single-threaded child, after sandbox_prepare() in
- * the parent; they allocate nothing and leave open no descriptor of their own. Each
- * returns 0, or a negative errno with err filled as "STEP: what failed: why" (STEP one of
- * network, filesystem, privileges, processes, seccomp): the caller must then end the
- * process without running the script. */
+/* Apply the layers of spec to the calling process, in the order above, in three parts: a
+ * child may be forked before its request is known (lib/py_prefork.c), and starts a process
+ * of its own, the run's memory holder (lib/py_run.c), before the process limit.
+ * sandbox_unshare applies what depends only on the [sandbox] settings (network,
+ * change_user, uid, gid, tmpdir, tmp_size_mb): step 1, and of step 2 the mount namespace
+ * with its tmpfs. sandbox_restrict applies, in order: Landlock (read_paths, found_paths,
+ * write_paths), step 3, of step 4 the process group and the parent-death signal, and step
+ * 5. sandbox_limit_processes applies the rest of step 4, RLIMIT_NPROC (pids): last, because
+ * RLIMIT_NPROC counts every process of the user, zombies that init has not reaped yet
+ * included (the holders of earlier runs, orphaned when their run ended), and would refuse
+ * the holder. Each only after the one before succeeded, with no untrusted code run in
+ * between. Call them in a forked, single-threaded child, after sandbox_prepare() in the
+ * parent; they allocate nothing and leave open no descriptor of their own. Each returns 0,
+ * or a negative errno with err filled as "STEP: what failed: why" (STEP one of network,
+ * filesystem, privileges, processes, seccomp): the caller must then end the process
+ * without running the script. */
 int sandbox_unshare(const struct sandbox_spec *spec, char *err, size_t errlen);
 int sandbox_restrict(const struct sandbox_spec *spec, char *err, size_t errlen);
+int sandbox_limit_processes(const struct sandbox_spec *spec, char *err, size_t errlen);
 
 /* The highest Landlock ABI of the running kernel (landlock_create_ruleset(2) with
  * LANDLOCK_CREATE_RULESET_VERSION): >= 1, or a negative errno (-ENOSYS: not built in,

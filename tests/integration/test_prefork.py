@@ -237,3 +237,20 @@ def test_a_configuration_reload_resizes_the_pool(pyhotd, tmp_path):
     assert run_isolated(d, show)[0] == "first"
     time.sleep(0.3)
     assert pool(d)["ready"]["isolated"] == 0, pool(d)
+
+
+def test_ready_children_wait_at_idle_priority_and_runs_run_at_normal(pyhotd, tmp_path):
+    """A ready child waits as SCHED_IDLE (a daemon that may leave it: root here), so that
+    its preparation never keeps the daemon's threads from a CPU; the run itself, script
+    included, is SCHED_OTHER again (docs/run.md "Ready children")."""
+    d = pyhotd(modules=APP)
+    policy = write(tmp_path / "policy.py", "import os\nprint(os.sched_getscheduler(0), os.getpid())\n")
+    waiting_policy = os.SCHED_IDLE if os.geteuid() == 0 else os.SCHED_BATCH
+    run_isolated(d, policy)
+    ready(d)
+    waiting = [p for p in children(d.proc.pid) if running(p)]
+    assert len(waiting) == PREFORK, waiting
+    wait_for(lambda: all(os.sched_getscheduler(p) == waiting_policy for p in waiting),
+             what="the ready children's waiting policy")
+    value, pid = run_isolated(d, policy)
+    assert int(value) == os.SCHED_OTHER and pid in waiting, (value, pid, waiting)

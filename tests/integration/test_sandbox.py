@@ -16,6 +16,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -587,3 +588,40 @@ def test_network_none_runs_share_one_namespace_whose_loopback_stays_down(pyhotd,
     first, second = (ok_json(run_sandboxed(d, cage, path)) for _ in range(2))
     assert first["netns"] != second["netns"], (first, second)
     assert first["up"] and second["up"], (first, second)
+
+
+HOLDER = r'''
+import json
+own = os.getpid()
+print(json.dumps({"children": open("/proc/self/task/%d/children" % own).read().split(),
+                  "policy": os.sched_getscheduler(0)}))
+'''
+
+
+@pytest.mark.skipif(not ROOT, reason="zombies of the sandbox user take a root test")
+def test_the_memory_holder_starts_while_the_sandbox_user_has_zombies(pyhotd, cage):
+    """The run's memory holder (lib/py_run.c) is started before RLIMIT_NPROC is set: zombies
+    of the sandbox user that init has not reaped yet (earlier runs' holders, on a machine
+    whose init reaps late) count against that limit and used to refuse it, which put the
+    address space's tear-down back on the run's end. The script runs as SCHED_OTHER."""
+    d = pyhotd()
+    nobody = pwd.getpwnam("nobody")
+    maker = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, sys, time\nos.setgroups([])\nos.setgid(%d)\nos.setuid(%d)\n"
+         "for _ in range(12):\n    if os.fork() == 0:\n        os._exit(0)\n"
+         "print('ready', flush=True)\ntime.sleep(120)\n" % (nobody.pw_gid, nobody.pw_uid)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert maker.stdout.readline() == "ready\n"
+        wait_for(lambda: len(children_of(maker.pid)) == 12, what="12 zombies of nobody")
+        path = script(cage, "holder.py", HOLDER)
+        result = ok_json(run_sandboxed(d, cage, path, "--pids", "8"))
+        assert len(result["children"]) == 1 and result["policy"] == os.SCHED_OTHER, result
+    finally:
+        maker.kill()
+        maker.wait()
+
+
+def children_of(pid):
+    return open("/proc/%d/task/%d/children" % (pid, pid)).read().split()
