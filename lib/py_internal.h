@@ -92,9 +92,10 @@ void py_run_fini(void);
 json_t *py_run_start(json_t *input, json_t **error);
 
 /* In a child forked for an isolated run (py_prefork.c), before its request: the run's
- * Python set-up that no request decides (py_run.py prepare_isolated). Exits (status 2)
- * when it fails. */
-void py_run_child_prepare(void);
+ * Python set-up that no request decides (py_run.py prepare_isolated), with its dry run
+ * when dry_run (not when the request is already waiting: it would only come first).
+ * Exits (status 2) when it fails. */
+void py_run_child_prepare(bool dry_run);
 
 /* In that child, once input (its request, as py_run_start got it) has come: the run's
  * working directory and rlimits, then for a sandboxed run (early: the settings it was

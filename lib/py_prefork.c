@@ -220,8 +220,12 @@ static void ready_child_main(const int fds[4], pid_t daemon_pid, const struct sa
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
 
+    /* The dry run copies now the pages the run will write, which only pays while the
+     * child has time to spare: a request already waiting (runs back to back, the child's
+     * idle-time preparation not done) would only wait for it. */
+    struct pollfd request = {.fd = CHILD_REQUEST_FD, .events = POLLIN};
     if (unshared == 0)
-        py_run_child_prepare();
+        py_run_child_prepare(poll(&request, 1, 0) == 0);
     json_t *input = read_request();
     sched_setscheduler(0, SCHED_OTHER, &param);
     if (unshared < 0)

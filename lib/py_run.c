@@ -384,9 +384,11 @@ static int sandbox_plan_build(json_t *input, struct sandbox_spec *early, json_t 
     return 0;
 }
 
-void py_run_child_prepare(void) {
+void py_run_child_prepare(bool dry_run) {
     json_t *error = NULL;
-    json_t *done = py_module_call(run_module, "prepare_isolated", NULL, &error);
+    json_t *args = json_pack("[b]", dry_run);
+    json_t *done = args ? py_module_call(run_module, "prepare_isolated", args, &error) : NULL;
+    json_decref(args);
     if (!done) {
         const char *tb = json_string_value(json_object_get(error, "traceback"));
         if (tb && write(2, tb, strlen(tb)) < 0)

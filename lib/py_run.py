@@ -326,9 +326,10 @@ def sandbox_read_paths(target):
     return paths
 
 
-def prepare_isolated():
+def prepare_isolated(dry_run=True):
     """In a child forked for isolated runs (lib/py_prefork.c), before its request: what
-    does not depend on the request. fd 0 is /dev/null, fd 1 and 2 the daemon's pipes."""
+    does not depend on the request, and the dry run when dry_run (False when the request
+    is already waiting). fd 0 is /dev/null, fd 1 and 2 the daemon's pipes."""
     _captures.clear()
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True)
@@ -338,7 +339,8 @@ def prepare_isolated():
     # The objects the daemon made stay out of this process's collections: a collection
     # writes to every object it looks at, and each write copies a page the daemon shares.
     gc.freeze()
-    _dry_run()
+    if dry_run:
+        _dry_run()
 
 
 # A script for the dry run: one line of output, as most scripts write.
