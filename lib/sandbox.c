@@ -337,10 +337,14 @@ static int landlock_apply(const struct sandbox_spec *spec, char *err, size_t err
 
 static int step_privileges(const struct sandbox_spec *spec, char *err, size_t errlen) {
     /* The bounding set first: dropping from it needs CAP_SETPCAP, gone with the uid change.
-     * PR_CAPBSET_READ fails with EINVAL past the kernel's last capability. */
-    for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++)
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
-            return step_fail(err, errlen, "privileges", -errno, "PR_CAPBSET_DROP(%d)", cap);
+     * PR_CAPBSET_DROP fails with EINVAL past the kernel's last capability (prctl(2)), which
+     * ends the loop (one call a capability: reading each first doubled them). */
+    int cap = 0;
+    while (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0)
+        cap++;
+    if (errno != EINVAL || cap == 0 || prctl(PR_CAPBSET_READ, cap - 1, 0, 0, 0) != 0)
+        return step_fail(err, errlen, "privileges", errno == EINVAL ? -EPERM : -errno,
+                         "PR_CAPBSET_DROP(%d)", cap);
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
         return step_fail(err, errlen, "privileges", -errno, "PR_CAP_AMBIENT_CLEAR_ALL");
     if (spec->change_user) {
