@@ -24,9 +24,10 @@
  *   and the loop thread hands those to run_channel_watch_child, which streams the pipes,
  *   reaps the child through a pidfd and enforces the wall timeout with SIGKILL;
  * - sandboxed (input "sandbox": the settings cmd_runs.c adds): isolated, and the child
- *   applies sandbox.c's layers (sandbox_unshare, sandbox_restrict, sandbox_limit_processes)
- *   before the script, from a plan built on the python thread; a failing layer ends it
- *   with status 125 and a line on stderr. Its process group is killed with it (when it exits, times out or is killed).
+ *   applies sandbox.c's layers (sandbox_unshare, sandbox_filter, sandbox_restrict,
+ *   sandbox_limit_processes) before the script, from a plan built on the python thread; a
+ *   failing layer ends it with status 125 and a line on stderr. Its process group is
+ *   killed with it (when it exits, times out or is killed).
  *
  * Messages (json, stolen by the callback): {"stream": "stdout"|"stderr", "data": str} while
  * the run writes, then exactly one {"end": true, "result": {"exit_code", "timed_out",

@@ -376,9 +376,16 @@ static int step_privileges(const struct sandbox_spec *spec, char *err, size_t er
 
 /* ---- 4. processes ---------------------------------------------------------------------- */
 
+/* Before the filter, which refuses setpgid (so that no descendant leaves the group). */
 static int step_process_group(char *err, size_t errlen) {
     if (setpgid(0, 0) < 0)
         return step_fail(err, errlen, "processes", -errno, "setpgid");
+    return 0;
+}
+
+/* After the privileges: a change of the effective uid or gid clears the parent-death
+ * signal (commit_creds, kernel/cred.c). */
+static int step_parent_death(char *err, size_t errlen) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
         return step_fail(err, errlen, "processes", -errno, "PR_SET_PDEATHSIG");
     return 0;
@@ -552,14 +559,17 @@ int sandbox_unshare(const struct sandbox_spec *spec, char *err, size_t errlen) {
     return r < 0 ? r : mount_private_tmp(spec, err, errlen);
 }
 
+int sandbox_filter(char *err, size_t errlen) {
+    int r = step_process_group(err, errlen);
+    return r < 0 ? r : step_seccomp(err, errlen);
+}
+
 int sandbox_restrict(const struct sandbox_spec *spec, char *err, size_t errlen) {
     int r = landlock_apply(spec, err, errlen);
     if (r == 0)
         r = step_privileges(spec, err, errlen);
     if (r == 0)
-        r = step_process_group(err, errlen);
-    if (r == 0)
-        r = step_seccomp(err, errlen);
+        r = step_parent_death(err, errlen);
     return r;
 }
 

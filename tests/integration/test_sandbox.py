@@ -625,3 +625,43 @@ def test_the_memory_holder_starts_while_the_sandbox_user_has_zombies(pyhotd, cag
 
 def children_of(pid):
     return open("/proc/%d/task/%d/children" % (pid, pid)).read().split()
+
+
+def _status_field(pid, name):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def _live_children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(") ", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def test_a_ready_child_is_filtered_before_its_request(pyhotd, cage):
+    """A ready sandboxed child loads the seccomp filter, in a process group of its own,
+    before any request comes (docs/run.md "Ready children"): the filter's load is no part
+    of a run's wait, and the run is as caged as before."""
+    d = pyhotd()
+    path = script(cage, "holder.py", HOLDER)
+    assert ok_json(run_sandboxed(d, cage, path))["policy"] == os.SCHED_OTHER
+    wait_for(lambda: d.status()["prefork"]["ready"]["sandboxed"] == 2, what="2 ready sandboxed children")
+    waiting = _live_children(d.proc.pid)
+    assert len(waiting) == 2, waiting          # no isolated run was asked: sandboxed ones only
+    wait_for(lambda: all(_status_field(p, "Seccomp") == "2" for p in waiting),
+             what="the ready children's seccomp filter")
+    for pid in waiting:
+        assert os.getpgid(pid) == pid, pid
+    result = ok_json(run_sandboxed(d, cage, path))
+    assert result["policy"] == os.SCHED_OTHER, result
