@@ -335,16 +335,22 @@ static int landlock_apply(const struct sandbox_spec *spec, char *err, size_t err
 
 /* ---- 3. privileges --------------------------------------------------------------------- */
 
-static int step_privileges(const struct sandbox_spec *spec, char *err, size_t errlen) {
-    /* The bounding set first: dropping from it needs CAP_SETPCAP, gone with the uid change.
-     * PR_CAPBSET_DROP fails with EINVAL past the kernel's last capability (prctl(2)), which
-     * ends the loop (one call a capability: reading each first doubled them). */
+/* The bounding set, emptied before the rest of the step (and, by a ready child, before its
+ * request: it limits only what an execve could gain, capabilities(7), so the steps after it
+ * keep what they need): dropping from it needs CAP_SETPCAP, gone with the uid change.
+ * PR_CAPBSET_DROP fails with EINVAL past the kernel's last capability (prctl(2)), which
+ * ends the loop (one call a capability: reading each first doubled them). */
+static int step_bounding_set(char *err, size_t errlen) {
     int cap = 0;
     while (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0)
         cap++;
     if (errno != EINVAL || cap == 0 || prctl(PR_CAPBSET_READ, cap - 1, 0, 0, 0) != 0)
         return step_fail(err, errlen, "privileges", errno == EINVAL ? -EPERM : -errno,
                          "PR_CAPBSET_DROP(%d)", cap);
+    return 0;
+}
+
+static int step_privileges(const struct sandbox_spec *spec, char *err, size_t errlen) {
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
         return step_fail(err, errlen, "privileges", -errno, "PR_CAP_AMBIENT_CLEAR_ALL");
     if (spec->change_user) {
@@ -561,6 +567,8 @@ int sandbox_unshare(const struct sandbox_spec *spec, char *err, size_t errlen) {
 
 int sandbox_filter(char *err, size_t errlen) {
     int r = step_process_group(err, errlen);
+    if (r == 0)
+        r = step_bounding_set(err, errlen);
     return r < 0 ? r : step_seccomp(err, errlen);
 }
 

@@ -94,13 +94,15 @@ void sandbox_release(void);
  *  sandbox_unshare          what depends only on the [sandbox] settings (network,
  *                           change_user, uid, gid, tmpdir, tmp_size_mb): step 1, and of
  *                           step 2 the mount namespace with its tmpfs;
- *  sandbox_filter           of step 4 the process group, then step 5: the seccomp filter
- *                           refuses nothing the later steps need (setpgid comes before it),
- *                           so it is in place before the request; its load (the kernel
- *                           checks and compiles it, 0.15 ms, at times 0.6 ms here) is then
- *                           no part of a run's wait;
- *  sandbox_restrict         Landlock (read_paths, found_paths, write_paths), step 3, then
- *                           of step 4 PR_SET_PDEATHSIG (a change of uid clears it);
+ *  sandbox_filter           of step 4 the process group, of step 3 the capability bounding
+ *                           set (it bounds only what an execve could gain), then step 5:
+ *                           the seccomp filter refuses nothing the later steps need
+ *                           (setpgid comes before it), so it is in place before the
+ *                           request; its load (the kernel checks and compiles it, 0.15 ms,
+ *                           at times 0.6 ms here) is then no part of a run's wait;
+ *  sandbox_restrict         Landlock (read_paths, found_paths, write_paths), the rest of
+ *                           step 3, then of step 4 PR_SET_PDEATHSIG (a change of uid clears
+ *                           it);
  *  sandbox_limit_processes  the rest of step 4, RLIMIT_NPROC (pids): last, because it
  *                           counts every process of the user, zombies that init has not
  *                           reaped yet included (the holders of earlier runs, orphaned

@@ -650,9 +650,9 @@ def _live_children(pid):
 
 
 def test_a_ready_child_is_filtered_before_its_request(pyhotd, cage):
-    """A ready sandboxed child loads the seccomp filter, in a process group of its own,
-    before any request comes (docs/run.md "Ready children"): the filter's load is no part
-    of a run's wait, and the run is as caged as before."""
+    """A ready sandboxed child makes its process group, empties its capability bounding set
+    and loads the seccomp filter before any request comes (docs/run.md "Ready children"):
+    the filter's load is no part of a run's wait, and the run is as caged as before."""
     d = pyhotd()
     path = script(cage, "holder.py", HOLDER)
     assert ok_json(run_sandboxed(d, cage, path))["policy"] == os.SCHED_OTHER
@@ -662,6 +662,6 @@ def test_a_ready_child_is_filtered_before_its_request(pyhotd, cage):
     wait_for(lambda: all(_status_field(p, "Seccomp") == "2" for p in waiting),
              what="the ready children's seccomp filter")
     for pid in waiting:
-        assert os.getpgid(pid) == pid, pid
+        assert os.getpgid(pid) == pid and int(_status_field(pid, "CapBnd"), 16) == 0, pid
     result = ok_json(run_sandboxed(d, cage, path))
     assert result["policy"] == os.SCHED_OTHER, result
