@@ -108,10 +108,12 @@ def main():
             "%s %s" % (PYTHON, hello),
             "%s --socket %s run --isolate --cwd %s %s" % (ctl, sock, tmp, hello),
         ]
+        load_before = os.getloadavg()[0]
         hf = hyperfine(commands, args.runs, tmp) if use_hf else None
         mixed = interleaved(commands, args.runs)
-        print("\nsandbox bench: %s, %d CPUs, Linux %s, %d runs each" % (
-            cpu_model(), os.cpu_count(), os.uname().release, args.runs))
+        print("\nsandbox bench: %s, %d CPUs, Linux %s, %d runs each, load average %.2f "
+              "before, %.2f after" % (cpu_model(), os.cpu_count(), os.uname().release,
+                                      args.runs, load_before, os.getloadavg()[0]))
         if hf:
             report("hyperfine --warmup 3 -N, one command after the other:", hf, 0)
         report("own timer, interleaved (one run of each per round):", mixed, 1)
