@@ -37,6 +37,20 @@ def cpu_model(default="?"):
     return default
 
 
+def cpu_ticks():
+    """(steal, total) clock ticks of all CPUs so far (/proc/stat, proc(5)): on a virtual
+    machine, steal is the time the host gave this machine's CPUs to others."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def steal_share(before, after):
+    """The share of CPU time stolen by the host between two cpu_ticks() readings (0..1)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def hyperfine(commands, runs, tmp):
     """(mean, median, stddev) in seconds of each command (a string, split at spaces), timed
     by `hyperfine --warmup 3 -N --runs RUNS`, one command after the other; its own output

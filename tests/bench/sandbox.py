@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_model, hyperfine, wait_serving
+from benchlib import cpu_model, cpu_ticks, hyperfine, steal_share, wait_serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
@@ -108,12 +108,13 @@ def main():
             "%s %s" % (PYTHON, hello),
             "%s --socket %s run --isolate --cwd %s %s" % (ctl, sock, tmp, hello),
         ]
-        load_before = os.getloadavg()[0]
+        load_before, ticks_before = os.getloadavg()[0], cpu_ticks()
         hf = hyperfine(commands, args.runs, tmp) if use_hf else None
         mixed = interleaved(commands, args.runs)
         print("\nsandbox bench: %s, %d CPUs, Linux %s, %d runs each, load average %.2f "
-              "before, %.2f after" % (cpu_model(), os.cpu_count(), os.uname().release,
-                                      args.runs, load_before, os.getloadavg()[0]))
+              "before, %.2f after, %.1f%% of the CPU time stolen by the host" % (
+                  cpu_model(), os.cpu_count(), os.uname().release, args.runs, load_before,
+                  os.getloadavg()[0], 100 * steal_share(ticks_before, cpu_ticks())))
         if hf:
             report("hyperfine --warmup 3 -N, one command after the other:", hf, 0)
         report("own timer, interleaved (one run of each per round):", mixed, 1)
