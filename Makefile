@@ -15,8 +15,9 @@ DEB_PACKAGES := cmake pkg-config gcc make libuv1-dev python3-dev libjansson-dev 
                 python3-sqlalchemy python3-click python3-numpy vim curl util-linux bindfs fuse3 \
                 prometheus
 # prometheus: its promtool checks the metrics command's exposition in the tests.
-# Peers measured beside pyhotd by `make bench` only.
-BENCH_PACKAGES := watchman hyperfine python3-watchdog bubblewrap
+# Peers measured beside pyhotd by `make bench` only; perf (linux-perf) for
+# tests/bench/run_timeline.py's scheduler events.
+BENCH_PACKAGES := watchman hyperfine python3-watchdog bubblewrap linux-perf
 # clang and its runtime (libFuzzer, ASan) for `make fuzz`.
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 
@@ -93,6 +94,7 @@ bench: deps-bench build
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_storm.py
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/watch_poll.py
 	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/sandbox.py
+	PYHOT_BIN=$(abspath $(BUILD))/bin $(PYTHON) tests/bench/run_timeline.py
 
 # Installs into a temporary prefix and runs systemd-analyze verify on every unit there
 # (ExecStart must name an installed binary, so the units are checked as installed). The

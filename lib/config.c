@@ -808,7 +808,7 @@ void config_init(struct config *cfg) {
     cfg->reload_timeout_ms = 10000;
     cfg->strategy = CONFIG_STRATEGY_DEPENDENTS;
     cfg->exec_timeout_ms = 30000;
-    cfg->run_prefork = 2;
+    cfg->run_prefork = 3;
     cfg->run_prefork_max_age_ms = 10000;
     cfg->max_clients = 64;
     cfg->max_output_bytes = 4194304;

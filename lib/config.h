@@ -106,7 +106,7 @@ struct config {
     /* [run] */
     unsigned exec_timeout_ms;   /* deadline of exec and run jobs; default 30000 */
     unsigned run_prefork;       /* ready children per kind of isolated run (docs/run.md
-                                   "Ready children"); default 2; 0..CONFIG_PREFORK_MAX */
+                                   "Ready children"); default 3; 0..CONFIG_PREFORK_MAX */
     unsigned run_prefork_max_age_ms; /* a ready child older than this is replaced; default
                                         10000; 0: never */
 

@@ -15,7 +15,7 @@ import time
 from conftest import PYHOTCTL, TIMEOUT, clean_env, wait_for, write
 
 APP = {"app_state.py": "VALUE = 'first'\n"}
-PREFORK = 2   # [run] prefork's default: ready children per kind
+PREFORK = 3   # [run] prefork's default: ready children per kind
 
 # Prints the module's value as the run's interpreter has it, and its process id.
 SHOW = "import os, app_state\nprint(app_state.VALUE, os.getpid())\n"

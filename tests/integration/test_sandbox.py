@@ -656,9 +656,9 @@ def test_a_ready_child_is_filtered_before_its_request(pyhotd, cage):
     d = pyhotd()
     path = script(cage, "holder.py", HOLDER)
     assert ok_json(run_sandboxed(d, cage, path))["policy"] == os.SCHED_OTHER
-    wait_for(lambda: d.status()["prefork"]["ready"]["sandboxed"] == 2, what="2 ready sandboxed children")
+    wait_for(lambda: d.status()["prefork"]["ready"]["sandboxed"] == 3, what="3 ready sandboxed children")
     waiting = _live_children(d.proc.pid)
-    assert len(waiting) == 2, waiting          # no isolated run was asked: sandboxed ones only
+    assert len(waiting) == 3, waiting          # no isolated run was asked: sandboxed ones only
     wait_for(lambda: all(_status_field(p, "Seccomp") == "2" for p in waiting),
              what="the ready children's seccomp filter")
     for pid in waiting:
