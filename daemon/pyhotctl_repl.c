@@ -27,9 +27,9 @@ static char *history_path(void) {
  * libedit, loaded by repl only (dlopen): linking it costs every pyhotctl invocation ~0.4 ms
  * of dynamic linking (measured with hyperfine), which `run` cannot afford
  * (docs/benchmarks.md). Without it, repl reads plain lines. A static pyhotctl (the default
- * build) loads libedit with a libc of its own: a line readline() returns is libedit's
- * libc's malloc, so it goes back through that libc's free (dlsym finds it among libedit's
- * dependencies; in a dynamic pyhotctl it is the one free there is).
+ * build, PYHOTCTL_STATIC) loads libedit with a libc of its own: a line readline() returns
+ * is libedit's libc's malloc, so it goes back through that libc's free (dlsym finds it
+ * among libedit's dependencies).
  */
 #ifndef PYHOT_LIBEDIT_SONAME
 
@@ -55,7 +55,13 @@ static bool editline_load(struct editline *el) {
     *(void **)&el->read_history = dlsym(h, "read_history");
     *(void **)&el->write_history = dlsym(h, "write_history");
     *(void **)&el->using_history = dlsym(h, "using_history");
+#ifdef PYHOTCTL_STATIC
     *(void **)&el->free = dlsym(h, "free");
+#else
+    /* The global scope's free, the one libedit's malloc calls pair with (a sanitizer's
+     * interposed allocator, where there is one; dlsym on h would find libc's). */
+    el->free = free;
+#endif
     return el->readline != NULL && el->add_history != NULL && el->read_history != NULL &&
            el->write_history != NULL && el->using_history != NULL && el->free != NULL;
 }
