@@ -1,15 +1,24 @@
 """Shared by the benchmarks: what every bench prints about the machine, percentiles,
-hyperfine, and waiting for the daemon.
+hyperfine, a daemon for the run benches and waiting for it.
 
 Standard library only; the benches import it from their own directory.
 """
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import types
 
 
 def import_all_config(directory, mode=None):
     """Writes directory/pyhotd.conf: every module imported at start ([watch] import = all),
     and with mode ("module" or "definitions") that [reload] mode, else pyhotd's default.
     Returns the file's path, for --config."""
-    import os
     path = os.path.join(directory, "pyhotd.conf")
     with open(path, "w") as f:
         f.write("[watch]\nimport = all\n")
@@ -55,10 +64,6 @@ def hyperfine(commands, runs, tmp):
     """(mean, median, stddev) in seconds of each command (a string, split at spaces), timed
     by `hyperfine --warmup 3 -N --runs RUNS`, one command after the other; its own output
     goes to stderr and its JSON export to tmp/hf.json."""
-    import json
-    import os
-    import subprocess
-    import sys
     out = os.path.join(tmp, "hf.json")
     subprocess.run(["hyperfine", "--warmup", "3", "-N", "--runs", str(runs), "--export-json", out,
                     "--style", "basic"] + commands, check=True, stdout=sys.stderr)
@@ -69,14 +74,45 @@ def hyperfine(commands, runs, tmp):
 def wait_serving(argv, timeout=10.0):
     """Runs argv (a pyhotctl request) every 50 ms until it succeeds: True, or False after
     timeout seconds (pyhotd did not start)."""
-    import subprocess
-    import time
     deadline = time.monotonic() + timeout
     while subprocess.run(argv, capture_output=True).returncode != 0:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
     return True
+
+
+@contextlib.contextmanager
+def run_daemon(bin_dir, prefix, scripts, config="", ready=("ping",)):
+    """A pyhotd for the run benches: a temporary directory under /tmp, readable by all (a
+    root daemon's sandboxed runs are nobody), holding scripts ({name: text}) and the
+    configuration (the socket in a 0700 directory of its own, which pyhotd requires, then
+    config's text). Waits until `pyhotctl READY...` succeeds. Yields a namespace with tmp,
+    sock, ctl (pyhotctl's path) and path(name); stops the daemon and removes the directory
+    on the way out. Raises RuntimeError when pyhotd does not start."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(tmp, 0o755)
+    sockdir = os.path.join(tmp, "s")
+    os.mkdir(sockdir, 0o700)
+    sock = os.path.join(sockdir, "pyhotd.sock")
+    for name, text in scripts.items():
+        with open(os.path.join(tmp, name), "w") as f:
+            f.write(text)
+    conf = os.path.join(tmp, "pyhotd.conf")
+    with open(conf, "w") as f:
+        f.write("[daemon]\nsocket = %s\nlog_level = warn\n%s" % (sock, config))
+    ctl = os.path.join(bin_dir, "pyhotctl")
+    with open(os.path.join(tmp, "pyhotd.log"), "w") as log:
+        daemon = subprocess.Popen([os.path.join(bin_dir, "pyhotd"), "--config", conf], stderr=log)
+    try:
+        if not wait_serving([ctl, "--socket", sock] + list(ready)):
+            raise RuntimeError("pyhotd did not start (its log: %s)" % os.path.join(tmp, "pyhotd.log"))
+        yield types.SimpleNamespace(tmp=tmp, sock=sock, ctl=ctl,
+                                    path=lambda name: os.path.join(tmp, name))
+    finally:
+        subprocess.run([ctl, "--socket", sock, "stop"], capture_output=True)
+        daemon.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def percentile(values, p):

@@ -24,10 +24,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from benchlib import cpu_model, hyperfine, wait_serving
+from benchlib import cpu_model, hyperfine, run_daemon
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
@@ -64,27 +63,13 @@ def main():
     ap.add_argument("--own-timer", action="store_true", help="do not use hyperfine")
     args = ap.parse_args()
     use_hf = not args.own_timer and shutil.which("hyperfine")
-    tmp = tempfile.mkdtemp(prefix="pyhot-bench-run-")
-    sockdir = os.path.join(tmp, "s")
-    os.mkdir(sockdir, 0o700)
-    sock = os.path.join(sockdir, "pyhotd.sock")
-    hello = os.path.join(tmp, "hello.py")
-    heavy = os.path.join(tmp, "heavy.py")
-    with open(hello, "w") as f:
-        f.write("print('hello')\n")
-    with open(heavy, "w") as f:
-        f.write("".join("import %s\n" % m for m in HEAVY) + "print('heavy')\n")
-    conf = os.path.join(tmp, "pyhotd.conf")
-    with open(conf, "w") as f:
-        f.write("[daemon]\nsocket = %s\nlog_level = warn\n[python]\npreload = %s\n"
-                % (sock, ", ".join(HEAVY)))
-    daemon = subprocess.Popen([os.path.join(BIN, "pyhotd"), "--config", conf],
-                              stderr=open(os.path.join(tmp, "pyhotd.log"), "w"))
-    ctl = os.path.join(BIN, "pyhotctl")
-    try:
-        if not wait_serving([ctl, "--socket", sock, "exec", "import decimal, unittest"]):
-            print("pyhotd did not start", file=sys.stderr)
-            return 1
+    scripts = {"hello.py": "print('hello')\n",
+               "heavy.py": "".join("import %s\n" % m for m in HEAVY) + "print('heavy')\n"}
+    config = "[python]\npreload = %s\n" % ", ".join(HEAVY)
+    with run_daemon(BIN, "pyhot-bench-run-", scripts, config,
+                    ready=("exec", "import decimal, unittest")) as d:
+        ctl, sock, tmp = d.ctl, d.sock, d.tmp
+        hello, heavy = d.path("hello.py"), d.path("heavy.py")
         rows = []
         for name, script in (("hello", hello), ("heavy", heavy)):
             commands = ["%s %s" % (PYTHON, script), "%s --socket %s run %s" % (ctl, sock, script),
@@ -105,10 +90,6 @@ def main():
         for name, commands, _ in rows:
             for c in commands:
                 print("  " + c)
-    finally:
-        subprocess.run([ctl, "--socket", sock, "stop"], capture_output=True)
-        daemon.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -32,9 +32,8 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 
-from benchlib import cpu_model, wait_serving
+from benchlib import cpu_model, run_daemon
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
@@ -127,33 +126,16 @@ def main():
         if not shutil.which(tool):
             print("%s is missing (`make deps-bench`)" % tool, file=sys.stderr)
             return 1
-    tmp = tempfile.mkdtemp(prefix="pyhot-bench-timeline-")
-    os.chmod(tmp, 0o755)
-    sockdir = os.path.join(tmp, "s")
-    os.mkdir(sockdir, 0o700)
-    sock = os.path.join(sockdir, "pyhotd.sock")
-    hello = os.path.join(tmp, "hello.py")
-    with open(hello, "w") as f:
-        f.write("print('hello')\n")
-    conf = os.path.join(tmp, "pyhotd.conf")
-    with open(conf, "w") as f:
-        f.write("[daemon]\nsocket = %s\nlog_level = warn\n" % sock)
-        if args.prefork is not None:
-            f.write("[run]\nprefork = %d\n" % args.prefork)
-    ctl = os.path.join(BIN, "pyhotctl")
-    daemon = subprocess.Popen([os.path.join(BIN, "pyhotd"), "--config", conf],
-                              stderr=open(os.path.join(tmp, "pyhotd.log"), "w"))
-    try:
-        if not wait_serving([ctl, "--socket", sock, "ping"]):
-            print("pyhotd did not start", file=sys.stderr)
-            return 1
+    config = "[run]\nprefork = %d\n" % args.prefork if args.prefork is not None else ""
+    with run_daemon(BIN, "pyhot-bench-timeline-", {"hello.py": "print('hello')\n"}, config) as d:
         print("run timeline: %s, %d CPUs, Linux %s, %d runs each, back to back (hyperfine -N), "
               "[run] prefork %s" % (cpu_model(), os.cpu_count(), os.uname().release, args.runs,
                                     args.prefork if args.prefork is not None else "default"))
         for kind in ("sandbox", "isolate"):
-            command = "%s --socket %s run --%s --cwd %s %s" % (ctl, sock, kind, tmp, hello)
+            command = "%s --socket %s run --%s --cwd %s %s" % (d.ctl, d.sock, kind, d.tmp,
+                                                               d.path("hello.py"))
             subprocess.run(command.split(), check=True, stdout=subprocess.DEVNULL)
-            events = record(command, args.runs, os.path.join(tmp, "perf-%s.data" % kind))
+            events = record(command, args.runs, d.path("perf-%s.data" % kind))
             daemon_pid, python_tid = daemon_threads(events)
             runs = segments(events, daemon_pid)
             print("\nrun --%s: %d runs matched (of %d, hyperfine's 3 warm-ups included); median "
@@ -175,10 +157,6 @@ def main():
                       "(ran instead: %s)" % (statistics.median(delays),
                                             100 * sum(d > 0.3 for d in delays) / len(delays),
                                             ", ".join("%s %d" % kv for kv in instead.most_common(4))))
-    finally:
-        subprocess.run([ctl, "--socket", sock, "stop"], capture_output=True)
-        daemon.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -27,10 +27,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from benchlib import cpu_model, cpu_ticks, hyperfine, steal_share, wait_serving
+from benchlib import cpu_model, cpu_ticks, hyperfine, run_daemon, steal_share
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PYHOT_BIN") or os.path.join(REPO, "build", "bin")
@@ -78,25 +77,8 @@ def main():
         print("bwrap is missing (Debian package bubblewrap; `make deps-bench`)", file=sys.stderr)
         return 1
     use_hf = not args.own_timer and shutil.which("hyperfine")
-    # Under /tmp and readable by all: a root daemon's sandboxed runs are nobody.
-    tmp = tempfile.mkdtemp(prefix="pyhot-bench-sandbox-")
-    os.chmod(tmp, 0o755)
-    sockdir = os.path.join(tmp, "s")
-    os.mkdir(sockdir, 0o700)
-    sock = os.path.join(sockdir, "pyhotd.sock")
-    hello = os.path.join(tmp, "hello.py")
-    with open(hello, "w") as f:
-        f.write("print('hello')\n")
-    conf = os.path.join(tmp, "pyhotd.conf")
-    with open(conf, "w") as f:
-        f.write("[daemon]\nsocket = %s\nlog_level = warn\n" % sock)
-    daemon = subprocess.Popen([os.path.join(BIN, "pyhotd"), "--config", conf],
-                              stderr=open(os.path.join(tmp, "pyhotd.log"), "w"))
-    ctl = os.path.join(BIN, "pyhotctl")
-    try:
-        if not wait_serving([ctl, "--socket", sock, "ping"]):
-            print("pyhotd did not start", file=sys.stderr)
-            return 1
+    with run_daemon(BIN, "pyhot-bench-sandbox-", {"hello.py": "print('hello')\n"}) as d:
+        ctl, sock, tmp, hello = d.ctl, d.sock, d.tmp, d.path("hello.py")
         check = subprocess.run([ctl, "--socket", sock, "run", "--sandbox", "--cwd", tmp, hello],
                                capture_output=True, text=True)
         if check.returncode != 0 or check.stdout != "hello\n":
@@ -121,10 +103,6 @@ def main():
         print("\ncommands:")
         for c in commands:
             print("  " + c)
-    finally:
-        subprocess.run([ctl, "--socket", sock, "stop"], capture_output=True)
-        daemon.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
