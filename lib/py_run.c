@@ -477,22 +477,21 @@ void py_run_child_main(json_t *input, const struct sandbox_spec *early) {
     const char *cwd = json_string_value(json_object_get(input, "cwd"));
     if (cwd && chdir(cwd) < 0)
         child_fail(cwd);
+    /* The rest of the cage before any of the script's code, or no script at all. */
+    struct sandbox_spec spec = {0};
+    char why[PATH_MAX + 256];
     if (early) {
-        /* The rest of the cage before any of the script's code, or no script at all. */
-        struct sandbox_spec spec = *early;
+        spec = *early;
         spec.read_paths = child_paths(input, "sandbox_read", &spec.n_read);
         spec.found_paths = child_paths(input, "sandbox_found", &spec.n_found);
         spec.write_paths = child_paths(input, "sandbox_write", &spec.n_write);
         spec.pids = (unsigned)json_integer_value(json_object_get(json_object_get(input, "sandbox"), "pids"));
-        char why[PATH_MAX + 256];
         if (sandbox_restrict(&spec, why, sizeof(why)) < 0)
             py_run_child_refuse(why);
-        start_memory_holder();
-        if (sandbox_limit_processes(&spec, why, sizeof(why)) < 0)
-            py_run_child_refuse(why);
-    } else {
-        start_memory_holder();
     }
+    start_memory_holder();
+    if (early && sandbox_limit_processes(&spec, why, sizeof(why)) < 0)
+        py_run_child_refuse(why);
 
     json_t *error = NULL;
     json_t *args = json_pack("[O]", input);

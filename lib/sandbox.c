@@ -169,34 +169,34 @@ static int enter_user_namespace(char *err, size_t errlen) {
     return 0;
 }
 
-static int loopback_up(char *err, size_t errlen) {
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return step_fail(err, errlen, "network", -errno, "socket for the loopback");
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof(ifr));
-    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
-    int r = ioctl(fd, SIOCGIFFLAGS, &ifr);
-    if (r == 0) {
-        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-        r = ioctl(fd, SIOCSIFFLAGS, &ifr);
-    }
-    r = r < 0 ? -errno : 0;
-    close(fd);
-    return r < 0 ? step_fail(err, errlen, "network", r, "bringing the loopback up") : 0;
-}
-
-/* The loopback's IFF_UP flag: 1 up, 0 down, or a negative errno. */
-static int loopback_is_up(void) {
+/* The loopback's interface flags (SIOCGIFFLAGS, netdevice(7)), after setting those of
+ * raise when it is not 0 (SIOCSIFFLAGS): >= 0, or a negative errno. */
+static int loopback_flags(short raise) {
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     struct ifreq ifr;
     memset(&ifr, 0, sizeof(ifr));
     snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
-    int r = ioctl(fd, SIOCGIFFLAGS, &ifr) < 0 ? -errno : (ifr.ifr_flags & IFF_UP) != 0;
+    int r = ioctl(fd, SIOCGIFFLAGS, &ifr);
+    if (r == 0 && raise) {
+        ifr.ifr_flags |= raise;
+        r = ioctl(fd, SIOCSIFFLAGS, &ifr);
+    }
+    r = r < 0 ? -errno : (unsigned short)ifr.ifr_flags;
     close(fd);
     return r;
+}
+
+static int loopback_up(char *err, size_t errlen) {
+    int r = loopback_flags(IFF_UP | IFF_RUNNING);
+    return r < 0 ? step_fail(err, errlen, "network", r, "bringing the loopback up") : 0;
+}
+
+/* The loopback's IFF_UP flag: 1 up, 0 down, or a negative errno. */
+static int loopback_is_up(void) {
+    int flags = loopback_flags(0);
+    return flags < 0 ? flags : (flags & IFF_UP) != 0;
 }
 
 /* The network namespace that every network = none run of a root daemon enters (setns(2)),
@@ -397,13 +397,6 @@ static int step_parent_death(char *err, size_t errlen) {
     return 0;
 }
 
-static int step_process_limit(const struct sandbox_spec *spec, char *err, size_t errlen) {
-    struct rlimit limit = {spec->pids, spec->pids};
-    if (setrlimit(RLIMIT_NPROC, &limit) < 0)
-        return step_fail(err, errlen, "processes", -errno, "setrlimit(RLIMIT_NPROC, %u)", spec->pids);
-    return 0;
-}
-
 /* ---- 5. seccomp ------------------------------------------------------------------------ */
 
 /* Answer EPERM. The kernel interfaces a sandbox escape or a change to the host needs, after
@@ -582,6 +575,9 @@ int sandbox_restrict(const struct sandbox_spec *spec, char *err, size_t errlen) 
 }
 
 int sandbox_limit_processes(const struct sandbox_spec *spec, char *err, size_t errlen) {
-    return step_process_limit(spec, err, errlen);
+    struct rlimit limit = {spec->pids, spec->pids};
+    if (setrlimit(RLIMIT_NPROC, &limit) < 0)
+        return step_fail(err, errlen, "processes", -errno, "setrlimit(RLIMIT_NPROC, %u)", spec->pids);
+    return 0;
 }
 
