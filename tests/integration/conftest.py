@@ -60,6 +60,41 @@ def inotify_watch_fields(pid):
     return watches
 
 
+def child_pids(pid, live=False):
+    """Process ids whose parent is pid: zombies included, or only those still running when
+    live (/proc/PID/stat, proc(5))."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid and not (live and fields[0] == "Z"):
+            found.append(int(entry))
+    return found
+
+
+def running(pid):
+    """Whether pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def proc_status(pid, name):
+    """The value of field name in /proc/PID/status (proc(5)), as text ("2", "123 kB")."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split(":", 1)[1].strip()
+    raise AssertionError("no %s in /proc/%d/status" % (name, pid))
+
+
 def wait_for(predicate, timeout=TIMEOUT, interval=0.02, what="condition"):
     """Polls predicate until it returns a true value (returned) or timeout passes."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import QUIET, SANITIZED, SCALE, TIMEOUT, Client, Closed, wait_for, write
+from conftest import QUIET, SANITIZED, SCALE, TIMEOUT, Client, Closed, proc_status, wait_for, write
 
 # These tests count how often a module's top level runs (a reload each): whole-module
 # reloads. test_reload_definitions.py covers the default, definition-level mode.
@@ -28,11 +28,7 @@ def _config(**daemon):
 
 
 def _rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
+    return int(proc_status(pid, "VmRSS").split()[0])
 
 
 def _cpu_seconds(pid):

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 
-from conftest import PYHOTCTL, TIMEOUT, clean_env, wait_for, write
+from conftest import PYHOTCTL, TIMEOUT, child_pids, clean_env, running, wait_for, write
 
 APP = {"app_state.py": "VALUE = 'first'\n"}
 PREFORK = 3   # [run] prefork's default: ready children per kind
@@ -27,31 +27,6 @@ def run_isolated(d, path, *extra):
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     value, pid = r.stdout.rsplit(None, 1)
     return value, int(pid)
-
-
-def children(pid):
-    """Process ids whose parent is pid (zombies included)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as f:
-                fields = f.read().rsplit(") ", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def running(pid):
-    """Whether pid exists and is not a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def pool(d):
@@ -70,7 +45,7 @@ def test_a_run_is_handed_to_a_ready_child(pyhotd, tmp_path):
     assert run_isolated(d, show)[0] == "first"
     assert pool(d)["misses"] == 1 and pool(d)["hits"] == 0, pool(d)   # none was ready yet
     before = ready(d)
-    waiting = [p for p in children(d.proc.pid) if running(p)]
+    waiting = child_pids(d.proc.pid, live=True)
     assert len(waiting) == PREFORK, waiting
     assert d.status()["runs"] == 0          # a ready child is not a run
     value, pid = run_isolated(d, show)
@@ -91,7 +66,7 @@ def test_a_run_after_a_reload_sees_the_new_code(pyhotd, tmp_path):
     show = write(tmp_path / "show.py", SHOW)
     run_isolated(d, show)
     stale = ready(d)
-    stale_pid = [p for p in children(d.proc.pid) if running(p)]
+    stale_pid = child_pids(d.proc.pid, live=True)
     with d.subscriber() as sub:
         d.write("app_state.py", "VALUE = 'second'\n")
         batch = sub.next_event(lambda e: e["event"] == "batch")
@@ -130,7 +105,7 @@ def test_one_ready_child(pyhotd, tmp_path):
     run_isolated(d, show)
     ready(d, n=1)
     time.sleep(0.3)                         # and no more
-    assert pool(d)["ready"]["isolated"] == 1 and len([p for p in children(d.proc.pid) if running(p)]) == 1
+    assert pool(d)["ready"]["isolated"] == 1 and len(child_pids(d.proc.pid, live=True)) == 1
     run_isolated(d, show)
     assert pool(d)["hits"] == 1, pool(d)
 
@@ -144,7 +119,7 @@ def test_prefork_zero_keeps_no_child(pyhotd, tmp_path):
     time.sleep(0.3)                         # past the refill's quiet period
     assert pool(d) == {"ready": {"isolated": 0, "sandboxed": 0}, "hits": 0, "misses": 3,
                        "retired": 0}, pool(d)
-    assert [p for p in children(d.proc.pid) if running(p)] == []
+    assert child_pids(d.proc.pid, live=True) == []
 
 
 def test_prefork_is_range_checked(pyhotd, tmp_path):
@@ -160,7 +135,7 @@ def test_a_ready_child_past_its_age_is_retired(pyhotd, tmp_path):
     show = write(tmp_path / "show.py", SHOW)
     run_isolated(d, show)
     first = ready(d)
-    old = [p for p in children(d.proc.pid) if running(p)]
+    old = child_pids(d.proc.pid, live=True)
     # No run came within the age: the children go, and none replaces them.
     wait_for(lambda: pool(d)["retired"] >= first["retired"] + PREFORK and
              pool(d)["ready"]["isolated"] == 0, what="the children retired after 300 ms")
@@ -179,7 +154,7 @@ def test_no_refill_after_a_reload_until_a_run_asks(pyhotd, tmp_path):
     d = pyhotd(modules=APP)
     show = write(tmp_path / "show.py", SHOW)
     run_isolated(d, show)
-    stale = [p for p in children(d.proc.pid) if running(p)] if ready(d) else []
+    stale = child_pids(d.proc.pid, live=True) if ready(d) else []
     with d.subscriber() as sub:
         d.write("app_state.py", "VALUE = 'second'\n")
         assert sub.next_event(lambda e: e["event"] == "batch")["result"] == "ok"
@@ -187,7 +162,7 @@ def test_no_refill_after_a_reload_until_a_run_asks(pyhotd, tmp_path):
              what="the stale children retired")
     time.sleep(0.5)                          # past the refill's quiet period
     assert pool(d)["ready"]["isolated"] == 0, pool(d)
-    assert [p for p in children(d.proc.pid) if running(p)] == []
+    assert child_pids(d.proc.pid, live=True) == []
     misses = pool(d)["misses"]
     assert run_isolated(d, show)[0] == "second"
     assert pool(d)["misses"] == misses + 1
@@ -198,7 +173,7 @@ def _start_pool(d, tmp_path):
     show = write(tmp_path / "show.py", SHOW)
     run_isolated(d, show)
     ready(d)
-    pids = [p for p in children(d.proc.pid) if running(p)]
+    pids = child_pids(d.proc.pid, live=True)
     assert len(pids) == PREFORK, pids
     return pids
 
@@ -248,7 +223,7 @@ def test_ready_children_wait_at_idle_priority_and_runs_run_at_normal(pyhotd, tmp
     waiting_policy = os.SCHED_IDLE if os.geteuid() == 0 else os.SCHED_BATCH
     run_isolated(d, policy)
     ready(d)
-    waiting = [p for p in children(d.proc.pid) if running(p)]
+    waiting = child_pids(d.proc.pid, live=True)
     assert len(waiting) == PREFORK, waiting
     wait_for(lambda: all(os.sched_getscheduler(p) == waiting_policy for p in waiting),
              what="the ready children's waiting policy")

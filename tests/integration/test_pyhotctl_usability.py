@@ -3,6 +3,7 @@
 missing script, tail saying what it follows, the two timeouts kept apart, and Ctrl-C in
 the repl interrupting the running statement and returning to the prompt."""
 
+import contextlib
 import os
 import pty
 import re
@@ -143,14 +144,27 @@ def test_tail_on_a_terminal_says_what_it_follows(pyhotd):
         proc.wait(TIMEOUT)
 
 
-def test_ctrl_c_in_the_repl_interrupts_the_statement(pyhotd, tmp_path):
-    d = pyhotd({"m.py": "X = 1\n"})
-    pid, fd = _spawn_on_a_pty([PYHOTCTL, "--socket", d.socket, "repl"],
-                              clean_env(HOME=str(tmp_path)))
+@contextlib.contextmanager
+def _repl_on_a_pty(d, home):
+    """pyhotctl repl on a pty with HOME=home, at its first prompt (the screen emptied);
+    left with Ctrl-D when the block ends, and then checked to have exited with 0."""
+    pid, fd = _spawn_on_a_pty([PYHOTCTL, "--socket", d.socket, "repl"], clean_env(HOME=str(home)))
     screen = _Screen(fd)
     try:
         screen.read_until(b">>> ")
         screen.out = b""
+        yield screen
+        status = leave_console(pid, fd)
+    finally:
+        reap(pid)
+        os.close(fd)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_ctrl_c_in_the_repl_interrupts_the_statement(pyhotd, tmp_path):
+    d = pyhotd({"m.py": "X = 1\n"})
+    with _repl_on_a_pty(d, tmp_path) as screen:
+        fd = screen.fd
         os.write(fd, b"import time\n")
         screen.read_until(b">>> ")
         screen.out = b""
@@ -181,34 +195,19 @@ def test_ctrl_c_in_the_repl_interrupts_the_statement(pyhotd, tmp_path):
         screen.out = b""
         os.write(fd, b"'still here'\n")
         screen.read_until(b"'still here'\r\n>>> ")
-        status = leave_console(pid, fd)
-    finally:
-        reap(pid)
-        os.close(fd)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def test_the_repl_edits_lines_and_keeps_history_with_libedit(pyhotd, tmp_path):
     """pyhotctl is linked statically (CMakeLists.txt) and still loads libedit for repl: the
     up arrow brings the previous line back, and ~/.pyhot_history keeps what was typed."""
     d = pyhotd({"m.py": "X = 1\n"})
-    pid, fd = _spawn_on_a_pty([PYHOTCTL, "--socket", d.socket, "repl"],
-                              clean_env(HOME=str(tmp_path)))
-    screen = _Screen(fd)
-    try:
+    with _repl_on_a_pty(d, tmp_path) as screen:
+        os.write(screen.fd, b"n = 20\n")
         screen.read_until(b">>> ")
-        screen.out = b""
-        os.write(fd, b"n = 20\n")
-        screen.read_until(b">>> ")
-        os.write(fd, b"n + 1\n")
+        os.write(screen.fd, b"n + 1\n")
         screen.read_until(b"21\r\n>>> ")
         screen.out = b""
-        os.write(fd, b"\x1b[A\n")                        # up arrow: "n + 1" again
+        os.write(screen.fd, b"\x1b[A\n")                 # up arrow: "n + 1" again
         screen.read_until(b"21\r\n>>> ")
-        status = leave_console(pid, fd)
-    finally:
-        reap(pid)
-        os.close(fd)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     history = (tmp_path / ".pyhot_history").read_text()
     assert "n\\040=\\04020" in history and "n\\040+\\0401" in history, history

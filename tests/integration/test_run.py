@@ -9,8 +9,8 @@ import subprocess
 import time
 import zipfile
 
-from conftest import (PYHOTCTL, SANITIZED, SCALE, TIMEOUT, clean_env, leave_console, reap, wait_for,
-                      write)
+from conftest import (PYHOTCTL, SANITIZED, SCALE, TIMEOUT, clean_env, leave_console, proc_status,
+                      reap, wait_for, write)
 
 
 def ctl_run(pyhotctl, d, *args, **kw):
@@ -18,11 +18,7 @@ def ctl_run(pyhotctl, d, *args, **kw):
 
 
 def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    return int(proc_status(pid, "VmRSS").split()[0])
 
 
 def test_exit_codes_and_traceback(pyhotd, pyhotctl, tmp_path):

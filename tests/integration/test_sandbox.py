@@ -23,7 +23,8 @@ import time
 
 import pytest
 
-from conftest import PYHOTCTL, PYHOTD, QUIET, SANITIZED, SCALE, TIMEOUT, clean_env, wait_for, write
+from conftest import (PYHOTCTL, PYHOTD, QUIET, SANITIZED, SCALE, TIMEOUT, child_pids, clean_env,
+                      proc_status, running, wait_for, write)
 
 NOT_CAGED = 99
 
@@ -85,14 +86,6 @@ def ok_json(r):
     assert r.returncode != NOT_CAGED, "the run was not caged: " + r.stdout + r.stderr
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def gone(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().split(") ")[1][0] == "Z" and False
-    except (FileNotFoundError, ProcessLookupError):
-        return True
 
 
 def test_no_network(pyhotd, cage):
@@ -310,7 +303,7 @@ time.sleep(0.5)           # the daemon is pinged while they all live
         # The children (sleeping 60 s) died with the run; it did not wait for them.
         assert took < 30, took
         for pid in result["pids"]:
-            wait_for(lambda: gone(pid), what="process %d of the run to be gone" % pid)
+            wait_for(lambda: not running(pid), what="process %d of the run to be gone" % pid)
     finally:
         stop.set()
         thread.join()
@@ -334,7 +327,7 @@ print(pid, flush=True)
     r = run_sandboxed(d, cage, path)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     pid = int(r.stdout.split()[-1])
-    wait_for(lambda: gone(pid), what="the background child %d to be killed" % pid)
+    wait_for(lambda: not running(pid), what="the background child %d to be killed" % pid)
 
 
 def test_limits_apply_and_a_timeout_kills_the_whole_run(pyhotd, cage):
@@ -354,7 +347,7 @@ time.sleep(60)
     r = run_sandboxed(d, cage, path, "--timeout", "0.5", "--set", "BIG=false")
     assert r.returncode == 124 and time.monotonic() - t0 < 30, (r.returncode, r.stderr)
     pid = int(open(marker).read())
-    wait_for(lambda: gone(pid), what="the run's child %d to be killed with it" % pid)
+    wait_for(lambda: not running(pid), what="the run's child %d to be killed with it" % pid)
     # --memory as for --isolate: what the child may add to the image it was forked with.
     r = run_sandboxed(d, cage, path, "--timeout", "5", "--memory", "32", "--set", "BIG=true")
     if SANITIZED:
@@ -363,7 +356,7 @@ time.sleep(60)
     else:
         assert r.returncode == 1 and r.stderr.rstrip().endswith("MemoryError"), (r.returncode, r.stderr)
     pid = int(open(marker).read())
-    wait_for(lambda: gone(pid), what="the run's child %d to be killed with it" % pid)
+    wait_for(lambda: not running(pid), what="the run's child %d to be killed with it" % pid)
 
 
 def test_a_failing_step_stops_the_run(pyhotd, cage):
@@ -614,39 +607,13 @@ def test_the_memory_holder_starts_while_the_sandbox_user_has_zombies(pyhotd, cag
         stdout=subprocess.PIPE, text=True)
     try:
         assert maker.stdout.readline() == "ready\n"
-        wait_for(lambda: len(children_of(maker.pid)) == 12, what="12 zombies of nobody")
+        wait_for(lambda: len(child_pids(maker.pid)) == 12, what="12 zombies of nobody")
         path = script(cage, "holder.py", HOLDER)
         result = ok_json(run_sandboxed(d, cage, path, "--pids", "8"))
         assert len(result["children"]) == 1 and result["policy"] == os.SCHED_OTHER, result
     finally:
         maker.kill()
         maker.wait()
-
-
-def children_of(pid):
-    return open("/proc/%d/task/%d/children" % (pid, pid)).read().split()
-
-
-def _status_field(pid, name):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return line.split(":", 1)[1].strip()
-    return None
-
-
-def _live_children(pid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    fields = f.read().rsplit(") ", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
 
 
 def test_a_ready_child_is_filtered_before_its_request(pyhotd, cage):
@@ -657,11 +624,11 @@ def test_a_ready_child_is_filtered_before_its_request(pyhotd, cage):
     path = script(cage, "holder.py", HOLDER)
     assert ok_json(run_sandboxed(d, cage, path))["policy"] == os.SCHED_OTHER
     wait_for(lambda: d.status()["prefork"]["ready"]["sandboxed"] == 3, what="3 ready sandboxed children")
-    waiting = _live_children(d.proc.pid)
+    waiting = child_pids(d.proc.pid, live=True)
     assert len(waiting) == 3, waiting          # no isolated run was asked: sandboxed ones only
-    wait_for(lambda: all(_status_field(p, "Seccomp") == "2" for p in waiting),
+    wait_for(lambda: all(proc_status(p, "Seccomp") == "2" for p in waiting),
              what="the ready children's seccomp filter")
     for pid in waiting:
-        assert os.getpgid(pid) == pid and int(_status_field(pid, "CapBnd"), 16) == 0, pid
+        assert os.getpgid(pid) == pid and int(proc_status(pid, "CapBnd"), 16) == 0, pid
     result = ok_json(run_sandboxed(d, cage, path))
     assert result["policy"] == os.SCHED_OTHER, result
