@@ -326,7 +326,7 @@ def sandbox_read_paths(target):
     return paths
 
 
-def prepare_isolated(dry_run=True):
+def prepare_isolated(dry_run):
     """In a child forked for isolated runs (lib/py_prefork.c), before its request: what
     does not depend on the request, and the dry run when dry_run (False when the request
     is already waiting). fd 0 is /dev/null, fd 1 and 2 the daemon's pipes."""
